@@ -1,0 +1,270 @@
+"""``producer``: submit corpora to the embedding fleet, run it locally, watch and resume jobs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker.settings import mask_url
+
+
+def _fail(exc: BaseException) -> None:
+    raise click.ClickException(str(exc))
+
+
+def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by ``submit`` and ``run``."""
+    opts = [
+        click.option("--out", type=click.Path(file_okay=False), default="out", show_default=True,
+                     envvar="EMBED_OUT", help="Output root; the job lands in OUT/<job-id>/."),
+        click.option("--job-id", default=None, help="Job id (A-Z a-z 0-9 _ . -); default: "
+                     "a timestamp plus random suffix."),
+        click.option("--model", "-m", default=None, envvar="EMBED_MODEL",
+                     help="Bundle directory (see `producer export`); default: all-MiniLM-L6-v2, "
+                     "exported once into EMBED_HOME."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]),
+                     default="auto", show_default=True, envvar="EMBED_PRECISION",
+                     help="auto: fp16 on gpu workers, int8 on cpu workers when the bundle has "
+                     "them (int8 only exists if it passed the export quality gate), else fp32."),
+        click.option("--queue", "-q", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
+                     show_default=True, help="Where tasks go; auto = gpu when a worker consumes "
+                     "the gpu queue, else cpu."),
+        click.option("--text-field", default="text", show_default=True,
+                     help="JSON field with the text."),
+        click.option("--id-field", default="id", show_default=True,
+                     help="JSON field with the document id (missing: the line number)."),
+        click.option("--max-tokens", type=click.IntRange(8, None), default=None,
+                     help="Chunk window in tokens incl. special tokens (default and maximum: "
+                     "the model's window, e.g. 256 for MiniLM, 8192 for BGE-M3)."),
+        click.option("--overlap", type=click.IntRange(0, None), default=0, show_default=True,
+                     help="Tokens shared by consecutive chunks of one document."),
+        click.option("--prefix", type=click.Choice(["passage", "query", "none"]),
+                     default="passage", show_default=True,
+                     help="Which prefix from the bundle config to prepend (if it has one)."),
+        click.option("--max-line-bytes", type=click.IntRange(1, None), default=64 * 2**20,
+                     show_default=True, help="Longer JSONL lines are rejected, never read whole."),
+        click.option("--shard-tokens", type=click.IntRange(64, None), default=32768,
+                     show_default=True, help="Real tokens per task (one input/output shard)."),
+        click.option("--max-batch-tokens", type=click.IntRange(16, None), default=None,
+                     envvar="EMBED_MAX_BATCH_TOKENS",
+                     help="Padded tokens per inference batch (default: the worker's, 16384)."),
+        click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
+                     help="Deliveries of one shard before it is marked failed."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _submit_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    keys = ("job_id", "model", "precision", "queue", "text_field", "id_field", "max_tokens",
+            "overlap", "prefix", "max_line_bytes", "shard_tokens", "max_batch_tokens",
+            "max_attempts")
+    return {k: kw[k] for k in keys}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="embedfleet")
+def main() -> None:
+    """embedfleet: embed large corpora with a Celery fleet of ONNX Runtime workers.
+
+    \b
+    producer run corpus.jsonl            everything on this machine (private Redis + workers)
+    producer submit corpus.jsonl --wait  send to a running fleet (celery -A worker worker -Q cpu)
+    producer status OUT/JOB              progress, rejects, failed shards
+    producer resume OUT/JOB              re-send shards whose messages were lost
+    producer export SRC --out DIR        turn a sentence-transformers model into a bundle
+    """
+
+
+@main.command()
+@click.argument("corpus", type=click.Path(exists=True, dir_okay=False))
+@submit_options
+@click.option("--broker", envvar=["EMBED_BROKER_URL", "CELERY_BROKER_URL"],
+              default="redis://127.0.0.1:6379/0", show_default=True,
+              help="Celery broker URL (redis://, rediss://, amqp://).")
+@click.option("--wait/--no-wait", default=False, show_default=True,
+              help="Show progress until the job finishes, then finalise it.")
+@click.option("--dry-run", is_flag=True, help="Read and chunk only; print counts and how many "
+              "chunks the cache already holds. Submits nothing.")
+@click.option("--cache-url", envvar="EMBED_CACHE_URL", default=None,
+              help="Redis holding the embedding cache (for --dry-run); default: the broker.")
+def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
+           cache_url: str | None, **kw: Any) -> None:
+    """Stream, chunk and stage CORPUS (.jsonl, .jsonl.gz, .parquet), then send its tasks."""
+    if dry_run:
+        from producer.dryrun import dry_run as run_dry
+
+        try:
+            run_dry(corpus, cache_url=cache_url or broker, **_submit_kwargs(kw))
+        except (OSError, ValueError) as exc:
+            _fail(exc)
+        return
+    from producer.job import submit as submit_job
+
+    try:
+        job = submit_job(corpus, out, broker=broker, log=click.echo, **_submit_kwargs(kw))
+    except ConnectionError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    click.echo(f"job {job.path.name}\n{job.path}")
+    if wait:
+        _finish(job, progress=True)
+
+
+@main.command()
+@click.argument("corpus", type=click.Path(exists=True, dir_okay=False))
+@submit_options
+@click.option("--workers", "-w", type=click.IntRange(1, 64), default=None,
+              help="Local worker processes (default: 1 process using every core).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, envvar="EMBED_THREADS",
+              help="ONNX Runtime threads per worker (default: cores / workers).")
+@click.option("--broker", default=None, help="Use this broker instead of a private Redis.")
+@click.option("--cache-url", default=None, envvar="EMBED_CACHE_URL",
+              help="Use this Redis for the cache (default: the private Redis, kept on disk "
+              "under EMBED_HOME/redis).")
+@click.option("--home", type=click.Path(file_okay=False), envvar="EMBED_HOME", default=None,
+              help="Where the default model and the local cache live (default "
+              "~/.cache/embedfleet).")
+def run(corpus: str, out: str, workers: int | None, threads: int | None, broker: str | None,
+        cache_url: str | None, home: str | None, **kw: Any) -> None:
+    """Embed CORPUS on this machine: private Redis, local Celery workers, same code path."""
+    from producer.job import submit as submit_job
+    from producer.local import local_fleet
+    from worker.bundle import embedfleet_home, resolve_model
+
+    home_path = Path(home) if home else embedfleet_home()
+    try:
+        resolve_model(kw["model"], home_path)  # export the default once, before workers start
+        with local_fleet(workers=workers or 1, threads=threads, home=home_path,
+                         queue="gpu" if kw["queue"] == "gpu" else "cpu", broker=broker,
+                         cache_url=cache_url,
+                         extra_env={"EMBED_HOME": str(home_path)}) as (broker_url, _cache):
+            click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
+            kw = dict(kw, queue="cpu" if kw["queue"] == "auto" else kw["queue"])
+            job = submit_job(corpus, out, broker=broker_url, log=click.echo,
+                             home=home_path, **_submit_kwargs(kw))
+            _finish(job, progress=True)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: workers and Redis stopped; `producer resume` continues a "
+                   "job on a running fleet, or run again to start over", err=True)
+        sys.exit(130)
+    except ConnectionError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except (OSError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+
+
+def _finish(job: Any, progress: bool) -> None:
+    st = job.wait(progress=progress)
+    _print_summary(job, st)
+    if st.status != "succeeded":
+        sys.exit(2)
+
+
+def _print_summary(job: Any, st: Any) -> None:
+    m = job.dir.reload()
+    res = m.get("result", {})
+    tot = m.get("totals", {})
+    wall = res.get("wall_s", st.elapsed_s)
+    hits = res.get("cache_hits", st.cache_hits)
+    chunks = res.get("embedded_chunks", st.chunks_done)
+    click.echo(
+        f"\n{st.status}: {tot.get('accepted', 0)} documents ({tot.get('rejected', 0)} rejected), "
+        f"{chunks} chunks embedded, {st.tokens:,} tokens in {wall:.1f}s "
+        f"({st.tokens / wall if wall else 0:,.0f} tokens/s), cache hits {hits}/{st.chunks}")
+    if res.get("rejects"):
+        click.echo(f"rejects:    {res['rejects']} in {job.dir.rejects_path}")
+    for f in st.failed_shards:
+        click.echo(f"failed shard {f['shard']}: {f['reason']}")
+    click.echo(f"output:     {job.dir.embeddings_dir}/*.parquet")
+    click.echo(f"read it:    duckdb -c \"SELECT doc_id, chunk_index, embedding FROM "
+               f"read_parquet('{job.dir.embeddings_dir}/*.parquet') LIMIT 3\"")
+
+
+@main.command()
+@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(job_dir: str, as_json: bool) -> None:
+    """Progress of JOB_DIR: shards, chunks, rejects, failed shards; finalises a finished job."""
+    from producer.job import Job
+
+    try:
+        st = Job(job_dir).status()
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps({**st.__dict__, "tokens_per_s": st.tokens_per_s}, indent=2))
+        return
+    click.echo(f"job        {Path(st.job_dir).name}  [{st.status}]")
+    click.echo(f"shards     {st.done}/{st.shards} done, {st.failed} failed")
+    click.echo(f"chunks     {st.chunks_done}/{st.chunks}   tokens {st.tokens_done:,}/{st.tokens:,}")
+    click.echo(f"rejects    {st.rejects}   cache hits {st.cache_hits}")
+    click.echo(f"throughput {st.tokens_per_s:,.0f} tokens/s over {st.elapsed_s:.1f}s")
+    if st.duplicate_ids:
+        click.echo(f"duplicate ids {st.duplicate_ids} (e.g. {', '.join(st.duplicate_examples)})")
+    for f in st.failed_shards:
+        click.echo(f"failed shard {f['shard']}: {f['reason']}")
+
+
+@main.command()
+@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--broker", envvar=["EMBED_BROKER_URL", "CELERY_BROKER_URL"],
+              default="redis://127.0.0.1:6379/0", show_default=True, help="Celery broker URL.")
+@click.option("--wait/--no-wait", default=False, help="Wait for the job to finish.")
+def resume(job_dir: str, broker: str, wait: bool) -> None:
+    """Re-send every shard of JOB_DIR without valid output; safe to run any number of times."""
+    from producer.job import Job
+
+    try:
+        job = Job(job_dir, broker=broker)
+        n = job.resume()
+    except ConnectionError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    click.echo(f"re-sent {n} shard(s)" if n else "nothing to resume: every shard is done")
+    if wait and n:
+        _finish(job, progress=True)
+
+
+@main.command()
+@click.argument("src")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
+              help="Bundle directory to write.")
+@click.option("--precision", default="fp32,fp16,int8", show_default=True,
+              help="Comma-separated variants to export; int8 is kept only if it passes the gate.")
+@click.option("--opset", type=click.IntRange(14, 25), default=18, show_default=True)
+@click.option("--pooling", type=click.Choice(["cls", "mean", "last"]), default=None,
+              help="Only for models without a sentence-transformers 1_Pooling/config.json.")
+@click.option("--max-length", type=click.IntRange(8, None), default=None,
+              help="Override the model window (tokens incl. special tokens).")
+def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
+           max_length: int | None) -> None:
+    """Export SRC (a local sentence-transformers dir, or all-MiniLM-L6-v2) to an ONNX bundle."""
+    from worker.errors import BundleError
+
+    try:
+        from worker.export import export_bundle
+    except ImportError as exc:
+        _fail(RuntimeError(f"export needs the `export` extra (pip install 'embedfleet[export]'):"
+                           f" {exc}"))
+    precs = tuple(p.strip() for p in precision.split(",") if p.strip())
+    try:
+        path = export_bundle(src, out, precisions=precs, opset=opset, pooling=pooling,
+                             max_length=max_length, log=click.echo)
+    except (BundleError, OSError, ValueError) as exc:
+        _fail(exc)
+    click.echo(f"bundle written to {path}")
+
+
+

@@ -1,0 +1,54 @@
+"""``producer submit --dry-run``: read and chunk, count, ask the cache; submit nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from producer.corpus import iter_records
+from producer.staging import stage_corpus
+from storage.cache import EmbeddingCache
+from storage.hashing import content_key, text_sha256
+from worker.bundle import embedfleet_home, load_bundle, resolve_model
+from worker.providers import default_precision
+
+LOOKUP_BATCH = 1000
+
+
+def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision: str,
+            queue: str, text_field: str, id_field: str, max_line_bytes: int,
+            max_tokens: int | None, overlap: int, prefix: str, shard_tokens: int,
+            **_: Any) -> dict[str, Any]:
+    bundle = load_bundle(resolve_model(model, embedfleet_home()))
+    cfg = bundle.config
+    pfx = {"passage": cfg.passage_prefix, "query": cfg.query_prefix}.get(prefix, "")
+    prec = default_precision("gpu" if queue == "gpu" else "cpu", bundle.variants, precision)
+    fp = bundle.fingerprint(prec)
+    cache = EmbeddingCache.from_url(cache_url, cfg.dim)
+    pending: list[str] = []
+    hits = 0
+
+    def on_chunk(text: str) -> None:
+        nonlocal hits
+        pending.append(content_key(fp, text_sha256(text)))
+        if len(pending) >= LOOKUP_BATCH:
+            hits += sum(v is not None for v in cache.get_many(pending))
+            pending.clear()
+
+    stats = stage_corpus(
+        iter_records(corpus, text_field=text_field, id_field=id_field,
+                     max_line_bytes=max_line_bytes),
+        bundle.load_tokenizer(truncate=False), job=None,
+        max_tokens=min(cfg.max_length, max_tokens or cfg.max_length), overlap=overlap,
+        prefix=pfx, shard_tokens=shard_tokens, on_chunk=on_chunk)
+    hits += sum(v is not None for v in cache.get_many(pending))
+    click.echo(f"dry run of {Path(corpus).name} with {cfg.source} ({prec}):")
+    click.echo(f"  documents {stats.accepted} accepted, {stats.rejected} rejected")
+    click.echo(f"  chunks    {stats.chunks} in {len(stats.shards)} shards, "
+               f"{stats.tokens:,} tokens")
+    click.echo(f"  cached    {hits}/{stats.chunks} chunks already in the cache")
+    if stats.duplicate_ids:
+        click.echo(f"  duplicate ids {stats.duplicate_ids} (e.g. {stats.duplicate_examples})")
+    return {**stats.totals(), "cached": hits}

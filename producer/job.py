@@ -1,0 +1,260 @@
+"""The Python API behind the CLI: submit a corpus, get a ``Job`` with status/wait/resume.
+
+    from producer import submit
+    job = submit("corpus.jsonl", out="out", broker="redis://127.0.0.1:6379/0")
+    job.wait(progress=True)
+    ids, matrix = job.read_matrix()
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from producer.corpus import Record, Reject, file_checksum, iter_records
+from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, stage_corpus
+from producer.submit import broker_backlog, connect, send_shards
+from storage.jobdir import JobDir
+from storage.readers import read_matrix, read_table
+from worker.bundle import embedfleet_home, load_bundle, resolve_model
+from worker.settings import mask_url
+
+
+@dataclass
+class JobStatus:
+    job_dir: str
+    status: str  # staging, running, succeeded, failed
+    shards: int
+    done: int
+    failed: int
+    chunks: int
+    chunks_done: int
+    tokens: int
+    tokens_done: int
+    rejects: int
+    cache_hits: int
+    elapsed_s: float
+    failed_shards: list[dict[str, Any]] = field(default_factory=list)
+    duplicate_ids: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class Job:
+    """A handle on a job directory (and the broker, to resubmit shards)."""
+
+    def __init__(self, path: str | os.PathLike[str], broker: str | None = None) -> None:
+        self.dir = JobDir.open(path)
+        self.broker = broker or os.environ.get("EMBED_BROKER_URL") or os.environ.get(
+            "CELERY_BROKER_URL") or self.dir.manifest.get("broker_hint")
+        self._done: dict[int, tuple[int, int]] = {}  # shard -> (tokens, cache hits)
+
+    @property
+    def path(self) -> Path:
+        return self.dir.root
+
+    def status(self) -> JobStatus:
+        """Progress from the job directory; finalises a job whose shards are all done."""
+        m = self.dir.reload()
+        if m.get("staged") and not self.dir.success_path.exists() and m.get("status") not in (
+                "succeeded", "failed"):
+            if self.dir.finalize():
+                m = self.dir.reload()
+        states = self.dir.shard_states() if m.get("staged") else []
+        for s in states:
+            if s.state == "done" and s.shard not in self._done:
+                hits = pq.read_table(self.dir.metrics_path(s.shard), columns=["cache_hits"])
+                self._done[s.shard] = (s.tokens, int(sum(hits["cache_hits"].to_pylist())))
+        done = [s for s in states if s.state == "done"]
+        failed = [s for s in states if s.state == "failed"]
+        totals = m.get("totals", {})
+        rejects = totals.get("rejected", 0)
+        result = m.get("result")
+        if result:
+            rejects = result.get("rejects", rejects)
+        status = m.get("status") or ("running" if m.get("staged") else "staging")
+        end = (result or {}).get("finished_at") or time.time()
+        return JobStatus(
+            job_dir=str(self.path), status=status, shards=len(states), done=len(done),
+            failed=len(failed), chunks=totals.get("chunks", 0),
+            chunks_done=sum(s.chunks for s in done), tokens=totals.get("tokens", 0),
+            tokens_done=sum(self._done[s.shard][0] for s in done),
+            rejects=rejects, cache_hits=sum(self._done[s.shard][1] for s in done),
+            elapsed_s=max(0.0, end - float(m.get("submitted_at", end))),
+            failed_shards=[{"shard": s.shard, "reason": s.reason} for s in failed],
+            duplicate_ids=totals.get("duplicate_ids", 0),
+            duplicate_examples=totals.get("duplicate_examples", []),
+        )
+
+    def resume(self) -> int:
+        """Re-send every shard that has no valid output and is not failed; safe to repeat."""
+        pending = [s.shard for s in self.dir.shard_states() if s.state == "pending"]
+        if pending:
+            app = connect(self.broker)
+            send_shards(app, self.dir, pending, self.dir.manifest["queue"])
+        self.dir.finalize()
+        return len(pending)
+
+    def wait(self, *, progress: bool = False, poll_s: float = 1.0,
+             stall_s: float | None = 120.0, timeout_s: float | None = None) -> JobStatus:
+        """Block until the job finishes; re-sends shards whose messages were lost.
+
+        Lost messages are detected two ways: the broker (Redis) holds no queued or unacked
+        message while shards are still pending, or nothing finished for ``stall_s`` seconds.
+        Duplicates are harmless (shards are idempotent), losses are not.
+        """
+        from producer.progress import Progress
+
+        bar = Progress(enabled=progress)
+        t0 = last_change = time.monotonic()
+        last_done = -1
+        st = self.status()
+        idle_checks = 0
+        while not st.finished:
+            bar.update(st)
+            if st.done + st.failed != last_done:
+                last_done, last_change, idle_checks = st.done + st.failed, time.monotonic(), 0
+            elif st.status == "running":
+                backlog = broker_backlog(self.broker, self.dir.manifest["queue"])
+                idle_checks = idle_checks + 1 if backlog == 0 else 0
+                stalled = stall_s is not None and time.monotonic() - last_change > stall_s
+                if idle_checks >= 3 or stalled:
+                    n = self.resume()
+                    bar.note(f"re-sent {n} shard(s) whose messages were lost")
+                    last_change, idle_checks = time.monotonic(), 0
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                raise TimeoutError(f"{self.path}: not finished after {timeout_s:.0f}s")
+            time.sleep(poll_s)
+            st = self.status()
+        bar.update(st)
+        bar.close()
+        return st
+
+    def read_table(self) -> Any:
+        return read_table(self.path)
+
+    def read_matrix(self) -> Any:
+        return read_matrix(self.path)
+
+
+def new_job_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def submit(
+    corpus: str | os.PathLike[str] | Iterable[dict[str, Any]],
+    out: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    job_id: str | None = None,
+    precision: str = "auto",
+    queue: str = "cpu",
+    broker: str | None = None,
+    text_field: str = "text",
+    id_field: str = "id",
+    max_line_bytes: int = 64 * 2**20,
+    max_tokens: int | None = None,
+    overlap: int = 0,
+    prefix: str = "passage",
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS,
+    max_batch_tokens: int | None = None,
+    max_attempts: int = 3,
+    cpu_queue: str = "cpu",
+    gpu_queue: str = "gpu",
+    home: str | os.PathLike[str] | None = None,
+    log: Any = None,
+) -> Job:
+    """Stream, chunk and stage ``corpus`` into ``out/<job_id>``, then send one task per shard.
+
+    Raises:
+        ConnectionError: the broker cannot be reached (checked before anything is written).
+    """
+    from producer.chunking import chunk_budget
+    from producer.routing import choose_queue
+
+    say = log or (lambda *_: None)
+    broker = broker or os.environ.get("EMBED_BROKER_URL") or os.environ.get(
+        "CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    app = connect(broker)  # fail fast, before staging anything
+    queue = choose_queue(app, queue, cpu_queue=cpu_queue, gpu_queue=gpu_queue, log=say)
+    bundle = load_bundle(resolve_model(model, Path(home) if home else embedfleet_home()))
+    cfg = bundle.config
+    pfx = {"passage": cfg.passage_prefix, "query": cfg.query_prefix, "none": ""}.get(prefix)
+    if pfx is None:
+        raise ValueError(f"--prefix {prefix!r}: use passage, query or none")
+    window = min(cfg.max_length, max_tokens or cfg.max_length)
+    tokenizer = bundle.load_tokenizer(truncate=False)
+    chunk_budget(tokenizer, cfg.max_length, max_tokens, pfx)  # raises if nothing fits
+    job = JobDir.create(out, job_id or new_job_id())
+    if job.manifest_path.exists():
+        raise FileExistsError(f"{job.root} already holds a job; pick another --job-id "
+                              f"or run `producer resume {job.root}`")
+    if isinstance(corpus, (str, os.PathLike)):
+        source = {"path": str(Path(corpus).resolve()), "sha256": file_checksum(corpus),
+                  "bytes": os.path.getsize(corpus)}
+        records: Iterable[Record | Reject] = iter_records(
+            corpus, text_field=text_field, id_field=id_field, max_line_bytes=max_line_bytes)
+    else:
+        source = {"path": "<iterable>", "sha256": "", "bytes": 0}
+        records = _records_from_dicts(corpus, text_field, id_field)
+    manifest: dict[str, Any] = {
+        "format": 1, "job_id": job.root.name, "created_at": time.time(),
+        "created_by": socket.gethostname(), "input": source,
+        "model": {"source": cfg.source, "bundle_path": str(bundle.path), "dim": cfg.dim,
+                  "max_length": cfg.max_length, "pooling": cfg.pooling.value,
+                  "normalize": cfg.normalize,
+                  "fingerprints": {p: bundle.fingerprint(p) for p in bundle.variants}},
+        "precision": precision, "queue": queue, "broker_hint": mask_url(broker),
+        "chunking": {"max_tokens": window, "overlap": overlap, "prefix": pfx,
+                     "text_field": text_field, "id_field": id_field,
+                     "shard_tokens": shard_tokens, "shard_max_chunks": shard_max_chunks},
+        "max_batch_tokens": max_batch_tokens, "max_attempts": max_attempts,
+        "staged": False, "status": "staging",
+    }
+    job.write_manifest(manifest)
+    say(f"staging {source['path']} into {job.root}")
+    stats = stage_corpus(records, tokenizer, job=job, max_tokens=window, overlap=overlap,
+                         prefix=pfx, shard_tokens=shard_tokens, shard_max_chunks=shard_max_chunks)
+    manifest.update(shards=stats.shards, totals=stats.totals(), staged=True, status="running",
+                    submitted_at=time.time())
+    job.write_manifest(manifest)
+    say(f"{stats.accepted} accepted, {stats.rejected} rejected, {stats.chunks} chunks, "
+        f"{stats.tokens} tokens in {len(stats.shards)} shards → queue {queue!r}")
+    if stats.duplicate_ids:
+        say(f"warning: {stats.duplicate_ids} duplicate ids (e.g. {stats.duplicate_examples}); "
+            "each record is embedded separately")
+    send_shards(app, job, [s["shard"] for s in stats.shards], queue)
+    job.finalize()  # an empty corpus (or all rejects) is finished right away
+    handle = Job(job.root, broker=broker)
+    return handle
+
+
+def _records_from_dicts(items: Iterable[dict[str, Any]], text_field: str,
+                        id_field: str) -> Iterable[Record | Reject]:
+    for line, item in enumerate(items, 1):
+        text = item.get(text_field) if isinstance(item, dict) else None
+        doc_id = item.get(id_field) if isinstance(item, dict) else None
+        doc_id = str(line) if doc_id is None else str(doc_id)
+        if not isinstance(text, str):
+            yield Reject(line, doc_id, f"text field {text_field!r} is not a string")
+        elif not text.strip():
+            yield Reject(line, doc_id, "empty or whitespace-only text")
+        else:
+            yield Record(line, doc_id, text)

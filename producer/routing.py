@@ -1,0 +1,40 @@
+"""Stage 4: pick the queue for a job: ``cpu``, ``gpu`` or ``auto`` (gpu when a worker eats it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def queue_for(choice: str, gpu_consumed: bool, *, cpu_queue: str = "cpu",
+              gpu_queue: str = "gpu") -> str:
+    """Pure routing rule.
+
+    >>> queue_for("auto", gpu_consumed=False)
+    'cpu'
+    """
+    if choice == "cpu":
+        return cpu_queue
+    if choice == "gpu":
+        return gpu_queue
+    if choice == "auto":
+        return gpu_queue if gpu_consumed else cpu_queue
+    raise ValueError(f"--queue {choice!r}: use cpu, gpu or auto")
+
+
+def choose_queue(app: Any, choice: str, *, cpu_queue: str = "cpu", gpu_queue: str = "gpu",
+                 log: Callable[[str], None] = print) -> str:
+    """``queue_for`` with ``auto`` answered by asking live workers which queues they consume."""
+    if choice != "auto":
+        return queue_for(choice, False, cpu_queue=cpu_queue, gpu_queue=gpu_queue)
+    consumed: set[str] = set()
+    try:
+        replies = app.control.inspect(timeout=1.5).active_queues() or {}
+        for queues in replies.values():
+            consumed.update(q.get("name", "") for q in queues)
+    except Exception as exc:
+        log(f"--queue auto: could not ask workers ({exc}); using {cpu_queue!r}")
+    q = queue_for("auto", gpu_queue in consumed, cpu_queue=cpu_queue, gpu_queue=gpu_queue)
+    log(f"--queue auto: {'a worker consumes' if q == gpu_queue else 'no worker consumes'} "
+        f"{gpu_queue!r}; sending to {q!r}")
+    return q

@@ -1,0 +1,48 @@
+"""Edge: talk to the broker — connect (fail fast), send shard tasks, look at the backlog."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from storage.jobdir import JobDir
+from worker.contract import TASK_NAME, ShardTask
+from worker.settings import WorkerSettings, mask_url
+
+
+def connect(broker: str | None) -> Any:
+    """A Celery app for ``broker`` whose connection works, else ConnectionError naming it."""
+    from worker.celery_app import create_app
+
+    url = broker or "redis://127.0.0.1:6379/0"
+    app = create_app(WorkerSettings(broker_url=url))
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2,
+                                   interval_max=0.5, timeout=5)
+    except Exception as exc:  # kombu raises OperationalError, OSError, ...
+        raise ConnectionError(f"cannot reach the broker at {mask_url(url)}: {exc}") from None
+    return app
+
+
+def send_shards(app: Any, job: JobDir, shards: Sequence[int], queue: str) -> None:
+    """One small JSON message per shard; publish retries follow the app's retry policy."""
+    with app.producer_or_acquire() as producer:
+        for n in shards:
+            payload = ShardTask(job_id=job.root.name, job_dir=str(job.root), shard=n).to_dict()
+            app.send_task(TASK_NAME, args=[payload], queue=queue, producer=producer,
+                          retry=True)
+
+
+def broker_backlog(broker: str | None, queue: str) -> int | None:
+    """Messages queued or unacked on a Redis broker; None when it cannot tell (RabbitMQ)."""
+    if not broker or not broker.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    try:
+        r = redis.Redis.from_url(broker, socket_timeout=3, socket_connect_timeout=3)
+        with r:
+            return int(r.llen(queue)) + int(r.hlen("unacked"))
+    except Exception:
+        return None

@@ -1,0 +1,236 @@
+"""The job directory: layout, manifest, per-shard state, and idempotent finalisation.
+
+    OUT/<job_id>/
+      manifest.json             written before any task runs; updated when the job finishes
+      input/part-NNNNN.parquet  staged chunks (what a task reads)
+      embeddings/part-NNNNN.parquet
+      metrics/part-NNNNN.parquet
+      rejects.jsonl             every record (or chunk) not embedded, with the reason
+      _SUCCESS                  last, only when every shard exists and validates
+      _state/                   attempts, failed shards, worker-side rejects (internal)
+
+Every name below the job root is built from integers; the job id itself is validated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from storage.atomic import remove_stale_tmp, write_bytes_atomic, write_json_atomic
+from storage.errors import InvalidJobId, JobNotFound
+from storage.shards import shard_is_valid, shard_name
+
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+MANIFEST = "manifest.json"
+SUCCESS = "_SUCCESS"
+
+
+def validate_job_id(job_id: str) -> str:
+    """Return ``job_id`` if it is a safe directory name, else raise InvalidJobId."""
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id) or ".." in job_id:
+        raise InvalidJobId(
+            f"invalid job id {job_id!r}: use 1-128 of A-Z a-z 0-9 _ . - (no '..', no '/')"
+        )
+    return job_id
+
+
+@dataclass(frozen=True)
+class ShardState:
+    shard: int
+    chunks: int
+    tokens: int
+    state: str  # "done", "failed", "pending"
+    reason: str = ""
+
+
+class JobDir:
+    """Paths and state of one job directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self._manifest: dict[str, Any] | None = None
+
+    @classmethod
+    def create(cls, out: str | os.PathLike[str], job_id: str) -> JobDir:
+        job = cls(Path(out) / validate_job_id(job_id))
+        for d in (job.root, job.input_dir, job.embeddings_dir, job.metrics_dir,
+                  job.state_dir / "attempts", job.state_dir / "failed", job.state_dir / "rejects"):
+            d.mkdir(parents=True, exist_ok=True)
+        return job
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> JobDir:
+        job = cls(path)
+        if not job.manifest_path.is_file():
+            raise JobNotFound(f"{job.root}: not an embedfleet job directory (no {MANIFEST})")
+        return job
+
+    # -- paths ---------------------------------------------------------------------------
+    manifest_path = property(lambda self: self.root / MANIFEST)
+    input_dir = property(lambda self: self.root / "input")
+    embeddings_dir = property(lambda self: self.root / "embeddings")
+    metrics_dir = property(lambda self: self.root / "metrics")
+    state_dir = property(lambda self: self.root / "_state")
+    rejects_path = property(lambda self: self.root / "rejects.jsonl")
+    ingest_rejects_path = property(lambda self: self.state_dir / "ingest-rejects.jsonl")
+    success_path = property(lambda self: self.root / SUCCESS)
+
+    def input_path(self, shard: int) -> Path:
+        return self.input_dir / shard_name(shard)
+
+    def embeddings_path(self, shard: int) -> Path:
+        return self.embeddings_dir / shard_name(shard)
+
+    def metrics_path(self, shard: int) -> Path:
+        return self.metrics_dir / shard_name(shard)
+
+    def shard_rejects_path(self, shard: int) -> Path:
+        return self.state_dir / "rejects" / shard_name(shard).replace(".parquet", ".jsonl")
+
+    def failed_path(self, shard: int) -> Path:
+        return self.state_dir / "failed" / shard_name(shard).replace(".parquet", ".json")
+
+    # -- manifest ------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self._manifest is None:
+            self._manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        return self._manifest
+
+    def reload(self) -> dict[str, Any]:
+        self._manifest = None
+        return self.manifest
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json_atomic(self.manifest_path, manifest)
+        self._manifest = manifest
+
+    def expected_chunks(self, shard: int) -> int | None:
+        for s in self.manifest.get("shards", []):
+            if s["shard"] == shard:
+                return int(s["chunks"])
+        return None
+
+    # -- per-shard state -----------------------------------------------------------------
+    def next_attempt(self, shard: int, info: dict[str, Any]) -> int:
+        """Record one more attempt at ``shard`` and return its number (1-based).
+
+        Each attempt is a file created with O_EXCL, so concurrent attempts on a shared
+        filesystem get distinct numbers without any broker support (Redis has no delivery
+        counter).
+        """
+        d = self.state_dir / "attempts"
+        d.mkdir(parents=True, exist_ok=True)
+        n = len(list(d.glob(f"{shard:05d}.*"))) + 1
+        while True:
+            try:
+                fd = os.open(d / f"{shard:05d}.{n}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                n += 1
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(info, f)
+            return n
+
+    def attempts(self, shard: int) -> list[dict[str, Any]]:
+        out = []
+        for p in sorted((self.state_dir / "attempts").glob(f"{shard:05d}.*"),
+                        key=lambda p: int(p.suffix[1:])):
+            try:
+                out.append(json.loads(p.read_text() or "{}"))
+            except ValueError:
+                out.append({})
+        return out
+
+    def mark_failed(self, shard: int, reason: str, **extra: Any) -> None:
+        write_json_atomic(self.failed_path(shard), {"shard": shard, "reason": reason, **extra})
+
+    def shard_states(self) -> list[ShardState]:
+        out = []
+        for s in self.manifest.get("shards", []):
+            n = int(s["shard"])
+            if shard_is_valid(self.embeddings_path(n), int(s["chunks"])):
+                out.append(ShardState(n, s["chunks"], s["tokens"], "done"))
+            elif self.failed_path(n).is_file():
+                reason = json.loads(self.failed_path(n).read_text()).get("reason", "")
+                out.append(ShardState(n, s["chunks"], s["tokens"], "failed", reason))
+            else:
+                out.append(ShardState(n, s["chunks"], s["tokens"], "pending"))
+        return out
+
+    def is_staged(self) -> bool:
+        return bool(self.manifest.get("staged"))
+
+    # -- finalisation --------------------------------------------------------------------
+    def finalize(self) -> bool:
+        """If every shard is done or failed, write totals, rejects.jsonl and ``_SUCCESS``.
+
+        Idempotent and safe to run concurrently (every write is an atomic rename of the same
+        content). Returns True when the job is finished (successfully or not).
+        """
+        if self.success_path.exists():
+            return True
+        manifest = self.reload()
+        if not manifest.get("staged"):
+            return False
+        states = self.shard_states()
+        if any(s.state == "pending" for s in states):
+            return False
+        lines: list[bytes] = []
+        if self.ingest_rejects_path.is_file():
+            lines.extend(x for x in self.ingest_rejects_path.read_bytes().splitlines() if x)
+        for s in states:
+            p = self.shard_rejects_path(s.shard)
+            if p.is_file():
+                lines.extend(x for x in p.read_bytes().splitlines() if x)
+        write_bytes_atomic(self.rejects_path, b"".join(x + b"\n" for x in lines))
+        failed = [s for s in states if s.state == "failed"]
+        manifest = dict(manifest)
+        manifest["result"] = self._totals(states, len(lines))
+        manifest["failed_shards"] = [{"shard": s.shard, "reason": s.reason} for s in failed]
+        manifest["status"] = "failed" if failed else "succeeded"
+        self.write_manifest(manifest)
+        remove_stale_tmp(self.root)
+        if not failed:
+            write_bytes_atomic(self.success_path, b"")
+        return True
+
+    def _totals(self, states: list[ShardState], rejects: int) -> dict[str, Any]:
+        rows = 0
+        for s in states:
+            if s.state == "done":
+                rows += pq.read_metadata(self.embeddings_path(s.shard)).num_rows
+        m = metrics_summary(self)
+        finished = time.time()
+        wall = max(finished - float(self.manifest.get("submitted_at", finished)), 1e-9)
+        return {
+            "embedded_chunks": rows,
+            "rejects": rejects,
+            "finished_at": finished,
+            "wall_s": round(wall, 3),
+            "tokens_per_s": round(m["real_tokens"] / wall, 1),
+            **m,
+        }
+
+
+def metrics_summary(job: JobDir) -> dict[str, Any]:
+    """Sums over ``metrics/*.parquet`` (real/padded tokens, cache hits, chunks)."""
+    tot = {"chunks": 0, "real_tokens": 0, "padded_tokens": 0, "cache_hits": 0,
+           "inference_ms": 0.0, "batches": 0}
+    for p in sorted(job.metrics_dir.glob("part-*.parquet")):
+        t = pq.read_table(p, columns=["chunks", "real_tokens", "padded_tokens", "cache_hits",
+                                      "inference_ms"])
+        tot["batches"] += t.num_rows
+        for k in ("chunks", "real_tokens", "padded_tokens", "cache_hits"):
+            tot[k] += int(sum(t[k].to_pylist()))
+        tot["inference_ms"] += float(sum(t["inference_ms"].to_pylist()))
+    tot["inference_ms"] = round(tot["inference_ms"], 1)
+    return tot

@@ -1,0 +1,54 @@
+"""Stage 10: the Parquet schemas of the job directory (a public contract: see the README)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+INPUT_SCHEMA = pa.schema([
+    pa.field("line", pa.int64()),            # 1-based line (or row) of the input record
+    pa.field("doc_id", pa.string()),
+    pa.field("chunk_index", pa.int32()),
+    pa.field("chunk_count", pa.int32()),
+    pa.field("char_start", pa.int64()),
+    pa.field("char_end", pa.int64()),
+    pa.field("n_tokens", pa.int32()),         # tokens the model sees, special tokens included
+    pa.field("text", pa.string()),            # exactly what is embedded (prefix included)
+    pa.field("text_sha256", pa.string()),
+])
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field("doc_id", pa.string()),
+        pa.field("chunk_index", pa.int32()),
+        pa.field("char_start", pa.int64()),
+        pa.field("char_end", pa.int64()),
+        pa.field("n_tokens", pa.int32()),
+        pa.field("text_sha256", pa.string()),
+        pa.field("embedding", pa.list_(pa.float32(), dim)),
+        pa.field("cached", pa.bool_()),
+    ])
+
+
+METRICS_SCHEMA = pa.schema([
+    pa.field("shard", pa.int32()),
+    pa.field("batch_index", pa.int32()),
+    pa.field("hostname", pa.string()),
+    pa.field("queue", pa.string()),
+    pa.field("provider", pa.string()),
+    pa.field("precision", pa.string()),
+    pa.field("fallback", pa.bool_()),          # CUDA requested, CPU used
+    pa.field("chunks", pa.int32()),
+    pa.field("real_tokens", pa.int64()),
+    pa.field("padded_tokens", pa.int64()),
+    pa.field("cache_hits", pa.int32()),
+    pa.field("tokenize_ms", pa.float64()),
+    pa.field("inference_ms", pa.float64()),
+    pa.field("total_ms", pa.float64()),
+    pa.field("tokens_per_s", pa.float64()),
+    pa.field("rss_mb", pa.float64()),
+    pa.field("attempt", pa.int32()),
+    pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
+])
+"""One row per inference batch. A shard answered wholly from the cache has one row with
+``chunks == cache_hits`` and no inference time."""

@@ -1,0 +1,83 @@
+"""Stage 10: write and validate the job's Parquet shards, atomically and idempotently.
+
+Shard paths come only from integers (``part-00007.parquet``). Writing a shard that already
+exists and validates is a no-op reported as "already done", so a redelivered task is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.atomic import write_atomic
+from storage.schema import INPUT_SCHEMA, METRICS_SCHEMA, embeddings_schema
+
+META_PREFIX = b"embedfleet."
+
+
+def shard_name(shard: int) -> str:
+    """``part-NNNNN.parquet`` from an integer, never from input data."""
+    if not isinstance(shard, int) or isinstance(shard, bool) or shard < 0:
+        raise ValueError(f"shard number must be a non-negative int, got {shard!r}")
+    return f"part-{shard:05d}.parquet"
+
+
+def write_table(path: Path, table: pa.Table, metadata: Mapping[str, Any] | None = None) -> None:
+    """Write ``table`` to ``path`` via a temporary file and rename."""
+    if metadata:
+        meta = dict(table.schema.metadata or {})
+        meta.update({META_PREFIX + k.encode(): str(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(meta)
+
+    def _write(tmp: Path) -> None:
+        pq.write_table(table, tmp, compression="zstd")
+
+    write_atomic(path, _write)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``embedfleet.*`` key-value metadata of a Parquet file."""
+    meta = pq.read_schema(path).metadata or {}
+    return {k[len(META_PREFIX):].decode(): v.decode() for k, v in meta.items()
+            if k.startswith(META_PREFIX)}
+
+
+def shard_is_valid(path: Path, expected_chunks: int | None) -> bool:
+    """Footer readable and rows + rejected chunks equal to what the manifest expects."""
+    try:
+        md = pq.read_metadata(path)
+        rejected = int(read_metadata(path).get("rejected", "0"))
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return expected_chunks is None or md.num_rows + rejected == expected_chunks
+
+
+def input_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=INPUT_SCHEMA)
+
+
+def embeddings_table(inputs: pa.Table, vectors: np.ndarray, cached: np.ndarray,
+                     keep: np.ndarray | None = None) -> pa.Table:
+    """The embeddings shard: input columns + vectors + cached flag (rows in ``keep`` only)."""
+    dim = int(vectors.shape[1])
+    if keep is not None:
+        inputs = inputs.filter(pa.array(keep))
+        vectors, cached = vectors[keep], cached[keep]
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    cols = {
+        "doc_id": inputs["doc_id"], "chunk_index": inputs["chunk_index"],
+        "char_start": inputs["char_start"], "char_end": inputs["char_end"],
+        "n_tokens": inputs["n_tokens"], "text_sha256": inputs["text_sha256"],
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "cached": pa.array(cached, type=pa.bool_()),
+    }
+    return pa.Table.from_pydict(cols, schema=embeddings_schema(dim))
+
+
+def metrics_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=METRICS_SCHEMA)

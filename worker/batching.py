@@ -1,0 +1,87 @@
+"""Stage 6: tokenise once, sort by length, cut padded batches under a token budget.
+
+TEI's rule (``queue.rs``) plus sorting: a batch grows while ``longest × rows ≤ max_batch_tokens``,
+so 8,192-token chunks never share a padded batch with 20-token ones and one long chunk cannot
+blow the memory. Sorting by *token* length (not characters: CJK is about one token per
+character) keeps padding near zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.pooling import IntArray
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
+"""Padded tokens per inference batch (rows × longest row)."""
+DEFAULT_MAX_BATCH_ROWS = 256
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows of one inference call; ``positions`` index into the caller's list of texts."""
+
+    positions: list[int]
+    input_ids: IntArray
+    attention_mask: IntArray
+    token_type_ids: IntArray
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.attention_mask.size)
+
+
+def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids per text (special tokens added, truncated at the tokenizer's max length)."""
+    return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+
+
+def plan_batches(
+    lengths: Sequence[int], max_batch_tokens: int, max_rows: int = DEFAULT_MAX_BATCH_ROWS
+) -> list[list[int]]:
+    """Group positions into batches by ascending length under the padded-token budget.
+
+    >>> plan_batches([5, 100, 6, 99], max_batch_tokens=200)
+    [[0, 2], [3, 1]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        longest = lengths[i]  # ascending order: the newcomer is the longest
+        if cur and (longest * (len(cur) + 1) > max_batch_tokens or len(cur) >= max_rows):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def batches_by_tokens(
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_rows: int = DEFAULT_MAX_BATCH_ROWS,
+) -> Iterator[Batch]:
+    """Yield padded int64 batches, shortest first."""
+    for positions in plan_batches([len(x) for x in ids], max_batch_tokens, max_rows):
+        yield pad_rows([ids[i] for i in positions], positions, pad_id)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], positions: list[int], pad_id: int) -> Batch:
+    """Right-pad rows to the longest one."""
+    width = max(len(r) for r in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for k, r in enumerate(rows):
+        input_ids[k, : len(r)] = r
+        mask[k, : len(r)] = 1
+    return Batch(positions, input_ids, mask, np.zeros_like(input_ids))

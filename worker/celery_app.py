@@ -1,0 +1,99 @@
+"""The Celery app: delivery settings for at-least-once batch work, queues, the shard task.
+
+``celery -A worker worker -Q cpu`` (or ``-Q gpu``) runs a fleet member; ``celery -A worker
+flower`` shows it. The settings follow shared/research/reliability.md: JSON only, late acks,
+requeue on a lost worker, one message reserved per process, Redis visibility timeout above the
+hard time limit above the soft one, cancel running tasks on broker connection loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+from worker.contract import TASK_NAME  # noqa: E402  (re-exported)
+
+
+def celery_config(s: WorkerSettings) -> dict[str, Any]:
+    """The Celery configuration for ``s`` (a plain dict: unit-tested without a broker)."""
+    transport: dict[str, Any] = {}
+    if s.broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+        transport = {
+            "visibility_timeout": s.visibility_timeout,
+            # socket_timeout must exceed kombu's 1 s BRPOP wait (redis/redis-py#583).
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "health_check_interval": 25,
+        }
+        if s.unacked_restore_interval is not None:
+            transport["unacked_restore_interval"] = s.unacked_restore_interval
+            transport["unacked_restore_throttle"] = 1
+    elif s.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # Without publisher confirms RabbitMQ may drop messages silently under resource limits.
+        transport = {"confirm_publish": True}
+    return {
+        "broker_url": s.broker_url,
+        "result_backend": None,
+        "task_ignore_result": True,  # completion is tracked in the job directory
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,  # bounded by the per-shard attempt cap
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": s.soft_time_limit,
+        "task_time_limit": s.time_limit,
+        "broker_transport_options": transport,
+        "visibility_timeout": s.visibility_timeout,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 10, "interval_start": 0.5,
+                                      "interval_step": 1, "interval_max": 5},
+        "worker_send_task_events": True,  # Flower shows the fleet
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "worker_hijack_root_logger": False,
+        "task_default_queue": s.cpu_queue,
+        "task_queues": [Queue(s.cpu_queue), Queue(s.gpu_queue)],
+        "task_create_missing_queues": True,
+        "worker_max_memory_per_child": 4_000_000,  # KiB: recycle a child that keeps growing
+    }
+
+
+def create_app(settings: WorkerSettings) -> Celery:
+    """A Celery app with the shard task registered; ``settings`` ride along as ``app.settings``."""
+    if not settings.visibility_timeout > settings.time_limit > settings.soft_time_limit:
+        log.warning(
+            "EMBED_VISIBILITY_TIMEOUT (%s) > EMBED_TIME_LIMIT (%s) > EMBED_SOFT_TIME_LIMIT (%s) "
+            "does not hold: a slow shard may be delivered twice (harmless, but wasted work)",
+            settings.visibility_timeout, settings.time_limit, settings.soft_time_limit,
+        )
+    app = Celery("embedfleet", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    app.settings = settings  # type: ignore[attr-defined]
+    from worker.tasks import register
+
+    register(app)
+    return app
+
+
+@lru_cache(maxsize=1)
+def default_app() -> Celery:
+    """The app ``celery -A worker`` uses, configured from ``os.environ`` once."""
+    logging.basicConfig(level=os.environ.get("EMBED_LOG_LEVEL", "INFO"),
+                        format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")
+    return create_app(WorkerSettings.from_env(os.environ))

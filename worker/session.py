@@ -1,0 +1,173 @@
+"""Stage 5b/7: build an ONNX Runtime session for a bundle variant and run batches through it.
+
+This is the only module that imports onnxruntime. Sessions are created lazily in the process
+that uses them (never before a Celery prefork), and what the session really runs on is read
+back from ``get_providers()``: a CUDA request that fell back to CPU is logged as a warning and
+kept in ``LoadedModel.fallback`` so metrics can show it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from worker.batching import Batch, batches_by_tokens, encode
+from worker.bundle import Bundle, load_bundle
+from worker.errors import BundleError, InferenceError
+from worker.pooling import FloatArray, pool
+from worker.providers import CPU, CUDA, Device, default_precision, provider_names, select_providers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A bundle variant with its tokenizer and live session."""
+
+    bundle: Bundle
+    precision: str
+    session: Any
+    tokenizer: Any
+    pad_id: int
+    device: str
+    requested_providers: list[str]
+    active_providers: list[str]
+    input_names: list[str] = field(default_factory=list)
+    output_name: str = ""
+    pooled_output: bool = False
+    fingerprint: str = ""
+
+    @property
+    def provider(self) -> str:
+        """The provider doing the work (first active one)."""
+        return self.active_providers[0] if self.active_providers else "none"
+
+    @property
+    def fallback(self) -> bool:
+        """True when CUDA was asked for and the session runs on CPU."""
+        return CUDA in self.requested_providers and CUDA not in self.active_providers
+
+    def run(self, batch: Batch) -> FloatArray:
+        """Embed one padded batch: session, pool, normalise. Rows follow ``batch.positions``."""
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                 "token_type_ids": batch.token_type_ids}
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        try:
+            if CUDA in self.active_providers:
+                out = self._run_io_binding(feeds)
+            else:
+                out = self.session.run([self.output_name], feeds)[0]
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+        if self.pooled_output:
+            vecs = out.astype(np.float32)
+            return pool_normalize_only(vecs, self.bundle.config.normalize)
+        return pool(self.bundle.config.pooling.value, out, batch.attention_mask,
+                    self.bundle.config.normalize)
+
+    def embed(self, texts: Sequence[str], max_batch_tokens: int = 16384) -> FloatArray:
+        """Embed texts in length-sorted batches; rows come back in input order."""
+        ids = encode(self.tokenizer, texts)
+        out = np.zeros((len(texts), self.bundle.config.dim), dtype=np.float32)
+        for batch in batches_by_tokens(ids, self.pad_id, max_batch_tokens):
+            out[batch.positions] = self.run(batch)
+        return out
+
+    def _run_io_binding(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        # IO binding keeps the output on the device until one copy at the end; inputs are tiny
+        # int64 arrays, so binding them from host memory is enough.
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, arr in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0))
+        binding.bind_output(self.output_name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+def pool_normalize_only(vecs: FloatArray, normalize: bool) -> FloatArray:
+    from worker.pooling import l2_normalize
+
+    return l2_normalize(vecs) if normalize else vecs
+
+
+def load_model(
+    bundle: Bundle | str | os.PathLike[str],
+    *,
+    device: Device | str = Device.CPU,
+    precision: str = "auto",
+    threads: int | None = None,
+    device_id: int = 0,
+    tensorrt: bool = False,
+    strict: bool = False,
+) -> LoadedModel:
+    """Build a session for the bundle on ``device`` (``cpu``, ``gpu``, ``auto``).
+
+    Raises:
+        BundleError: a missing variant or an ONNX file that does not load.
+        ProviderUnavailable: ``strict`` and no CUDA.
+    """
+    import onnxruntime as ort
+
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    available = ort.get_available_providers()
+    providers = select_providers(device, available, device_id=device_id, tensorrt=tensorrt,
+                                 strict=strict)
+    prec = default_precision(Device.GPU if CUDA in provider_names(providers) else Device.CPU,
+                             bundle.variants, precision)
+    path = bundle.onnx_path(prec)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.log_severity_level = 3
+    requested = provider_names(providers)
+    try:
+        if CUDA in requested and CUDA not in available:
+            # Asking ORT for a provider it does not have only prints a warning; skip the noise
+            # and record the fallback ourselves.
+            session = ort.InferenceSession(str(path), opts, providers=[CPU])
+        else:
+            session = ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:
+        raise BundleError(f"{path}: ONNX Runtime cannot load this model ({exc})") from exc
+    active = session.get_providers()
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if "input_ids" not in inputs:
+        raise BundleError(f"{path}: graph has no 'input_ids' input (inputs: {inputs})")
+    pooled = "sentence_embedding" in outputs
+    tok = bundle.load_tokenizer(truncate=True)
+    model = LoadedModel(
+        bundle=bundle, precision=prec, session=session, tokenizer=tok,
+        pad_id=pad_token_id(tok), device=Device(device).value, requested_providers=requested,
+        active_providers=list(active), input_names=inputs,
+        output_name="sentence_embedding" if pooled else outputs[0], pooled_output=pooled,
+        fingerprint=bundle.fingerprint(prec),
+    )
+    if model.fallback:
+        log.warning(
+            "CUDA REQUESTED BUT NOT AVAILABLE: %s runs on %s (available providers: %s). "
+            "Embeddings are correct but slow; install onnxruntime-gpu and CUDA to use the GPU.",
+            path.name, ", ".join(active), ", ".join(available),
+        )
+    log.info("loaded %s (%s) on %s, %d threads", path, prec, ", ".join(active), threads or 0)
+    return model
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The pad id the tokenizer declares, else [PAD]/<pad>, else 0."""
+    for name in ("[PAD]", "<pad>", "<|endoftext|>"):
+        tid = tokenizer.token_to_id(name)
+        if tid is not None:
+            return int(tid)
+    return 0
