@@ -14,6 +14,15 @@ class Progress:
     def update(self, st: Any) -> None:
         if not self.enabled or not st.chunks:
             return
+        if not sys.stderr.isatty():
+            # Logs and CI: one line per finished shard, not a redraw every second.
+            key = (st.done, st.failed)
+            if key != getattr(self, "_last", None):
+                self._last = key
+                hit = st.cache_hits / st.chunks_done if st.chunks_done else 0.0
+                sys.stderr.write(f"shards {st.done}/{st.shards}  chunks {st.chunks_done}/"
+                                 f"{st.chunks}  {st.tokens_per_s:,.0f} tok/s  cache {hit:.0%}\n")
+            return
         if self.bar is None:
             import click
 

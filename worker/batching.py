@@ -18,6 +18,9 @@ from worker.pooling import IntArray
 DEFAULT_MAX_BATCH_TOKENS = 16384
 """Padded tokens per inference batch (rows × longest row)."""
 DEFAULT_MAX_BATCH_ROWS = 256
+DEFAULT_MAX_PADDING = 0.10
+"""A batch is also cut when padding would exceed this fraction of its padded tokens."""
+MIN_ROWS_BEFORE_PADDING_CUT = 4
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,15 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
 
 def plan_batches(
-    lengths: Sequence[int], max_batch_tokens: int, max_rows: int = DEFAULT_MAX_BATCH_ROWS
+    lengths: Sequence[int],
+    max_batch_tokens: int,
+    max_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    max_padding: float = DEFAULT_MAX_PADDING,
 ) -> list[list[int]]:
     """Group positions into batches by ascending length under the padded-token budget.
+
+    A batch is cut when ``longest × rows`` would pass ``max_batch_tokens``, when it has
+    ``max_rows`` rows, or (once it has a few rows) when padding would pass ``max_padding``.
 
     >>> plan_batches([5, 100, 6, 99], max_batch_tokens=200)
     [[0, 2], [3, 1]]
@@ -54,12 +63,20 @@ def plan_batches(
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches: list[list[int]] = []
     cur: list[int] = []
+    real = 0
     for i in order:
         longest = lengths[i]  # ascending order: the newcomer is the longest
-        if cur and (longest * (len(cur) + 1) > max_batch_tokens or len(cur) >= max_rows):
+        padded = longest * (len(cur) + 1)
+        if cur and (
+            padded > max_batch_tokens
+            or len(cur) >= max_rows
+            or (len(cur) >= MIN_ROWS_BEFORE_PADDING_CUT
+                and 1 - (real + longest) / padded > max_padding)
+        ):
             batches.append(cur)
-            cur = []
+            cur, real = [], 0
         cur.append(i)
+        real += longest
     if cur:
         batches.append(cur)
     return batches

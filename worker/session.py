@@ -120,8 +120,10 @@ def load_model(
     available = ort.get_available_providers()
     providers = select_providers(device, available, device_id=device_id, tensorrt=tensorrt,
                                  strict=strict)
-    prec = default_precision(Device.GPU if CUDA in provider_names(providers) else Device.CPU,
-                             bundle.variants, precision)
+    # Precision follows the device that will really run: a GPU request on a machine without
+    # CUDA gets the CPU default (recorded as a fallback), not an fp16 graph on the CPU.
+    on_gpu = CUDA in provider_names(providers) and CUDA in available
+    prec = default_precision(Device.GPU if on_gpu else Device.CPU, bundle.variants, precision)
     path = bundle.onnx_path(prec)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -1,0 +1,137 @@
+"""Real processes for integration tests: a throwaway redis-server and celery workers.
+
+Never the shared Redis on 6379: every server here listens on a free port with its data in a
+temp dir. Workers are real ``celery -A worker worker`` subprocesses in their own sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from producer.local import free_port, redis_server_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, *, appendonly: bool = False, port: int | None = None,
+                 extra: list[str] | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db, socket_timeout=5)
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+               "--dir", str(self.workdir), "--save", "",
+               "--appendonly", "yes" if self.appendonly else "no",
+               "--appendfsync", "always", "--logfile", str(self.workdir / "redis.log"),
+               *self.extra]
+        self.proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return self
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self, nosave: bool = True) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.client().shutdown(nosave=nosave)
+        except redis.RedisError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+class Worker:
+    """One ``celery -A worker worker`` process (prefork, ``-c 1`` by default)."""
+
+    def __init__(self, env: dict[str, str], log: Path, *, queue: str = "cpu", name: str = "w1",
+                 concurrency: int = 1) -> None:
+        self.env = {**os.environ, **env}
+        self.log = log
+        self.queue = queue
+        self.name = name
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> Worker:
+        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue,
+               "-c", str(self.concurrency), "-P", "prefork", "-n", f"{self.name}@%h",
+               "--without-gossip", "--without-mingle", "-l", "INFO"]
+        f = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=f,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        f.close()
+        self.wait_for(" ready.", timeout)
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for(self, needle: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited ({self.proc.returncode}):\n{self.text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{needle!r} not in worker log:\n{self.text()[-4000:]}")
+            time.sleep(0.1)
+
+    def children(self) -> list[int]:
+        import psutil
+
+        if self.proc is None:
+            return []
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.proc = None
