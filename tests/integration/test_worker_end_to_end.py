@@ -81,8 +81,9 @@ def test_end_to_end_every_chunk_once_and_equal_to_direct_session(
     assert met["real_tokens"].sum() == m["totals"]["tokens"]
     assert (met["provider"] == "CPUExecutionProvider").all()
     assert (met["precision"] == "fp32").all()
-    assert (met["padded_tokens"] >= met["real_tokens"]).all()
-    assert met["padded_tokens"].sum() <= 1.15 * met["real_tokens"].sum()  # length-sorted
+    inf = met[met["batch_index"] >= 0]  # batch_index -1: the shard's cache hits
+    assert (inf["padded_tokens"] >= inf["real_tokens"]).all()
+    assert inf["padded_tokens"].sum() <= 1.15 * inf["real_tokens"].sum()  # length-sorted
     assert m["result"]["embedded_chunks"] == m["totals"]["chunks"]
 
     # The same corpus as a new job computes nothing: every row cached, metrics 100% hits.
