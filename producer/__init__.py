@@ -1,0 +1,1 @@
+"""Producer: read a corpus, chunk it, build and submit embedding tasks."""

@@ -1,0 +1,280 @@
+"""Stage 1: stream an untrusted corpus file into Records (good lines) and Rejects (bad lines).
+
+JSON Lines (plain or gzip) is read as bytes, one line at a time, with a per-line byte cap: a
+line over the cap is skipped block by block and never held in memory, so memory depends on
+neither the corpus size nor the line size. Parquet is read in record batches. Every non-blank
+line gives exactly one Record or one Reject; nothing on a line can stop the iterator.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+DEFAULT_MAX_LINE_BYTES = 64 * 2**20
+"""Longest JSONL line accepted, in bytes, not counting the line terminator."""
+
+MAX_INT_DIGITS = 4300
+"""Longest integer literal parsed (Python's own default limit for int(str))."""
+
+PARQUET_BATCH_ROWS = 1024
+"""Rows per record batch when reading Parquet."""
+
+_SKIP_BLOCK = 1 << 16  # bytes read at a time while skipping the rest of an over-cap line
+_BOM = b"\xef\xbb\xbf"
+_GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_TYPES = {
+    type(None): "null", bool: "bool", int: "int", float: "float", str: "str", list: "list",
+    dict: "object",
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One accepted document. ``line`` is the 1-based line (row number for Parquet)."""
+
+    line: int
+    doc_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One refused line, with a short human-readable reason."""
+
+    line: int
+    doc_id: str | None
+    reason: str
+
+
+class _LineReader(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+class _Refused(Exception):
+    """A line is refused; carries the reason and the id when it was already known."""
+
+    def __init__(self, reason: str, doc_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.doc_id = doc_id
+
+
+def iter_records(
+    path: str | Path,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[Record | Reject]:
+    """Yield one Record or Reject per non-blank line (or row) of a corpus file.
+
+    The format comes from the suffix or the first bytes: ``.parquet`` / ``PAR1`` is Parquet,
+    ``.gz`` / gzip magic is gzipped JSONL, anything else is plain JSONL. Blank and
+    whitespace-only lines yield nothing but still count in line numbers. A UTF-8 BOM at the
+    start and CRLF line ends are accepted. A missing or null id becomes the line number.
+
+    Args:
+        path: The corpus file.
+        text_field: Key (or Parquet column) holding the document text.
+        id_field: Key (or Parquet column) holding the document id: a string or an integer.
+        max_line_bytes: Longer JSONL lines are rejected without being read into memory;
+            Parquet texts over this many UTF-8 bytes are rejected too.
+
+    Yields:
+        ``Record(line, doc_id, text)`` or ``Reject(line, doc_id, reason)`` in file order.
+
+    Raises:
+        OSError: If the file cannot be opened or read (a truncated gzip stream included).
+        ValueError: If a Parquet file has no ``text_field`` column.
+    """
+    path = Path(path)
+    with path.open("rb") as raw:
+        magic = raw.read(4)
+    if path.suffix == ".parquet" or magic == _PARQUET_MAGIC:
+        yield from _iter_parquet(path, text_field, id_field, max_line_bytes)
+        return
+    opener = gzip.open if path.suffix == ".gz" or magic[:2] == _GZIP_MAGIC else open
+    with opener(path, "rb") as stream:
+        try:
+            for line_no, data, size in _iter_lines(stream, max_line_bytes):
+                if data is None:
+                    reason = f"line is {size} bytes, over the cap of {max_line_bytes} bytes"
+                    yield Reject(line_no, None, reason)
+                elif data.strip():
+                    yield _judge(line_no, partial(_parse_line, data), text_field, id_field)
+        except EOFError as exc:  # gzip raises EOFError, not OSError, for a cut-off stream
+            raise OSError(f"{path}: compressed stream is truncated ({exc})") from exc
+
+
+def file_checksum(path: str | Path) -> str:
+    """Return the SHA-256 hex digest of a file's bytes, read in blocks.
+
+    Args:
+        path: The file.
+
+    Returns:
+        64 lowercase hex characters.
+    """
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _iter_lines(stream: _LineReader, cap: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """Yield ``(line_no, content, size)``; content is None for a line over ``cap`` bytes.
+
+    Content has the line terminator (LF or CRLF) and a leading BOM removed. At most
+    ``cap + 2`` bytes of one line are ever held.
+    """
+    line_no = 0
+    while True:
+        data = stream.readline(cap + 2)
+        if not data:
+            return
+        line_no += 1
+        if line_no == 1 and data.startswith(_BOM):
+            data = data[len(_BOM) :]
+        if not data.endswith(b"\n") and len(data) == cap + 2:
+            size, end = len(data), data[-2:]  # over the cap for sure: count the rest, keep none
+            while not end.endswith(b"\n"):
+                data = stream.readline(_SKIP_BLOCK)
+                if not data:
+                    break
+                size, end = size + len(data), (end + data)[-2:]
+            yield line_no, None, size - _terminator_len(end)
+            continue
+        content = data[: len(data) - _terminator_len(data)]
+        if len(content) > cap:
+            yield line_no, None, len(content)
+        else:
+            yield line_no, content, len(content)
+
+
+def _terminator_len(data: bytes) -> int:
+    if data.endswith(b"\r\n"):
+        return 2
+    return 1 if data.endswith((b"\n", b"\r")) else 0
+
+
+def _parse_line(data: bytes) -> Any:
+    """Decode strictly and parse; raise _Refused with a stable reason."""
+    try:
+        line = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Refused(f"invalid UTF-8 at byte {exc.start}: {exc.reason}") from None
+    try:
+        return json.loads(line, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise _Refused(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise _Refused("nesting too deep") from None
+    except ValueError as exc:  # from _parse_int, or the interpreter's own digits limit
+        if "digits" in str(exc):
+            raise _Refused(f"integer too large (over {MAX_INT_DIGITS} digits)") from None
+        raise _Refused(f"malformed JSON: {exc}") from None
+
+
+def _parse_int(digits: str) -> int:
+    # int() of a long digit string is quadratic (CVE-2020-10735). Python caps it at 4300 digits
+    # by default, but sys.set_int_max_str_digits(0) lifts that for the whole process; this
+    # check does not depend on it.
+    if len(digits) - digits.startswith("-") > MAX_INT_DIGITS:
+        raise ValueError(f"integer has {len(digits)} digits")
+    return int(digits)
+
+
+def _judge(
+    line_no: int, load: Callable[[], Any], text_field: str, id_field: str
+) -> Record | Reject:
+    """Turn one line into a Record or a Reject; never raises (except KeyboardInterrupt etc.)."""
+    doc_id = None
+    try:
+        obj = load()
+        if not isinstance(obj, dict):
+            raise _Refused(f"not a JSON object (got {_json_type(obj)})")
+        doc_id = _doc_id(obj.get(id_field), line_no, id_field)
+        return Record(line_no, doc_id, _text(obj, text_field, doc_id))
+    except _Refused as refused:
+        return Reject(line_no, refused.doc_id, refused.reason)
+    except Exception as exc:  # noqa: BLE001 - an untrusted line must never stop the run
+        return Reject(line_no, doc_id, f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _doc_id(value: Any, line_no: int, id_field: str) -> str:
+    if value is None:
+        return str(line_no)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise _Refused(f"id field {id_field!r} contains lone surrogates")
+        return value  # ids are data, never paths: hostile strings are fine here
+    raise _Refused(f"id field {id_field!r} must be a string or integer (got {_json_type(value)})")
+
+
+def _text(obj: dict[str, Any], text_field: str, doc_id: str) -> str:
+    if text_field not in obj:
+        raise _Refused(f"missing text field {text_field!r}", doc_id)
+    text = obj[text_field]
+    if text is None:
+        raise _Refused(f"text field {text_field!r} is null", doc_id)
+    if isinstance(text, bytes):  # Parquet binary column
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reason = f"invalid UTF-8 in text field {text_field!r} at byte {exc.start}"
+            raise _Refused(reason, doc_id) from None
+    if not isinstance(text, str):
+        reason = f"text field {text_field!r} is not a string (got {_json_type(text)})"
+        raise _Refused(reason, doc_id)
+    if _SURROGATE.search(text):  # "\ud800" parses but str.encode("utf-8") fails later
+        raise _Refused("text contains lone surrogates", doc_id)
+    if not text or text.isspace():
+        raise _Refused("empty or whitespace-only text", doc_id)
+    return text
+
+
+def _size(text: str | bytes) -> int:
+    return len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _iter_parquet(
+    path: Path, text_field: str, id_field: str, cap: int
+) -> Iterator[Record | Reject]:
+    import pyarrow.parquet as pq  # keep the JSONL path free of the pyarrow import
+
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if text_field not in names:
+        raise ValueError(f"{path} has no column {text_field!r}; columns: {names}")
+    columns = [text_field] + ([id_field] if id_field in names and id_field != text_field else [])
+    row = 0
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        texts = batch.column(text_field).to_pylist()
+        ids = batch.column(id_field).to_pylist() if id_field in columns else [None] * len(texts)
+        for text, doc_id in zip(texts, ids, strict=True):
+            row += 1
+            size = _size(text) if isinstance(text, str | bytes) and len(text) > cap // 4 else 0
+            if size > cap:  # same policy as a JSONL line: no document over the cap
+                yield Reject(row, None, f"text is {size} bytes, over the cap of {cap} bytes")
+                continue
+            row_obj: partial[dict[str, Any]] = partial(dict, {text_field: text, id_field: doc_id})
+            yield _judge(row, row_obj, text_field, id_field)
