@@ -197,6 +197,12 @@ def _parse_int(digits: str) -> int:
     return int(digits)
 
 
+def judge_object(line_no: int, obj: Any, text_field: str = "text",
+                 id_field: str = "id") -> Record | Reject:
+    """The same checks as for a JSONL line, for an already-parsed object (the Python API)."""
+    return _judge(line_no, lambda: obj, text_field, id_field)
+
+
 def _judge(
     line_no: int, load: Callable[[], Any], text_field: str, id_field: str
 ) -> Record | Reject:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from producer.corpus import Record, Reject, file_checksum, iter_records
+from producer.corpus import Record, Reject, file_checksum, iter_records, judge_object
 from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, stage_corpus
 from producer.submit import broker_backlog, connect, send_shards
 from storage.jobdir import JobDir
@@ -249,12 +249,4 @@ def submit(
 def _records_from_dicts(items: Iterable[dict[str, Any]], text_field: str,
                         id_field: str) -> Iterable[Record | Reject]:
     for line, item in enumerate(items, 1):
-        text = item.get(text_field) if isinstance(item, dict) else None
-        doc_id = item.get(id_field) if isinstance(item, dict) else None
-        doc_id = str(line) if doc_id is None else str(doc_id)
-        if not isinstance(text, str):
-            yield Reject(line, doc_id, f"text field {text_field!r} is not a string")
-        elif not text.strip():
-            yield Reject(line, doc_id, "empty or whitespace-only text")
-        else:
-            yield Record(line, doc_id, text)
+        yield judge_object(line, item, text_field, id_field)
