@@ -2,24 +2,33 @@
 
 The durable pattern: write to a unique temporary name in the same directory (``O_EXCL``), flush,
 fsync, ``os.replace`` onto the final name, fsync the directory. A reader globbing ``*.parquet``
-never sees a temporary file because temporary names end in ``.tmp``.
+never sees a temporary file because temporary names are hidden and end in ``.tmp``. They also
+name their writer (host and pid), so clean-up removes only the files of writers that are gone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 TMP_SUFFIX = ".tmp"
+DEFAULT_TMP_MAX_AGE_S = 3600
+"""A temporary file untouched this long is garbage even if its writer's liveness is unknown
+(another host): far above the task time limit, and a live writer keeps touching its file."""
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "localhost"
 
 
 def tmp_name(final: Path) -> Path:
-    """A unique temporary sibling of ``final`` (``.name.<pid>.<uuid>.tmp``)."""
-    return final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+    """A unique temporary sibling of ``final`` (``.name.<host>.<pid>.<uuid>.tmp``)."""
+    return final.with_name(
+        f".{final.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
 
 
 def write_atomic(final: Path, write: Callable[[Path], None]) -> None:
@@ -66,15 +75,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_tmp(directory: Path) -> int:
-    """Delete temporary files left by killed writers; returns how many were removed."""
+def remove_stale_tmp(directory: Path, *, max_age_s: float = DEFAULT_TMP_MAX_AGE_S) -> int:
+    """Delete temporary files left by killed writers; returns how many were removed.
+
+    A file is stale when its writer ran on this host and no longer exists, or when it has not
+    been modified for ``max_age_s``. Files of live writers stay: deleting them would make a
+    concurrent ``finalize`` or a duplicate task fail its rename.
+    """
     n = 0
     if not directory.is_dir():
         return 0
+    now = time.time()
     for p in directory.rglob(f".*{TMP_SUFFIX}"):
         try:
-            p.unlink()
-            n += 1
+            if _writer_gone(p.name) or now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+                n += 1
         except FileNotFoundError:
             pass
     return n
+
+
+def _writer_gone(name: str) -> bool:
+    """True only when ``name`` was written on this host by a process that has exited."""
+    parts = name.rsplit(".", 4)  # [".final", host, pid, uuid, "tmp"]
+    if len(parts) != 5 or parts[1] != _HOST or not parts[2].isdigit() or int(parts[2]) <= 0:
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, owned by someone else
+        return False
+    return False

@@ -67,20 +67,33 @@ class EmbeddingCache:
         return out
 
     def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> int:
-        """Store vectors; returns how many were written (0 when Redis is unavailable)."""
+        """Store vectors; returns how many were written (0 when Redis is unavailable).
+
+        A vector that could never be read back as a hit (wrong length, or not finite once
+        stored in the cache dtype: float16 overflows above 65504) is skipped, not written.
+        """
         if not items or self.client is None:
             return 0
+        values = [(key, raw) for key, raw in ((k, self._encode(v)) for k, v in items)
+                  if raw is not None]
         written = 0
         try:
-            for i in range(0, len(items), PIPELINE_CHUNK):
+            for i in range(0, len(values), PIPELINE_CHUNK):
                 pipe = self.client.pipeline(transaction=False)
-                for key, vec in items[i:i + PIPELINE_CHUNK]:
-                    pipe.set(key, np.asarray(vec, dtype=self.dtype).tobytes(), ex=self.ttl_s)
+                for key, raw in values[i:i + PIPELINE_CHUNK]:
+                    pipe.set(key, raw, ex=self.ttl_s)
                 pipe.execute()
-                written += len(items[i:i + PIPELINE_CHUNK])
+                written += len(values[i:i + PIPELINE_CHUNK])
         except Exception as exc:
             self._failed("store", exc)
         return written
+
+    def _encode(self, vec: np.ndarray) -> bytes | None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = np.asarray(vec, dtype=self.dtype)
+        if v.shape != (self.dim,) or not np.isfinite(v).all():
+            return None
+        return v.tobytes()
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.errors += 1

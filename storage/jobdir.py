@@ -184,6 +184,17 @@ class JobDir:
         states = self.shard_states()
         if any(s.state == "pending" for s in states):
             return False
+        failed = [s for s in states if s.state == "failed"]
+        failed_shards = [{"shard": s.shard, "reason": s.reason} for s in failed]
+        status = "failed" if failed else "succeeded"
+        if ("result" in manifest and manifest.get("status") == status
+                and manifest.get("failed_shards") == failed_shards):
+            # Already finalised with this outcome (by another process or an earlier call): keep
+            # its result, so a late call never moves finished_at; only a missing _SUCCESS is
+            # written (its finaliser may have died between the manifest and the marker).
+            if not failed:
+                write_bytes_atomic(self.success_path, b"")
+            return True
         lines: list[bytes] = []
         if self.ingest_rejects_path.is_file():
             lines.extend(x for x in self.ingest_rejects_path.read_bytes().splitlines() if x)
@@ -192,11 +203,10 @@ class JobDir:
             if p.is_file():
                 lines.extend(x for x in p.read_bytes().splitlines() if x)
         write_bytes_atomic(self.rejects_path, b"".join(x + b"\n" for x in lines))
-        failed = [s for s in states if s.state == "failed"]
         manifest = dict(manifest)
         manifest["result"] = self._totals(states, len(lines))
-        manifest["failed_shards"] = [{"shard": s.shard, "reason": s.reason} for s in failed]
-        manifest["status"] = "failed" if failed else "succeeded"
+        manifest["failed_shards"] = failed_shards
+        manifest["status"] = status
         self.write_manifest(manifest)
         remove_stale_tmp(self.root)
         if not failed:

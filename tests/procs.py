@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from producer.local import free_port, redis_server_binary
 
@@ -33,7 +35,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(port=self.port, db=db, socket_timeout=5)
+        # No retries: redis-py 8 retries SHUTDOWN with backoff after the server hangs up.
+        return redis.Redis(port=self.port, db=db, socket_timeout=5, retry=Retry(NoBackoff(), 0))
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
