@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from worker.settings import WorkerSettings
 
@@ -51,7 +51,10 @@ def celery_config(s: WorkerSettings) -> dict[str, Any]:
         "event_serializer": "json",
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,  # bounded by the per-shard attempt cap
-        "task_acks_on_failure_or_timeout": True,
+        "task_acks_on_failure": True,  # an exception is handled by the task (retry/failed)
+        # A hard time limit kills the child; acking would drop the shard's only message (the
+        # job then hangs until a producer re-sends). Requeue instead: the attempt files cap it.
+        "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": s.soft_time_limit,
         "task_time_limit": s.time_limit,
@@ -68,7 +71,8 @@ def celery_config(s: WorkerSettings) -> dict[str, Any]:
         "task_track_started": True,
         "worker_hijack_root_logger": False,
         "task_default_queue": s.cpu_queue,
-        "task_queues": [Queue(s.cpu_queue), Queue(s.gpu_queue)],
+        "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q)
+                        for q in (s.cpu_queue, s.gpu_queue)],
         "task_create_missing_queues": True,
         "worker_max_memory_per_child": 4_000_000,  # KiB: recycle a child that keeps growing
     }
