@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -46,6 +47,8 @@ class JobStatus:
     failed_shards: list[dict[str, Any]] = field(default_factory=list)
     duplicate_ids: int = 0
     duplicate_examples: list[str] = field(default_factory=list)
+    reject_examples: list[dict[str, Any]] = field(default_factory=list)
+    """Chunks the workers quarantined or could not embed (line, doc_id, chunk_index, reason)."""
 
     @property
     def finished(self) -> bool:
@@ -100,7 +103,26 @@ class Job:
             failed_shards=[{"shard": s.shard, "reason": s.reason} for s in failed],
             duplicate_ids=totals.get("duplicate_ids", 0),
             duplicate_examples=totals.get("duplicate_examples", []),
+            reject_examples=self._chunk_rejects(),
         )
+
+    def _chunk_rejects(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The first chunk-level rejects written by workers (small per-shard files)."""
+        out: list[dict[str, Any]] = []
+        d = self.dir.state_dir / "rejects"
+        for p in sorted(d.glob("part-*.jsonl")) if d.is_dir() else []:
+            try:
+                lines = p.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+                if len(out) >= limit:
+                    return out
+        return out
 
     def resume(self) -> int:
         """Re-send every shard that has no valid output and is not failed; safe to repeat."""
@@ -201,7 +223,10 @@ def submit(
         raise ValueError(f"--prefix {prefix!r}: use passage, query or none")
     window = min(cfg.max_length, max_tokens or cfg.max_length)
     tokenizer = bundle.load_tokenizer(truncate=False)
-    chunk_budget(tokenizer, cfg.max_length, max_tokens, pfx)  # raises if nothing fits
+    budget = chunk_budget(tokenizer, cfg.max_length, max_tokens, pfx)  # raises if nothing fits
+    if not 0 <= overlap <= budget // 2:
+        raise ValueError(f"--overlap {overlap}: must be between 0 and {budget // 2} "
+                         f"(half of the {budget} content tokens per chunk)")
     job = JobDir.create(out, job_id or new_job_id())
     if job.manifest_path.exists():
         raise FileExistsError(f"{job.root} already holds a job; pick another --job-id "

@@ -115,6 +115,17 @@ def stage_corpus(
                         {"line": rec.line, "doc_id": rec.doc_id, "reason": rec.reason},
                         ensure_ascii=False).encode() + b"\n")
                 continue
+            try:
+                spans = chunk_document(rec.text, tokenizer, max_tokens=max_tokens,
+                                       overlap=overlap, prefix=prefix)
+            except ValueError as exc:  # e.g. one character that encodes past the window
+                rec = Reject(rec.line, rec.doc_id, f"cannot chunk: {exc}")
+                stats.rejected += 1
+                if rejects_file is not None:
+                    rejects_file.write(json.dumps(
+                        {"line": rec.line, "doc_id": rec.doc_id, "reason": rec.reason},
+                        ensure_ascii=False).encode() + b"\n")
+                continue
             stats.accepted += 1
             stats.chars += len(rec.text)
             digest = hashlib.blake2b(rec.doc_id.encode("utf-8", "surrogatepass"),
@@ -124,8 +135,6 @@ def stage_corpus(
                 if len(stats.duplicate_examples) < DUPLICATE_EXAMPLES:
                     stats.duplicate_examples.append(rec.doc_id)
             seen.add(digest)
-            spans = chunk_document(rec.text, tokenizer, max_tokens=max_tokens, overlap=overlap,
-                                   prefix=prefix)
             for sp in spans:
                 text = prefix + rec.text[sp.char_start:sp.char_end]
                 if on_chunk is not None:
