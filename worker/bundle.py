@@ -134,6 +134,9 @@ class Bundle:
         h = hashlib.sha256()
         h.update(b"embedfleet-bundle-v1\0")
         h.update(_file_digest(str(onnx), *_stat_key(onnx)).encode())
+        data = onnx.with_name(onnx.name + ".data")  # weights of models over 2 GB live here
+        if data.is_file():
+            h.update(_file_digest(str(data), *_stat_key(data)).encode())
         h.update(_file_digest(str(self.tokenizer_path), *_stat_key(self.tokenizer_path)).encode())
         cfg = {k: v for k, v in self.config.to_dict().items() if k != "quality_gate"}
         h.update(json.dumps(cfg, sort_keys=True).encode())

@@ -1,0 +1,121 @@
+"""Real model bundles for tests, exported once and cached on disk.
+
+``minilm_bundle``: the built-in all-MiniLM-L6-v2 with all three variants (about 20 s once,
+then reused). ``xlmr_bundle``: a tiny random-weight XLM-RoBERTa with an 8,192-token window,
+CLS pooling and Normalize, to test long inputs without a large model. Both live under
+``$EMBED_TEST_CACHE`` (default ``<repo>/.embedfleet/test-models``) and are re-exported when
+the export code changes (a key over worker/export.py and worker/samples.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+XLMR_WINDOW = 8192
+XLMR_DIM = 32
+
+
+@pytest.fixture(scope="session")
+def minilm_bundle() -> Path:
+    """all-MiniLM-L6-v2 exported with fp32, fp16 and int8 (the variants that pass the gate)."""
+    from worker.export import export_bundle
+
+    return _cached("all-MiniLM-L6-v2", lambda out: export_bundle("all-MiniLM-L6-v2", out))
+
+
+@pytest.fixture(scope="session")
+def xlmr_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide random XLM-RoBERTa bundle (fp32 only) with an 8,192-token window."""
+    from worker.export import export_bundle
+
+    def build(out: Path) -> Path:
+        src = make_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr-src"))
+        return export_bundle(src, out, precisions=("fp32",))
+
+    return _cached("tiny-xlm-roberta", build)
+
+
+def make_tiny_xlmr(root: Path) -> Path:
+    """Save a tiny XLM-R model directory the way sentence-transformers lays one out.
+
+    Tokenizer: a Unigram model trained on worker/samples.py with XLM-R's special tokens
+    ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3 and the ``<s> $A </s>`` template.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import UnigramTrainer
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    from worker.samples import SAMPLE_TEXTS
+
+    root.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = UnigramTrainer(vocab_size=2000, special_tokens=specials, unk_token="<unk>",
+                             shrinking_factor=0.75, max_piece_length=8)
+    tok.train_from_iterator(list(SAMPLE_TEXTS) * 4, trainer=trainer)
+    assert [tok.token_to_id(t) for t in specials] == [0, 1, 2, 3], "special ids; this is a bug"
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    tok.save(str(root / "tokenizer.json"))
+    (root / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "XLMRobertaTokenizer", "model_max_length": XLMR_WINDOW,
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+    }))
+
+    torch.manual_seed(0)
+    config = XLMRobertaConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=XLMR_DIM, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=XLMR_WINDOW + 2,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+    )
+    XLMRobertaModel(config).eval().save_pretrained(str(root))
+    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": XLMR_DIM, "pooling_mode_cls_token": True,
+        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }))
+    (root / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"},
+    ]))
+    return root
+
+
+def cache_root() -> Path:
+    """``$EMBED_TEST_CACHE``, else ``<repo>/.embedfleet/test-models`` (git-ignored)."""
+    return Path(os.environ.get("EMBED_TEST_CACHE") or ROOT / ".embedfleet" / "test-models")
+
+
+def _cached(name: str, build) -> Path:  # type: ignore[no-untyped-def]
+    """Reuse ``<cache>/<name>`` when it holds a bundle made by the current export code."""
+    out = cache_root() / name
+    key = _export_key()
+    stamp = out / ".export-key"
+    if (out / "embedfleet.json").is_file() and stamp.is_file() and stamp.read_text() == key:
+        return out
+    build(out)
+    stamp.write_text(key)
+    return out
+
+
+def _export_key() -> str:
+    h = hashlib.sha256()
+    for name in ("export.py", "samples.py"):
+        h.update((ROOT / "worker" / name).read_bytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,334 @@
+"""Bundles, provider choice and session loading, with hand-made files (no real model).
+
+A bundle that is missing a file, or has a broken one, fails at load with a BundleError naming
+that file; a GPU request on a machine without CUDA runs on the CPU and says so loudly. The
+tiny ONNX graphs below are built with onnx.helper: hidden state = token id x a fixed vector.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.bundle import BundleConfig, Pooling, load_bundle
+from worker.errors import BundleError, ProviderUnavailable
+from worker.providers import CPU, CUDA, TENSORRT, default_precision, select_providers
+
+DIM = 4
+W = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+VOCAB = {"[PAD]": 0, "[UNK]": 1, "hello": 2, "world": 3, "again": 4}
+CONFIG = {"source": "test/tiny", "pooling": "mean", "normalize": True, "max_length": 16,
+          "dim": DIM}
+
+
+def make_bundle(root: Path, *, config: dict | None = None, onnx_bytes: bytes | None = None,
+                pooled: bool = False, tokenizer: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "embedfleet.json").write_text(json.dumps(config or CONFIG))
+    if tokenizer:
+        write_tokenizer(root / "tokenizer.json")
+    (root / "model.onnx").write_bytes(onnx_bytes if onnx_bytes is not None else tiny_onnx(pooled))
+    return root
+
+
+def write_tokenizer(path: Path, *, baked_padding: int | None = None) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if baked_padding:  # what sentence-transformers' tokenizer.json files often carry
+        tok.enable_padding(length=baked_padding, pad_id=0, pad_token="[PAD]")
+        tok.enable_truncation(max_length=baked_padding)
+    tok.save(str(path))
+
+
+def tiny_onnx(pooled: bool = False) -> bytes:
+    """last_hidden_state[b, s, :] = input_ids[b, s] * W; optionally a constant pooled output."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["ids_f", "last_axis"], ["ids_3d"]),
+        helper.make_node("Mul", ["ids_3d", "w"], ["last_hidden_state"]),
+    ]
+    inits = [numpy_helper.from_array(W, "w"),
+             numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis")]
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
+                                             ["batch", "seq", DIM])]
+    if pooled:  # sentence_embedding = mean over tokens * 0 + V: differs from any pooling of W
+        nodes += [
+            helper.make_node("ReduceMean", ["last_hidden_state", "seq_axis"], ["m"], keepdims=0),
+            helper.make_node("Mul", ["m", "zero"], ["m0"]),
+            helper.make_node("Add", ["m0", "v"], ["sentence_embedding"]),
+        ]
+        inits += [numpy_helper.from_array(np.array([1], dtype=np.int64), "seq_axis"),
+                  numpy_helper.from_array(np.zeros(DIM, dtype=np.float32), "zero"),
+                  numpy_helper.from_array(W[::-1].copy(), "v")]
+        outputs.append(helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT,
+                                                     ["batch", DIM]))
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+         for n in ("input_ids", "attention_mask")],
+        outputs, inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def no_cuda() -> bool:
+    ort = pytest.importorskip("onnxruntime")
+    return CUDA not in ort.get_available_providers()
+
+
+# --- bundle files --------------------------------------------------------------------------
+
+
+def test_valid_bundle_loads(tmp_path: Path) -> None:
+    b = load_bundle(make_bundle(tmp_path / "b"))
+    assert b.config.pooling is Pooling.MEAN and b.variants == ["fp32"]
+    assert len(b.fingerprint("fp32")) == 32
+
+
+def test_missing_tokenizer_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="tokenizer.json"):
+        load_bundle(make_bundle(tmp_path / "b", tokenizer=False))
+
+
+def test_missing_config_names_the_file(tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "b")
+    (root / "embedfleet.json").unlink()
+    with pytest.raises(BundleError, match="embedfleet.json"):
+        load_bundle(root)
+
+
+def test_unknown_pooling_mode_lists_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match=r"unknown pooling mode 'max'.*cls, mean, last"):
+        load_bundle(make_bundle(tmp_path / "b", config={**CONFIG, "pooling": "max"}))
+
+
+def test_missing_variant_says_how_to_export(tmp_path: Path) -> None:
+    b = load_bundle(make_bundle(tmp_path / "b"))
+    with pytest.raises(BundleError, match=r"no int8 variant.*producer export"):
+        b.onnx_path("int8")
+
+
+def test_config_round_trip_keeps_extra_entries() -> None:
+    d = {**CONFIG, "opset": 18, "quality_gate": {"int8": {"mean": 0.995}}}
+    cfg = BundleConfig.from_dict(d)
+    assert cfg.to_dict() == {**d, "format": 1, "query_prefix": "", "passage_prefix": ""}
+
+
+def test_loaded_tokenizer_drops_baked_padding_and_truncates_at_window(tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "b", tokenizer=False)
+    write_tokenizer(root / "tokenizer.json", baked_padding=8)
+    tok = load_bundle(root).load_tokenizer()
+    assert tok.encode("hello world").ids == [2, 3]
+    assert len(tok.encode(" ".join(["hello"] * 40)).ids) == CONFIG["max_length"]
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+def test_corrupt_onnx_names_the_file(tmp_path: Path) -> None:
+    from worker.session import load_model
+
+    root = make_bundle(tmp_path / "b", onnx_bytes=b"this is not an onnx model")
+    with pytest.raises(BundleError, match=r"model\.onnx.*cannot load"):
+        load_model(root, device="cpu")
+
+
+def test_cpu_session_embeds_unit_vectors(tmp_path: Path) -> None:
+    from worker.session import load_model
+
+    m = load_model(make_bundle(tmp_path / "b"), device="cpu")
+    vecs = m.embed(["hello world", "again", "hello hello hello again world"])
+    assert vecs.shape == (3, DIM)
+    np.testing.assert_allclose(vecs, np.tile(W / np.linalg.norm(W), (3, 1)), atol=1e-6)
+    assert m.provider == CPU and not m.fallback
+
+
+def test_pooled_output_graph_is_used_as_is(tmp_path: Path) -> None:
+    from worker.session import load_model
+
+    m = load_model(make_bundle(tmp_path / "b", pooled=True), device="cpu")
+    assert m.pooled_output and m.output_name == "sentence_embedding"
+    v = W[::-1] / np.linalg.norm(W)
+    np.testing.assert_allclose(m.embed(["hello", "world again"]), np.tile(v, (2, 1)), atol=1e-6)
+
+
+def test_gpu_request_without_cuda_falls_back_to_cpu_loudly(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    if not no_cuda():
+        pytest.skip("CUDA is available here: nothing falls back")
+    from worker.session import load_model
+
+    with caplog.at_level(logging.WARNING, logger="worker.session"):
+        m = load_model(make_bundle(tmp_path / "b"), device="gpu")
+    assert m.fallback and m.provider == CPU and m.active_providers == [CPU]
+    assert CUDA in m.requested_providers
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and "CUDA REQUESTED BUT NOT AVAILABLE" in warnings[0].getMessage()
+    assert m.embed(["hello"]).shape == (1, DIM)
+
+
+def test_strict_gpu_request_without_cuda_raises(tmp_path: Path) -> None:
+    if not no_cuda():
+        pytest.skip("CUDA is available here")
+    from worker.session import load_model
+
+    with pytest.raises(ProviderUnavailable, match="CUDAExecutionProvider"):
+        load_model(make_bundle(tmp_path / "b"), device="gpu", strict=True)
+
+
+# --- provider and precision choice (pure) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("device", "available", "expected"), [
+    ("cpu", [CUDA, CPU], [CPU]),
+    ("auto", [CPU], [CPU]),
+    ("auto", [CUDA, CPU], [CUDA, CPU]),
+    ("gpu", [CPU], [CUDA, CPU]),  # asked for: tried, and the loader reports the fallback
+    ("gpu", [CUDA, CPU], [CUDA, CPU]),
+])
+def test_select_providers(device: str, available: list[str], expected: list[str]) -> None:
+    got = select_providers(device, available)
+    assert [p[0] if isinstance(p, tuple) else p for p in got] == expected
+
+
+def test_select_providers_strict_gpu_without_cuda_raises() -> None:
+    with pytest.raises(ProviderUnavailable, match="strict"):
+        select_providers("gpu", [CPU], strict=True)
+
+
+def test_tensorrt_keeps_layer_norm_in_fp32() -> None:
+    got = select_providers("gpu", [TENSORRT, CUDA, CPU], tensorrt=True, device_id=1)
+    assert got[0][0] == TENSORRT and got[0][1]["trt_layer_norm_fp32_fallback"] is True
+    assert got[1][0] == CUDA and got[1][1]["device_id"] == 1 and got[-1] == CPU
+
+
+def test_select_providers_rejects_unknown_device() -> None:
+    with pytest.raises(ValueError):
+        select_providers("tpu", [CPU])
+
+
+@pytest.mark.parametrize(("device", "variants", "requested", "expected"), [
+    ("gpu", ["fp32", "fp16", "int8"], "auto", "fp16"),
+    ("gpu", ["fp32", "int8"], "auto", "fp32"),  # dynamic int8 never on CUDA
+    ("cpu", ["fp32", "fp16", "int8"], "auto", "int8"),
+    ("cpu", ["fp32", "fp16"], "auto", "fp32"),
+    ("cpu", ["fp32", "int8"], "fp32", "fp32"),
+])
+def test_default_precision(device: str, variants: list[str], requested: str,
+                           expected: str) -> None:
+    assert default_precision(device, variants, requested) == expected
+
+
+# --- what export reads from a model directory (no weights needed) ---------------------------
+
+
+def hf_dir(root: Path, *, model_type: str = "bert", positions: int = 512, pad: int = 0,
+           modules: list[str] | None = None, pooling: dict | None = None,
+           files: dict[str, dict] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps({
+        "model_type": model_type, "hidden_size": 48, "max_position_embeddings": positions,
+        "pad_token_id": pad}))
+    if modules is not None:
+        (root / "modules.json").write_text(json.dumps([
+            {"idx": i, "name": str(i), "path": "1_Pooling" if m == "Pooling" else "",
+             "type": f"sentence_transformers.models.{m}"} for i, m in enumerate(modules)]))
+    if pooling is not None:
+        (root / "1_Pooling").mkdir()
+        (root / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    for name, content in (files or {}).items():
+        (root / name).write_text(json.dumps(content))
+    return root
+
+
+ST = ["Transformer", "Pooling", "Normalize"]
+
+
+def test_no_pooling_config_is_not_guessed(tmp_path: Path) -> None:
+    from worker.export import read_model_config
+
+    src = hf_dir(tmp_path / "m")
+    with pytest.raises(BundleError, match="--pooling"):
+        read_model_config(src, "m")
+    cfg = read_model_config(src, "m", pooling="cls")
+    assert cfg.pooling is Pooling.CLS and not cfg.normalize and cfg.dim == 48
+
+
+@pytest.mark.parametrize(("pooling", "expected"), [
+    ({"word_embedding_dimension": 48, "pooling_mode_mean_tokens": True}, Pooling.MEAN),
+    ({"word_embedding_dimension": 48, "pooling_mode_cls_token": True,
+      "pooling_mode_mean_tokens": False}, Pooling.CLS),
+    ({"word_embedding_dimension": 48, "pooling_mode_lasttoken": True}, Pooling.LAST),
+    ({"embedding_dimension": 48, "pooling_mode": "mean"}, Pooling.MEAN),  # sentence-transformers 6
+    ({"embedding_dimension": 48, "pooling_mode": ["cls"]}, Pooling.CLS),
+])
+def test_pooling_read_from_sentence_transformers_config(
+        tmp_path: Path, pooling: dict, expected: Pooling) -> None:
+    from worker.export import read_model_config
+
+    cfg = read_model_config(hf_dir(tmp_path / "m", modules=ST, pooling=pooling), "m")
+    assert cfg.pooling is expected and cfg.normalize
+
+
+@pytest.mark.parametrize("pooling", [
+    {"pooling_mode_max_tokens": True},
+    {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
+    {"pooling_mode": "weightedmean"},
+    {"pooling_mode": "mean", "include_prompt": False},
+])
+def test_pooling_the_worker_cannot_reproduce_is_refused(tmp_path: Path, pooling: dict) -> None:
+    from worker.export import read_model_config
+
+    with pytest.raises(BundleError, match="not supported"):
+        read_model_config(hf_dir(tmp_path / "m", modules=ST, pooling=pooling), "m")
+
+
+def test_modules_outside_the_graph_are_refused(tmp_path: Path) -> None:
+    from worker.export import read_model_config
+
+    src = hf_dir(tmp_path / "m", modules=["Transformer", "Pooling", "Dense", "Normalize"],
+                 pooling={"pooling_mode": "mean"})
+    with pytest.raises(BundleError, match="Dense"):
+        read_model_config(src, "m")
+
+
+def test_window_xlmr_offset_and_overrides(tmp_path: Path) -> None:
+    from worker.export import read_model_config
+
+    xlmr = hf_dir(tmp_path / "x", model_type="xlm-roberta", positions=8194, pad=1,
+                  files={"tokenizer_config.json": {"model_max_length": 1000000000000000019884}})
+    assert read_model_config(xlmr, "x", pooling="cls").max_length == 8192
+    assert read_model_config(xlmr, "x", pooling="cls", max_length=512).max_length == 512
+    bert = hf_dir(tmp_path / "b", files={"tokenizer_config.json": {"model_max_length": 256}})
+    assert read_model_config(bert, "b", pooling="mean").max_length == 256
+    st = hf_dir(tmp_path / "s", files={"sentence_bert_config.json": {"max_seq_length": 128}})
+    assert read_model_config(st, "s", pooling="mean").max_length == 128
+
+
+def test_prefixes_come_from_prompts(tmp_path: Path) -> None:
+    from worker.export import read_model_config
+
+    src = hf_dir(tmp_path / "m", files={"config_sentence_transformers.json": {
+        "prompts": {"query": "query: ", "passage": "passage: "}}})
+    cfg = read_model_config(src, "m", pooling="mean")
+    assert (cfg.query_prefix, cfg.passage_prefix) == ("query: ", "passage: ")
+
+
+def test_unknown_precision_is_refused(tmp_path: Path) -> None:
+    from worker.export import export_bundle
+
+    with pytest.raises(BundleError, match="unknown precision"):
+        export_bundle(hf_dir(tmp_path / "m"), tmp_path / "out", precisions=("fp32", "bf16"))
+    assert not (tmp_path / "out").exists()
