@@ -37,6 +37,10 @@ def celery_config(s: WorkerSettings) -> dict[str, Any]:
         if s.unacked_restore_interval is not None:
             transport["unacked_restore_interval"] = s.unacked_restore_interval
             transport["unacked_restore_throttle"] = 1
+            # The restore scan's mutex is a Redis key with a TTL (kombu default 300 s). A broker
+            # with AOF restarted while a worker held it keeps it, and every restore is skipped
+            # until it expires: keep it in proportion to the scan interval.
+            transport["unacked_mutex_expire"] = max(5, int(5 * s.unacked_restore_interval))
     elif s.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
         # Without publisher confirms RabbitMQ may drop messages silently under resource limits.
         transport = {"confirm_publish": True}

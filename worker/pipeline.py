@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from billiard.exceptions import SoftTimeLimitExceeded
 
 from storage.atomic import write_bytes_atomic
 from storage.hashing import content_key
@@ -131,36 +132,41 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
     inflight = job.state_dir / "inflight" / f"{shard:05d}.{attempt}"
     fault_spec = failpoints.parse(ctx.faults)
     fresh: list[tuple[str, np.ndarray]] = []
-    for b, group in enumerate(groups):
-        # 5. Run, pool, normalise; a failing batch is split down to single chunks.
-        write_bytes_atomic(inflight, json.dumps([todo[k] for k in group]).encode())
-        batch = pad_rows([ids[k] for k in group], [todo[k] for k in group], model.pad_id)
-        t_inf = time.perf_counter()
-        for part, vecs, err in _run_split(model, batch, texts, fault_spec):
-            if err is not None:
-                i = part.positions[0]
-                ok[i] = False
-                rejects.append(_reject(inputs, i, f"inference failed: {err}"))
-                continue
-            vectors[part.positions] = vecs
-            fresh.extend((keys[i], vectors[i]) for i in part.positions)
-        inf_ms = (time.perf_counter() - t_inf) * 1000
-        tok_ms = tokenize_ms * len(group) / max(1, len(todo))
-        metrics.append(_metric(common, b, len(group), batch.real_tokens, batch.padded_tokens, 0,
-                               tok_ms, inf_ms, tok_ms + inf_ms))
-    # 6. Store the new vectors (a Redis outage only costs future hits).
-    cache.put_many(fresh)
-    # 7. Write the shards: rejects first, the embeddings last (their presence means "done").
-    if rejects:
-        job.shard_rejects_path(shard).parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(job.shard_rejects_path(shard),
-                           b"".join(json.dumps(r).encode() + b"\n" for r in rejects))
-    meta = {"fingerprint": model.fingerprint, "precision": model.precision,
-            "provider": model.provider, "dim": dim, "rejected": int((~ok).sum()),
-            "source": model.bundle.config.source}
-    write_table(job.metrics_path(shard), metrics_table(metrics), meta)
-    write_table(job.embeddings_path(shard), embeddings_table(inputs, vectors, cached, ok), meta)
-    inflight.unlink(missing_ok=True)
+    try:  # until the attempt ends, _state/inflight/NNNNN.<attempt> names the batch running
+        for b, group in enumerate(groups):
+            # 5. Run, pool, normalise; a failing batch is split down to single chunks.
+            write_bytes_atomic(inflight, json.dumps([todo[k] for k in group]).encode())
+            batch = pad_rows([ids[k] for k in group], [todo[k] for k in group], model.pad_id)
+            t_inf = time.perf_counter()
+            for part, vecs, err in _run_split(model, batch, texts, fault_spec):
+                if err is not None:
+                    i = part.positions[0]
+                    ok[i] = False
+                    rejects.append(_reject(inputs, i, f"inference failed: {err}"))
+                    continue
+                vectors[part.positions] = vecs
+                fresh.extend((keys[i], vectors[i]) for i in part.positions)
+            inf_ms = (time.perf_counter() - t_inf) * 1000
+            tok_ms = tokenize_ms * len(group) / max(1, len(todo))
+            metrics.append(_metric(common, b, len(group), batch.real_tokens,
+                                   batch.padded_tokens, 0, tok_ms, inf_ms, tok_ms + inf_ms))
+        # 6. Store the new vectors (a Redis outage only costs future hits).
+        cache.put_many(fresh)
+        # 7. Write the shards: rejects first, the embeddings last (their presence means "done").
+        if rejects:
+            job.shard_rejects_path(shard).parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(job.shard_rejects_path(shard),
+                               b"".join(json.dumps(r).encode() + b"\n" for r in rejects))
+        meta = {"fingerprint": model.fingerprint, "precision": model.precision,
+                "provider": model.provider, "dim": dim, "rejected": int((~ok).sum()),
+                "source": model.bundle.config.source}
+        write_table(job.metrics_path(shard), metrics_table(metrics), meta)
+        write_table(job.embeddings_path(shard), embeddings_table(inputs, vectors, cached, ok),
+                    meta)
+    finally:
+        # Any Python-level exit (success, soft time limit, an I/O error) ends the attempt
+        # cleanly: only a process that died (SIGKILL, OOM, hard time limit) leaves the file.
+        inflight.unlink(missing_ok=True)
     # 8. The last shard to land finalises the job (idempotent, race-safe).
     finalized = job.finalize()
     # 9. A small summary for Flower and the logs.
@@ -180,6 +186,9 @@ def _run_split(model: Any, batch: Batch, texts: list[str], faults: dict[str, str
         yield batch, model.run(batch), None
         return
     except (InferenceError, MemoryError) as exc:
+        if isinstance(exc.__cause__, SoftTimeLimitExceeded):
+            # The session wraps every exception; the time limit is not the batch's fault.
+            raise exc.__cause__ from None
         if len(batch.positions) == 1:
             yield batch, None, str(exc)[:500]
             return

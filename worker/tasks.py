@@ -103,6 +103,15 @@ def register(app: Celery) -> None:
         try:
             return run_pipeline(ctx).to_dict()
         except SoftTimeLimitExceeded:
+            attempts = len(job.attempts(shard))
+            if attempts >= ctx.max_attempts:  # say why, rather than a bare "gave up" next time
+                reason = (f"soft time limit ({self.settings.soft_time_limit}s, "
+                          f"EMBED_SOFT_TIME_LIMIT) exceeded on attempt {attempts} of "
+                          f"{ctx.max_attempts}: the shard is too slow for the limit")
+                job.mark_failed(shard, reason, attempts=attempts)
+                job.finalize()
+                log.error("shard %s of %s failed: %s", shard, job.root, reason)
+                return {"shard": shard, "status": "failed", "error": reason}
             log.warning("shard %s of %s hit the soft time limit; requeueing", shard, job.root)
             raise self.retry(countdown=1) from None
         except Exception as exc:
