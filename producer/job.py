@@ -65,7 +65,7 @@ class Job:
     def __init__(self, path: str | os.PathLike[str], broker: str | None = None) -> None:
         self.dir = JobDir.open(path)
         self.broker = broker or os.environ.get("EMBED_BROKER_URL") or os.environ.get(
-            "CELERY_BROKER_URL") or self.dir.manifest.get("broker_hint")
+            "CELERY_BROKER_URL") or _usable_hint(self.dir.manifest.get("broker_hint"))
         self._done: dict[int, tuple[int, int]] = {}  # shard -> (tokens, cache hits)
 
     @property
@@ -173,6 +173,11 @@ class Job:
 
     def read_matrix(self) -> Any:
         return read_matrix(self.path)
+
+
+def _usable_hint(hint: str | None) -> str | None:
+    """The broker recorded at submit time, unless its password was masked out."""
+    return None if not hint or "***" in hint else hint
 
 
 def new_job_id() -> str:
