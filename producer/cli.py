@@ -268,3 +268,67 @@ def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
 
 
 
+@main.command()
+@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a self-contained HTML report with SVG charts to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def report(job_dir: str, html_path: str | None, as_json: bool) -> None:
+    """Throughput, padding, latency, cache hits and a per-worker breakdown of JOB_DIR."""
+    from producer.report import format_text, load_job, summarize, write_html
+
+    try:
+        manifest, rows, lengths = load_job(job_dir)
+        summary = summarize(manifest, rows)
+        if html_path:
+            write_html(html_path, summary, rows, lengths)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_text(summary))
+    if html_path and not as_json:
+        click.echo(f"\nhtml report: {html_path}")
+
+
+@main.command()
+@click.option("--model", "-m", default=None, envvar="EMBED_MODEL",
+              help="Bundle directory; default: all-MiniLM-L6-v2, exported once into EMBED_HOME.")
+@click.option("--precisions", default="fp32,int8,fp16", show_default=True,
+              help="Comma-separated variants; ones the bundle lacks are listed as skipped.")
+@click.option("--providers", default="cpu,cuda", show_default=True,
+              help="Comma-separated: cpu, cuda; unavailable ones are listed as skipped.")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Texts to embed (.jsonl, .jsonl.gz, .parquet); default: examples/sample.jsonl.")
+@click.option("--text-field", default="text", show_default=True, help="JSON field with the text.")
+@click.option("--limit", type=click.IntRange(1, None), default=None,
+              help="Use only the first N documents.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, envvar="EMBED_THREADS",
+              help="ONNX Runtime intra-op threads (default: ONNX Runtime's, all cores).")
+@click.option("--max-batch-tokens", type=click.IntRange(16, None), default=16384,
+              show_default=True, help="Padded tokens per inference batch.")
+@click.option("--home", type=click.Path(file_okay=False), envvar="EMBED_HOME", default=None,
+              help="Where the default model lives (default ~/.cache/embedfleet).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the rows as JSON to this file.")
+def bench(model: str | None, precisions: str, providers: str, corpus: str | None,
+          text_field: str, limit: int | None, threads: int | None, max_batch_tokens: int,
+          home: str | None, json_path: str | None) -> None:
+    """Embed a sample through each variant × provider directly (no broker) and compare them."""
+    from producer.bench import format_table, read_texts, run_bench
+    from worker.bundle import embedfleet_home, resolve_model
+    from worker.errors import BundleError
+
+    precs = [p.strip() for p in precisions.split(",") if p.strip()]
+    provs = [p.strip().lower() for p in providers.split(",") if p.strip()]
+    try:
+        path = resolve_model(model, Path(home) if home else embedfleet_home())
+        texts = read_texts(corpus, text_field, limit)
+        if not texts:
+            raise ValueError("no texts to embed")
+        click.echo(f"bench {path}: {len(texts)} documents (truncated to the model window)")
+        rows = run_bench(path, texts, precisions=precs, providers=provs, threads=threads,
+                         max_batch_tokens=max_batch_tokens, log=click.echo)
+    except (BundleError, OSError, ValueError) as exc:
+        _fail(exc)
+    click.echo(format_table(rows))
+    if json_path:
+        Path(json_path).write_text(json.dumps([r.to_dict() for r in rows], indent=2))

@@ -1,0 +1,221 @@
+"""``producer bench``: every bundle variant × provider on a text sample, directly, no broker.
+
+Not a stage of the job flow: a measuring tool. Each variant is loaded with
+``worker.session.load_model`` and the sample goes through the worker's own stages 6-8 (tokenise,
+length-sorted token-budget batches, run + pool + normalise), so the figures are what a worker's
+inference loop does, without Redis, Celery or Parquet. Texts longer than the model window are
+truncated by the tokenizer (no chunking). Cosine similarity is against fp32 on CPU.
+
+onnxruntime is imported only inside ``run_bench`` (through worker.session), so importing this
+module keeps the producer free of it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+DEVICES = {"cpu": "cpu", "cuda": "gpu"}
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.jsonl"
+"""Default sample: the repository's examples (375 real documents)."""
+
+
+@dataclass
+class BenchRow:
+    precision: str
+    provider: str
+    status: str = "ok"  # ok, skipped, error
+    reason: str = ""
+    docs: int = 0
+    batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    tokens_per_s: float | None = None
+    docs_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    load_s: float | None = None
+    cos_min: float | None = None
+    cos_mean: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_texts(corpus: str | Path | None, text_field: str = "text",
+               limit: int | None = None) -> list[str]:
+    """Texts of ``corpus`` (.jsonl, .jsonl.gz, .parquet; default: examples/sample.jsonl)."""
+    from producer.corpus import Record, iter_records
+
+    if corpus is None and not SAMPLE.is_file():
+        from worker.samples import SAMPLE_TEXTS
+
+        return list(SAMPLE_TEXTS)[:limit]
+    texts: list[str] = []
+    for rec in iter_records(corpus or SAMPLE, text_field=text_field):
+        if isinstance(rec, Record):
+            texts.append(rec.text)
+            if limit is not None and len(texts) >= limit:
+                break
+    return texts
+
+
+def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequence[str],
+              providers: Sequence[str], threads: int | None = None,
+              max_batch_tokens: int = 16384,
+              log: Callable[[str], Any] = lambda _: None) -> list[BenchRow]:
+    """Benchmark each precision × provider; unavailable ones come back as ``skipped`` rows.
+
+    Raises:
+        ValueError: an unknown provider or precision name.
+    """
+    import onnxruntime as ort
+
+    from worker.bundle import VARIANT_FILES, load_bundle
+    from worker.session import load_model
+
+    for p in providers:
+        if p not in PROVIDERS:
+            raise ValueError(f"unknown provider {p!r}; valid: {', '.join(PROVIDERS)}")
+    for p in precisions:
+        if p not in VARIANT_FILES:
+            raise ValueError(f"unknown precision {p!r}; valid: {', '.join(VARIANT_FILES)}")
+    bundle = load_bundle(bundle_path)
+    available = ort.get_available_providers()
+    # fp32 first: it is the reference for the cosine columns.
+    order = sorted(precisions, key=lambda p: p != "fp32")
+    reference: np.ndarray | None = None
+    rows: list[BenchRow] = []
+    for prov in providers:
+        for prec in order:
+            row = BenchRow(prec, prov)
+            rows.append(row)
+            if PROVIDERS[prov] not in available:
+                row.status, row.reason = "skipped", (
+                    f"{PROVIDERS[prov]} not available (have {', '.join(available)})")
+                continue
+            if prec not in bundle.variants:
+                row.status, row.reason = "skipped", (
+                    f"bundle has no {prec} variant (has {', '.join(bundle.variants)})")
+                continue
+            if prov == "cuda" and prec == "int8":
+                row.status, row.reason = "skipped", "dynamic int8 is not run on CUDA"
+                continue
+            log(f"{prec} on {prov} ...")
+            try:
+                vecs = _measure(row, bundle, load_model, prov, prec, texts, threads,
+                                max_batch_tokens)
+            except Exception as exc:  # noqa: BLE001 - a variant that fails is one bad row
+                row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            if prec == "fp32" and prov == "cpu":
+                reference = vecs
+            elif reference is None:
+                reference = _reference(bundle, load_model, texts, threads, max_batch_tokens)
+            if reference is not None:
+                cos = _cosine(vecs, reference)
+                row.cos_min, row.cos_mean = round(float(cos.min()), 5), round(float(cos.mean()), 5)
+            del vecs
+            gc.collect()
+    return rows
+
+
+def format_table(rows: Sequence[BenchRow]) -> str:
+    head = ("variant", "provider", "batches", "p50 ms", "p95 ms", "tokens/s", "docs/s",
+            "peak RSS MB", "cos min", "cos mean")
+    cells = []
+    for r in rows:
+        if r.status != "ok":
+            cells.append([r.precision, r.provider, f"{r.status} ({r.reason})"])
+            continue
+        cells.append([r.precision, r.provider, f"{r.batches}", _f(r.p50_ms, 1), _f(r.p95_ms, 1),
+                      _f(r.tokens_per_s, 0), _f(r.docs_per_s, 1), _f(r.peak_rss_mb, 0),
+                      _f(r.cos_min, 4), _f(r.cos_mean, 4)])
+    widths = [max(len(h), *(len(c[i]) for c in cells if len(c) > 3 or i < 2))
+              for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w)
+                     for i, (h, w) in enumerate(zip(head, widths)))]
+    for c in cells:
+        if len(c) == 3:
+            out.append(f"{c[0].ljust(widths[0])}  {c[1].ljust(widths[1])}  {c[2]}")
+        else:
+            out.append("  ".join(v.ljust(w) if i < 2 else v.rjust(w)
+                                 for i, (v, w) in enumerate(zip(c, widths))))
+    return "\n".join(out)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
+             texts: Sequence[str], threads: int | None, max_batch_tokens: int) -> np.ndarray:
+    from worker.batching import batches_by_tokens, encode
+
+    t0 = time.perf_counter()
+    model = load_model(bundle, device=DEVICES[prov], precision=prec, threads=threads,
+                       strict=prov == "cuda")
+    row.load_s = round(time.perf_counter() - t0, 3)
+    active = model.provider
+    if active != PROVIDERS[prov]:
+        raise RuntimeError(f"asked for {PROVIDERS[prov]}, session runs on {active}")
+    peak = _rss_mb()
+    batches = list(batches_by_tokens(encode(model.tokenizer, texts[:8]), model.pad_id,
+                                     max_batch_tokens))
+    model.run(batches[0])  # warm-up: first-run allocations and kernel selection
+    t_start = time.perf_counter()
+    ids = encode(model.tokenizer, texts)
+    out = np.zeros((len(texts), bundle.config.dim), dtype=np.float32)
+    lat: list[float] = []
+    for batch in batches_by_tokens(ids, model.pad_id, max_batch_tokens):
+        t = time.perf_counter()
+        out[batch.positions] = model.run(batch)
+        lat.append((time.perf_counter() - t) * 1000)
+        row.real_tokens += batch.real_tokens
+        row.padded_tokens += batch.padded_tokens
+        peak = max(peak, _rss_mb())
+    elapsed = time.perf_counter() - t_start
+    row.docs, row.batches = len(texts), len(lat)
+    row.p50_ms = round(float(np.percentile(lat, 50)), 2) if lat else None
+    row.p95_ms = round(float(np.percentile(lat, 95)), 2) if lat else None
+    row.tokens_per_s = round(row.real_tokens / elapsed, 1) if elapsed else None
+    row.docs_per_s = round(len(texts) / elapsed, 2) if elapsed else None
+    row.peak_rss_mb = round(peak, 1)
+    del model
+    return out
+
+
+def _reference(bundle: Any, load_model: Any, texts: Sequence[str], threads: int | None,
+               max_batch_tokens: int) -> np.ndarray | None:
+    try:
+        model = load_model(bundle, device="cpu", precision="fp32", threads=threads)
+        return model.embed(texts, max_batch_tokens)
+    except Exception:  # noqa: BLE001 - no reference only blanks the cosine columns
+        return None
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    num = (a * b).sum(axis=1)
+    den = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return num / den
+
+
+def _rss_mb() -> float:
+    """Resident set size of this process now (the peak is sampled after every batch)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _f(v: float | None, digits: int) -> str:
+    return "-" if v is None else f"{v:,.{digits}f}"
