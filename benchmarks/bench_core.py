@@ -88,7 +88,7 @@ def bench_onnx(bundle_path: Path, precision: str, docs: list[str], repeat: int) 
     seconds = _best(lambda: model.embed(docs), repeat)
     lengths = [len(ids) for ids in encode(model.tokenizer, docs)]
     padded = sum(max(lengths[i] for i in b) * len(b)
-                 for b in plan_batches(lengths, DEFAULT_MAX_BATCH_TOKENS))
+                 for b in plan_batches(lengths, DEFAULT_MAX_BATCH_TOKENS["cpu"]))
     return _row(f"embedfleet ONNX {precision} (LoadedModel.embed)", docs, seconds, sum(lengths),
                 padded)
 

@@ -71,7 +71,7 @@ def read_texts(corpus: str | Path | None, text_field: str = "text",
 
 def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequence[str],
               providers: Sequence[str], threads: int | None = None,
-              max_batch_tokens: int = 16384,
+              max_batch_tokens: int | None = None,
               log: Callable[[str], Any] = lambda _: None) -> list[BenchRow]:
     """Benchmark each precision × provider; unavailable ones come back as ``skipped`` rows.
 
@@ -155,8 +155,9 @@ def format_table(rows: Sequence[BenchRow]) -> str:
 
 # -- helpers ---------------------------------------------------------------------------------
 def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
-             texts: Sequence[str], threads: int | None, max_batch_tokens: int) -> np.ndarray:
-    from worker.batching import batches_by_tokens, encode
+             texts: Sequence[str], threads: int | None,
+             max_batch_tokens: int | None) -> np.ndarray:
+    from worker.batching import DEFAULT_MAX_BATCH_TOKENS, batches_by_tokens, encode
 
     t0 = time.perf_counter()
     model = load_model(bundle, device=DEVICES[prov], precision=prec, threads=threads,
@@ -165,6 +166,8 @@ def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
     active = model.provider
     if active != PROVIDERS[prov]:
         raise RuntimeError(f"asked for {PROVIDERS[prov]}, session runs on {active}")
+    max_batch_tokens = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[
+        "gpu" if prov == "cuda" else "cpu"]
     peak = _rss_mb()
     batches = list(batches_by_tokens(encode(model.tokenizer, texts[:8]), model.pad_id,
                                      max_batch_tokens))
@@ -192,7 +195,7 @@ def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
 
 
 def _reference(bundle: Any, load_model: Any, texts: Sequence[str], threads: int | None,
-               max_batch_tokens: int) -> np.ndarray | None:
+               max_batch_tokens: int | None) -> np.ndarray | None:
     try:
         model = load_model(bundle, device="cpu", precision="fp32", threads=threads)
         return model.embed(texts, max_batch_tokens)

@@ -52,7 +52,7 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Real tokens per task (one input/output shard)."),
         click.option("--max-batch-tokens", type=click.IntRange(16, None), default=None,
                      envvar="EMBED_MAX_BATCH_TOKENS",
-                     help="Padded tokens per inference batch (default: the worker's, 16384)."),
+                     help="Padded tokens per inference batch (default: the worker's; 4096 on CPU, 32768 on GPU)."),
         click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
                      help="Deliveries of one shard before it is marked failed."),
     ]
@@ -303,8 +303,8 @@ def report(job_dir: str, html_path: str | None, as_json: bool) -> None:
               help="Use only the first N documents.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, envvar="EMBED_THREADS",
               help="ONNX Runtime intra-op threads (default: ONNX Runtime's, all cores).")
-@click.option("--max-batch-tokens", type=click.IntRange(16, None), default=16384,
-              show_default=True, help="Padded tokens per inference batch.")
+@click.option("--max-batch-tokens", type=click.IntRange(16, None), default=None,
+              help="Padded tokens per inference batch (default: 4096 on CPU, 32768 on CUDA).")
 @click.option("--home", type=click.Path(file_okay=False), envvar="EMBED_HOME", default=None,
               help="Where the default model lives (default ~/.cache/embedfleet).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,

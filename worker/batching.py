@@ -15,8 +15,11 @@ import numpy as np
 
 from worker.pooling import IntArray
 
-DEFAULT_MAX_BATCH_TOKENS = 16384
-"""Padded tokens per inference batch (rows × longest row)."""
+DEFAULT_MAX_BATCH_TOKENS = {"cpu": 4096, "gpu": 32768}
+"""Padded tokens per inference batch (rows × longest), per device. Measured on the CPU
+(MiniLM int8, 2 threads): 4,096 runs as fast as 16,384 (8,939 vs 8,882 tokens/s) with 1.0 GB
+instead of 2.6 GB peak RSS; a GPU wants bigger batches. A single chunk longer than the budget
+(an 8,192-token BGE-M3 chunk) still gets a batch of its own."""
 DEFAULT_MAX_BATCH_ROWS = 256
 DEFAULT_MAX_PADDING = 0.10
 """A batch is also cut when padding would exceed this fraction of its padded tokens."""
@@ -85,7 +88,7 @@ def plan_batches(
 def batches_by_tokens(
     ids: Sequence[Sequence[int]],
     pad_id: int,
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS["cpu"],
     max_rows: int = DEFAULT_MAX_BATCH_ROWS,
 ) -> Iterator[Batch]:
     """Yield padded int64 batches, shortest first."""

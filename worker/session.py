@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.batching import Batch, batches_by_tokens, encode
+from worker.batching import DEFAULT_MAX_BATCH_TOKENS, Batch, batches_by_tokens, encode
 from worker.bundle import Bundle, load_bundle
 from worker.errors import BundleError, InferenceError
 from worker.pooling import FloatArray, pool
@@ -70,11 +70,13 @@ class LoadedModel:
         return pool(self.bundle.config.pooling.value, out, batch.attention_mask,
                     self.bundle.config.normalize)
 
-    def embed(self, texts: Sequence[str], max_batch_tokens: int = 16384) -> FloatArray:
+    def embed(self, texts: Sequence[str], max_batch_tokens: int | None = None) -> FloatArray:
         """Embed texts in length-sorted batches; rows come back in input order."""
         ids = encode(self.tokenizer, texts)
         out = np.zeros((len(texts), self.bundle.config.dim), dtype=np.float32)
-        for batch in batches_by_tokens(ids, self.pad_id, max_batch_tokens):
+        budget = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[
+            "gpu" if CUDA in self.active_providers else "cpu"]
+        for batch in batches_by_tokens(ids, self.pad_id, budget):
             out[batch.positions] = self.run(batch)
         return out
 

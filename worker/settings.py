@@ -44,8 +44,9 @@ class WorkerSettings:
     """EMBED_CPU_QUEUE: name of the CPU queue."""
     gpu_queue: str = "gpu"
     """EMBED_GPU_QUEUE: name of the GPU queue."""
-    max_batch_tokens: int = 16384
-    """EMBED_MAX_BATCH_TOKENS: padded tokens per inference batch (rows × longest)."""
+    max_batch_tokens: int | None = None
+    """EMBED_MAX_BATCH_TOKENS: padded tokens per inference batch (rows × longest); default
+    4096 on CPU, 32768 on GPU."""
     max_attempts: int = 3
     """EMBED_MAX_ATTEMPTS: deliveries of one shard before it is marked failed."""
     soft_time_limit: int = 540
@@ -112,7 +113,7 @@ class WorkerSettings:
             raise ValueError(f"EMBED_DEVICE={self.device!r}: use queue, cpu, gpu or auto")
         if self.cache_dtype not in ("float16", "float32"):
             raise ValueError(f"EMBED_CACHE_DTYPE={self.cache_dtype!r}: use float16 or float32")
-        if self.max_batch_tokens < 16:
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 16:
             raise ValueError("EMBED_MAX_BATCH_TOKENS must be at least 16")
         if self.max_attempts < 1:
             raise ValueError("EMBED_MAX_ATTEMPTS must be at least 1")
