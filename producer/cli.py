@@ -211,6 +211,9 @@ def status(job_dir: str, as_json: bool) -> None:
     click.echo(f"throughput {st.tokens_per_s:,.0f} tokens/s over {st.elapsed_s:.1f}s")
     if st.duplicate_ids:
         click.echo(f"duplicate ids {st.duplicate_ids} (e.g. {', '.join(st.duplicate_examples)})")
+    for r in st.reject_examples:
+        click.echo(f"rejected   doc {r.get('doc_id')!r} chunk {r.get('chunk_index')} "
+                   f"(line {r.get('line')}): {r.get('reason')}")
     for f in st.failed_shards:
         click.echo(f"failed shard {f['shard']}: {f['reason']}")
 
