@@ -186,8 +186,9 @@ def _print_summary(job: Any, st: Any) -> None:
     for f in st.failed_shards:
         click.echo(f"failed shard {f['shard']}: {f['reason']}")
     click.echo(f"output:     {job.dir.embeddings_dir}/*.parquet")
-    click.echo(f"read it:    duckdb -c \"SELECT doc_id, chunk_index, embedding FROM "
-               f"read_parquet('{job.dir.embeddings_dir}/*.parquet') LIMIT 3\"")
+    click.echo(f"read it:    python -c \"import pandas as pd; "
+               f"print(pd.read_parquet('{job.dir.embeddings_dir}'))\"")
+    click.echo(f"report:     producer report {job.dir.root}")
 
 
 @main.command()
