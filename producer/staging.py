@@ -108,18 +108,13 @@ def stage_corpus(
     try:
         for rec in records:
             stats.records += 1
+            if isinstance(rec, Record):
+                try:
+                    spans = chunk_document(rec.text, tokenizer, max_tokens=max_tokens,
+                                           overlap=overlap, prefix=prefix)
+                except ValueError as exc:  # e.g. one character that encodes past the window
+                    rec = Reject(rec.line, rec.doc_id, f"cannot chunk: {exc}")
             if isinstance(rec, Reject):
-                stats.rejected += 1
-                if rejects_file is not None:
-                    rejects_file.write(json.dumps(
-                        {"line": rec.line, "doc_id": rec.doc_id, "reason": rec.reason},
-                        ensure_ascii=False).encode() + b"\n")
-                continue
-            try:
-                spans = chunk_document(rec.text, tokenizer, max_tokens=max_tokens,
-                                       overlap=overlap, prefix=prefix)
-            except ValueError as exc:  # e.g. one character that encodes past the window
-                rec = Reject(rec.line, rec.doc_id, f"cannot chunk: {exc}")
                 stats.rejected += 1
                 if rejects_file is not None:
                     rejects_file.write(json.dumps(

@@ -138,3 +138,21 @@ class Worker:
         except subprocess.TimeoutExpired:
             pass
         self.proc = None
+
+
+def http_get(url: str, auth: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
+    """GET with optional basic auth; (status, body), status 0 when nothing answers."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""

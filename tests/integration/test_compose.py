@@ -12,7 +12,6 @@ describe a command that does not work.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shlex
@@ -21,8 +20,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +30,7 @@ import redis
 import yaml
 
 from producer.local import free_port, redis_server_binary
-from tests.procs import ROOT, RedisServer
+from tests.procs import ROOT, RedisServer, http_get
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +48,7 @@ FORBIDDEN_ARGS = ("--pool=solo", "-P solo", "--pool solo", "-P threads", "--pool
 # ---------------------------------------------------------------------------- compose helpers
 
 _VAR = re.compile(r"\$(?:(?P<esc>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*))")
-_EXPR = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>.*))?", re.S)
+_EXPR = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>.*))?", re.DOTALL)
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
@@ -218,19 +215,6 @@ def run_healthcheck(svc: dict[str, Any], local: Local, env: Mapping[str, str],
                           timeout=60)
 
 
-def http_get(url: str, auth: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
-    req = urllib.request.Request(url)
-    if auth:
-        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
-
-
 def click_parse(args: list[str]) -> None:
     """Parse ``producer ARGS`` as the CLI would (types, choices, existing paths), run nothing."""
     from producer.cli import main
@@ -339,15 +323,15 @@ def test_compose_refuses_nothing_without_optional_variables() -> None:
 def test_dockerfiles() -> None:
     cpu = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     gpu = (ROOT / "Dockerfile.gpu").read_text(encoding="utf-8")
-    assert re.search(r"^FROM python:3\.11-slim$", cpu, re.M)
+    assert re.search(r"^FROM python:3\.11-slim$", cpu, re.MULTILINE)
     assert "--index-url https://download.pytorch.org/whl/cpu" in cpu and "torch==2.13.0" in cpu
     assert '".[cpu,export,flower]"' in cpu
-    assert re.search(r"^FROM \$\{CUDA_IMAGE\}$", gpu, re.M) and "nvidia/cuda:" in gpu
+    assert re.search(r"^FROM \$\{CUDA_IMAGE\}$", gpu, re.MULTILINE) and "nvidia/cuda:" in gpu
     assert '".[gpu,flower]"' in gpu
     installs = [ln for ln in gpu.splitlines() if "pip install" in ln and not ln.startswith("#")]
     assert not [ln for ln in installs if re.search(r"[\[,]cpu\b|onnxruntime[=>< \"]", ln)]
     for text in (cpu, gpu):
-        assert re.search(r"^USER app$", text, re.M)
+        assert re.search(r"^USER app$", text, re.MULTILINE)
         assert f"--uid {APP_UID}" in text and "chown -R app:app /data" in text
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert {".venv", ".git", "tests"} <= set(ignored)
@@ -394,7 +378,7 @@ def test_worker_service_runs(name: str, queue: str, compose: dict[str, Any], loc
     with started(local.argv(argv_of(svc["command"])), env, log) as proc:
         wait_until(lambda: " ready." in tail(log, 10**6), proc, log, name, timeout=60)
         text = tail(log, 10**6)
-        assert re.search(rf"^\s+\.> {queue}\s+exchange=", text, re.M), text  # consumes -Q
+        assert re.search(rf"^\s+\.> {queue}\s+exchange=", text, re.MULTILINE), text  # consumes -Q
         assert f"127.0.0.1:{local.ports['redis']}/0" in text  # the rewritten broker
         hc = run_healthcheck(svc, local, env)
         assert hc.returncode == 0 and "pong" in hc.stdout, hc

@@ -9,7 +9,6 @@ has the shard summary while ``/api/task/result/<id>``, which asks the result bac
 from __future__ import annotations
 
 import ast
-import base64
 import json
 import os
 import shutil
@@ -18,8 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ import pytest
 from producer.job import Job, submit
 from producer.local import free_port
 from tests.conftest import SAMPLE
-from tests.procs import ROOT, Worker
+from tests.procs import ROOT, Worker, http_get
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +37,7 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 
 
 def http(url: str, auth: str | None = AUTH, timeout: float = 10) -> tuple[int, bytes]:
-    req = urllib.request.Request(url)
-    if auth:
-        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
+    return http_get(url, auth=auth, timeout=timeout)
 
 
 def api(base: str, path: str) -> Any:
