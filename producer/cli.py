@@ -146,11 +146,13 @@ def run(corpus: str, out: str, workers: int | None, threads: int | None, broker:
         with local_fleet(workers=workers or 1, threads=threads, home=home_path,
                          queue="gpu" if kw["queue"] == "gpu" else "cpu", broker=broker,
                          cache_url=cache_url,
-                         extra_env={"EMBED_HOME": str(home_path)}) as (broker_url, _cache):
+                         extra_env={"EMBED_HOME": str(home_path)}) as (broker_url, _cache,
+                                                                       fleet):
             click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
             kw = dict(kw, queue="cpu" if kw["queue"] == "auto" else kw["queue"])
             job = submit_job(corpus, out, broker=broker_url, log=click.echo,
                              home=home_path, **_submit_kwargs(kw))
+            fleet.wait_ready()
             _finish(job, progress=True)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: workers and Redis stopped; `producer resume` continues a "

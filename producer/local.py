@@ -109,7 +109,8 @@ class LocalWorkers:
         self.n, self.env, self.queue, self.log_dir = n, dict(env), queue, log_dir
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, ready_timeout_s: float = 120.0) -> None:
+    def start(self) -> None:
+        """Launch the processes; ``wait_ready`` blocks until each logs " ready."."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for i in range(self.n):
             log = self.log_dir / f"worker-{i}.log"
@@ -122,6 +123,8 @@ class LocalWorkers:
                                  start_new_session=True)
             f.close()
             self.procs.append((p, log))
+
+    def wait_ready(self, ready_timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + ready_timeout_s
         for p, log in self.procs:
             while b" ready." not in log.read_bytes():
@@ -161,8 +164,9 @@ def _terminate(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: flo
 @contextmanager
 def local_fleet(*, workers: int, threads: int | None, home: Path, queue: str,
                 broker: str | None = None, cache_url: str | None = None,
-                extra_env: Mapping[str, str] | None = None) -> Iterator[tuple[str, str]]:
-    """Start (or reuse) Redis and N workers; yield (broker_url, cache_url); stop all on exit."""
+                extra_env: Mapping[str, str] | None = None
+                ) -> Iterator[tuple[str, str, LocalWorkers]]:
+    """Start (or reuse) Redis and N workers; yield (broker, cache URL, workers); stop on exit."""
     redis_srv = None
     fleet = None
     (home / "logs").mkdir(parents=True, exist_ok=True)
@@ -181,8 +185,10 @@ def local_fleet(*, workers: int, threads: int | None, home: Path, queue: str,
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         env["EMBED_THREADS"] = str(threads or max(1, (cores or 1) // workers))
         fleet = LocalWorkers(workers, env, queue, run_dir)
+        # Workers boot (imports, Celery start-up: several seconds) while the caller stages the
+        # corpus; the caller calls ``fleet.wait_ready()`` before waiting on the job.
         fleet.start()
-        yield broker, env["EMBED_CACHE_URL"]
+        yield broker, env["EMBED_CACHE_URL"], fleet
     finally:
         if fleet is not None:
             fleet.stop()
