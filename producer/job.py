@@ -79,7 +79,7 @@ class Job:
                 "succeeded", "failed"):
             if self.dir.finalize():
                 m = self.dir.reload()
-        states = self.dir.shard_states() if m.get("staged") else []
+        states = self.dir.shard_states(set(self._done)) if m.get("staged") else []
         for s in states:
             if s.state == "done" and s.shard not in self._done:
                 hits = pq.read_table(self.dir.metrics_path(s.shard), columns=["cache_hits"])

@@ -153,11 +153,13 @@ class JobDir:
     def mark_failed(self, shard: int, reason: str, **extra: Any) -> None:
         write_json_atomic(self.failed_path(shard), {"shard": shard, "reason": reason, **extra})
 
-    def shard_states(self) -> list[ShardState]:
+    def shard_states(self, known_done: set[int] | frozenset[int] = frozenset()
+                     ) -> list[ShardState]:
+        """State of every expected shard; ``known_done`` skips re-validating those shards."""
         out = []
         for s in self.manifest.get("shards", []):
             n = int(s["shard"])
-            if shard_is_valid(self.embeddings_path(n), int(s["chunks"])):
+            if n in known_done or shard_is_valid(self.embeddings_path(n), int(s["chunks"])):
                 out.append(ShardState(n, s["chunks"], s["tokens"], "done"))
             elif self.failed_path(n).is_file():
                 reason = json.loads(self.failed_path(n).read_text()).get("reason", "")
@@ -181,6 +183,8 @@ class JobDir:
         manifest = self.reload()
         if not manifest.get("staged"):
             return False
+        if not self._all_shards_present(manifest):
+            return False  # cheap: two directory listings instead of a footer read per shard
         states = self.shard_states()
         if any(s.state == "pending" for s in states):
             return False
@@ -212,6 +216,12 @@ class JobDir:
         if not failed:
             write_bytes_atomic(self.success_path, b"")
         return True
+
+    def _all_shards_present(self, manifest: dict[str, Any]) -> bool:
+        names = {p.name for p in self.embeddings_dir.glob("part-*.parquet")}
+        names |= {p.name.replace(".json", ".parquet")
+                  for p in (self.state_dir / "failed").glob("part-*.json")}
+        return all(shard_name(int(s["shard"])) in names for s in manifest.get("shards", []))
 
     def _totals(self, states: list[ShardState], rejects: int) -> dict[str, Any]:
         rows = 0
