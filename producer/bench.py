@@ -13,7 +13,6 @@ module keeps the producer free of it.
 from __future__ import annotations
 
 import gc
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from worker.pipeline import rss_mb
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 DEVICES = {"cpu": "cpu", "cuda": "gpu"}
@@ -168,7 +169,7 @@ def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
         raise RuntimeError(f"asked for {PROVIDERS[prov]}, session runs on {active}")
     max_batch_tokens = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[
         "gpu" if prov == "cuda" else "cpu"]
-    peak = _rss_mb()
+    peak = rss_mb()
     batches = list(batches_by_tokens(encode(model.tokenizer, texts[:8]), model.pad_id,
                                      max_batch_tokens))
     model.run(batches[0])  # warm-up: first-run allocations and kernel selection
@@ -182,7 +183,7 @@ def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
         lat.append((time.perf_counter() - t) * 1000)
         row.real_tokens += batch.real_tokens
         row.padded_tokens += batch.padded_tokens
-        peak = max(peak, _rss_mb())
+        peak = max(peak, rss_mb())
     elapsed = time.perf_counter() - t_start
     row.docs, row.batches = len(texts), len(lat)
     row.p50_ms = round(float(np.percentile(lat, 50)), 2) if lat else None
@@ -207,17 +208,6 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     num = (a * b).sum(axis=1)
     den = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return num / den
-
-
-def _rss_mb() -> float:
-    """Resident set size of this process now (the peak is sampled after every batch)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _f(v: float | None, digits: int) -> str:

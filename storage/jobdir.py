@@ -168,9 +168,6 @@ class JobDir:
                 out.append(ShardState(n, s["chunks"], s["tokens"], "pending"))
         return out
 
-    def is_staged(self) -> bool:
-        return bool(self.manifest.get("staged"))
-
     # -- finalisation --------------------------------------------------------------------
     def finalize(self) -> bool:
         """If every shard is done or failed, write totals, rejects.jsonl and ``_SUCCESS``.

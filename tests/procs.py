@@ -156,3 +156,14 @@ def http_get(url: str, auth: str | None = None, timeout: float = 5) -> tuple[int
         return e.code, e.read()
     except OSError:
         return 0, b""
+
+
+def rabbitmq_up(host: str = "127.0.0.1", port: int = 5672) -> bool:
+    """True when something accepts connections on RabbitMQ's port."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False

@@ -240,10 +240,11 @@ def _metric(common: dict[str, Any], b: int, chunks: int, real: int, padded: int,
             "padded_tokens": padded, "cache_hits": hits, "tokenize_ms": round(tok_ms, 3),
             "inference_ms": round(inf_ms, 3), "total_ms": round(total_ms, 3),
             "tokens_per_s": round(real / (total_ms / 1000), 1) if total_ms > 0 else 0.0,
-            "rss_mb": _rss_mb(), "timestamp": datetime.now(timezone.utc)}
+            "rss_mb": rss_mb(), "timestamp": datetime.now(timezone.utc)}
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
+    """Resident set size of this process now, in MB (rounded to 0.1)."""
     try:
         with open("/proc/self/statm") as f:
             return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)

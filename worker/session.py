@@ -19,7 +19,7 @@ import numpy as np
 from worker.batching import DEFAULT_MAX_BATCH_TOKENS, Batch, batches_by_tokens, encode
 from worker.bundle import Bundle, load_bundle
 from worker.errors import BundleError, InferenceError
-from worker.pooling import FloatArray, pool
+from worker.pooling import FloatArray, l2_normalize, pool
 from worker.providers import CPU, CUDA, Device, default_precision, provider_names, select_providers
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class LoadedModel:
             raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
         if self.pooled_output:
             vecs = out.astype(np.float32)
-            return pool_normalize_only(vecs, self.bundle.config.normalize)
+            return l2_normalize(vecs) if self.bundle.config.normalize else vecs
         return pool(self.bundle.config.pooling.value, out, batch.attention_mask,
                     self.bundle.config.normalize)
 
@@ -91,12 +91,6 @@ class LoadedModel:
         binding.bind_output(self.output_name, "cuda")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
-
-
-def pool_normalize_only(vecs: FloatArray, normalize: bool) -> FloatArray:
-    from worker.pooling import l2_normalize
-
-    return l2_normalize(vecs) if normalize else vecs
 
 
 def load_model(

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -39,7 +38,7 @@ import pytest
 from producer.job import Job, submit
 from tests.checker import CheckResult, check_job
 from tests.conftest import sample_records, write_jsonl
-from tests.procs import ROOT, RedisServer, Worker
+from tests.procs import ROOT, RedisServer, Worker, rabbitmq_up
 
 pytestmark = pytest.mark.integration
 
@@ -745,15 +744,7 @@ def test_hostile_corpus(tmp_path, fleet, redis_url, minilm_bundle, record):
 
 # -- 11. RabbitMQ -------------------------------------------------------------------------------
 
-def _rabbitmq_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-rabbitmq = pytest.mark.skipif(not _rabbitmq_up(), reason="RabbitMQ not running on :5672")
+rabbitmq = pytest.mark.skipif(not rabbitmq_up(), reason="RabbitMQ not running on :5672")
 
 
 def _close_rabbit_connections(w: Worker) -> int:

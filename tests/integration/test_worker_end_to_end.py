@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from producer.job import submit
 from storage.readers import read_matrix
 from tests.conftest import sample_records, write_jsonl
+from tests.procs import rabbitmq_up
 
 pytestmark = pytest.mark.integration
 
@@ -139,15 +139,7 @@ def test_inference_failure_becomes_a_reject_and_the_rest_lands(
     assert len(ids) == job.dir.manifest["totals"]["chunks"] - 1
 
 
-def _rabbitmq_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _rabbitmq_up(), reason="RabbitMQ not running on 127.0.0.1:5672")
+@pytest.mark.skipif(not rabbitmq_up(), reason="RabbitMQ not running on 127.0.0.1:5672")
 def test_end_to_end_with_rabbitmq_broker(tmp_path, fleet, redis_server, minilm_bundle):
     queue = f"cpu-{uuid.uuid4().hex[:8]}"  # never touch shared queues
     broker = "amqp://guest:guest@127.0.0.1:5672//"
