@@ -27,9 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.batching import DEFAULT_MAX_BATCH_TOKENS, encode, plan_batches  # noqa: E402
-from worker.bundle import embedfleet_home, load_bundle, resolve_model  # noqa: E402
-from worker.samples import SAMPLE_TEXTS  # noqa: E402
+from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS, encode, plan_batches  # noqa: E402
+from producer.models import embedfleet_home, resolve_model  # noqa: E402
+from storage.bundle import load_bundle  # noqa: E402
+from worker.export.samples import SAMPLE_TEXTS  # noqa: E402
 
 SEEDS = Path("/work/shared/seeds")
 SAMPLE_JSONL = ROOT / "examples" / "sample.jsonl"
@@ -81,7 +82,7 @@ def bench_sentence_transformers(docs: list[str], repeat: int) -> dict:
 
 
 def bench_onnx(bundle_path: Path, precision: str, docs: list[str], repeat: int) -> dict:
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     model = load_model(bundle_path, device="cpu", precision=precision, threads=os.cpu_count())
     model.embed(docs[:64])

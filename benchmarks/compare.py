@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
-    from worker.bundle import embedfleet_home, load_bundle, resolve_model
+    from producer.models import embedfleet_home, resolve_model
+    from storage.bundle import load_bundle
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="embedfleet-compare-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -191,7 +192,7 @@ def _measure_child(method: str, precision: str, kind: str, cargs: dict[str, Any]
 
 def _producer_run(method: str, precision: str, corpus: Path, bundle: Path, home: Path,
                   job_id: str, threads: int, work: Path) -> dict[str, Any]:
-    from producer.report import load_job, summarize
+    from producer.tools.report import load_job, summarize
 
     say(f"{method} {precision} ...")
     out = work / "jobs"
@@ -271,7 +272,7 @@ def _run_tree(cmd: list[str], log_path: Path,
 def _child(kind: str, a: dict[str, Any]) -> int:
     """Runs in the subprocess: load, warm up, time one pass over every chunk."""
     texts: list[str] = json.loads(Path(a["chunks_file"]).read_text())
-    from worker.bundle import load_bundle
+    from storage.bundle import load_bundle
 
     bundle = load_bundle(a["bundle"])
     tok = bundle.load_tokenizer(truncate=True)
@@ -294,8 +295,8 @@ def _child(kind: str, a: dict[str, Any]) -> int:
         extra = {"padded_tokens_input_order": _fixed_batches_padded(lengths, ST_BATCH),
                  "torch": torch.__version__}
     elif kind == "onnx":
-        from worker.batching import plan_batches
-        from worker.session import load_model
+        from worker.model.batching import plan_batches
+        from worker.model.session import load_model
 
         model = load_model(bundle, device="cpu", precision=a["precision"], threads=a["threads"])
         model.embed(texts[:64])

@@ -138,7 +138,7 @@ def run(corpus: str, out: str, workers: int | None, threads: int | None, broker:
     """Embed CORPUS on this machine: private Redis, local Celery workers, same code path."""
     from producer.job import submit as submit_job
     from producer.local import local_fleet
-    from worker.bundle import embedfleet_home, resolve_model
+    from producer.models import embedfleet_home, resolve_model
 
     home_path = Path(home) if home else embedfleet_home()
     try:
@@ -281,7 +281,7 @@ def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def report(job_dir: str, html_path: str | None, as_json: bool) -> None:
     """Throughput, padding, latency, cache hits and a per-worker breakdown of JOB_DIR."""
-    from producer.report import format_text, load_job, summarize, write_html
+    from producer.tools.report import format_text, load_job, summarize, write_html
 
     try:
         manifest, rows, lengths = load_job(job_dir)
@@ -319,8 +319,8 @@ def bench(model: str | None, precisions: str, providers: str, corpus: str | None
           text_field: str, limit: int | None, threads: int | None, max_batch_tokens: int,
           home: str | None, json_path: str | None) -> None:
     """Embed a sample through each variant × provider directly (no broker) and compare them."""
-    from producer.bench import format_table, read_texts, run_bench
-    from worker.bundle import embedfleet_home, resolve_model
+    from producer.tools.bench import format_table, read_texts, run_bench
+    from producer.models import embedfleet_home, resolve_model
     from worker.errors import BundleError
 
     precs = [p.strip() for p in precisions.split(",") if p.strip()]

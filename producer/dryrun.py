@@ -11,8 +11,9 @@ from producer.corpus import iter_records
 from producer.staging import stage_corpus
 from storage.cache import EmbeddingCache
 from storage.hashing import content_key, text_sha256
-from worker.bundle import embedfleet_home, load_bundle, resolve_model
-from worker.providers import default_precision
+from producer.models import embedfleet_home, resolve_model
+from storage.bundle import load_bundle
+from worker.model.providers import default_precision
 
 LOOKUP_BATCH = 1000
 

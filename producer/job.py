@@ -26,7 +26,8 @@ from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, sta
 from producer.submit import broker_backlog, connect, send_shards
 from storage.jobdir import JobDir
 from storage.readers import read_matrix, read_table
-from worker.bundle import embedfleet_home, load_bundle, resolve_model
+from producer.models import embedfleet_home, resolve_model
+from storage.bundle import load_bundle
 from worker.settings import mask_url
 
 

@@ -52,7 +52,7 @@ def make_tiny_xlmr(root: Path) -> Path:
     from tokenizers.trainers import UnigramTrainer
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from worker.samples import SAMPLE_TEXTS
+    from worker.export.samples import SAMPLE_TEXTS
 
     root.mkdir(parents=True, exist_ok=True)
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -116,6 +116,6 @@ def _cached(name: str, build) -> Path:  # type: ignore[no-untyped-def]
 
 def _export_key() -> str:
     h = hashlib.sha256()
-    for name in ("export.py", "samples.py"):
-        h.update((ROOT / "worker" / name).read_bytes())
+    for path in sorted((ROOT / "worker" / "export").glob("*.py")):
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]

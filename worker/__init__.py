@@ -1,6 +1,6 @@
 """embedfleet worker: the Celery app and the embedding core.
 
-Kept light on purpose: importing ``worker`` (or ``worker.contract``/``worker.bundle``) never
+Kept light on purpose: importing ``worker`` (or ``worker.contract``/``storage.bundle``) never
 imports onnxruntime and never reads the environment. ``celery -A worker`` asks for
 ``worker.app``; the module-level ``__getattr__`` builds it then, from ``os.environ``, once.
 """

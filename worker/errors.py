@@ -1,25 +1,26 @@
-"""Errors raised by the worker side: model bundles, providers and inference.
+"""Errors raised by the worker side: providers and inference.
 
-    EmbedfleetError
-    ├── BundleError            a model bundle is missing a file or has an invalid one
-    ├── ProviderUnavailable    a strict device request cannot be met
-    └── InferenceError         the session failed on a batch (split and retried by the pipeline)
+    EmbedfleetError (storage/errors.py)
+    └── WorkerError
+        ├── ProviderUnavailable    a strict device request cannot be met
+        └── InferenceError         the session failed on a batch (split and retried by the pipeline)
 """
 
 from __future__ import annotations
 
+from storage.errors import BundleError, EmbedfleetError
 
-class EmbedfleetError(Exception):
-    """Base class for embedfleet errors."""
-
-
-class BundleError(EmbedfleetError, ValueError):
-    """A model bundle directory is incomplete or invalid; the message names the file."""
+__all__ = ["BundleError", "EmbedfleetError", "InferenceError", "ProviderUnavailable",
+           "WorkerError"]
 
 
-class ProviderUnavailable(EmbedfleetError, RuntimeError):
+class WorkerError(EmbedfleetError):
+    """Base class for errors raised by the worker."""
+
+
+class ProviderUnavailable(WorkerError, RuntimeError):
     """A strict device request (e.g. strict GPU) cannot be satisfied."""
 
 
-class InferenceError(EmbedfleetError, RuntimeError):
+class InferenceError(WorkerError, RuntimeError):
     """ONNX Runtime failed on a batch."""

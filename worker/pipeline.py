@@ -29,9 +29,10 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from storage.atomic import write_bytes_atomic
 from storage.hashing import content_key
 from storage.jobdir import JobDir
+from storage.metrics import rss_mb
 from storage.shards import embeddings_table, metrics_table, shard_is_valid, write_table
 from worker import faults as failpoints
-from worker.batching import Batch, encode, pad_rows, plan_batches
+from worker.model.batching import Batch, encode, pad_rows, plan_batches
 from worker.errors import InferenceError
 
 log = logging.getLogger(__name__)
@@ -241,15 +242,3 @@ def _metric(common: dict[str, Any], b: int, chunks: int, real: int, padded: int,
             "inference_ms": round(inf_ms, 3), "total_ms": round(total_ms, 3),
             "tokens_per_s": round(real / (total_ms / 1000), 1) if total_ms > 0 else 0.0,
             "rss_mb": rss_mb(), "timestamp": datetime.now(timezone.utc)}
-
-
-def rss_mb() -> float:
-    """Resident set size of this process now, in MB (rounded to 0.1)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except (OSError, ValueError):
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-

@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from storage.cache import EmbeddingCache
 from storage.jobdir import JobDir, validate_job_id
-from worker.batching import DEFAULT_MAX_BATCH_TOKENS
+from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS
 from worker.celery_app import TASK_NAME
 from worker.settings import WorkerSettings
 
@@ -36,7 +36,7 @@ class ModelTask(Task):
         return self.app.settings  # type: ignore[attr-defined, no-any-return]
 
     def model_for(self, bundle_path: str, device: str, precision: str) -> Any:
-        from worker.session import load_model  # onnxruntime only inside worker processes
+        from worker.model.session import load_model  # onnxruntime only inside worker processes
 
         if not hasattr(self, "_models"):
             self._models = OrderedDict()

@@ -421,12 +421,12 @@ def test_producer_services_run(compose: dict[str, Any], local: Local) -> None:
     args = argv_of(exp["command"])
     assert argv_of(exp["entrypoint"]) == ["producer"] and args[0] == "export"
     click_parse(local.argv(args))
-    from worker.bundle import DEFAULT_MODEL
+    from storage.bundle import DEFAULT_MODEL
 
     home = environment_of(exp)["EMBED_HOME"]
     assert home == environment_of(svc)["EMBED_HOME"]
     assert args[1] == DEFAULT_MODEL
-    # worker.bundle.resolve_model looks for the default bundle at EMBED_HOME/models/<name>.
+    # storage.bundle.resolve_model looks for the default bundle at EMBED_HOME/models/<name>.
     assert Path(args[args.index("--out") + 1]) == Path(home) / "models" / DEFAULT_MODEL
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from tests.model_fixtures import XLMR_DIM, XLMR_WINDOW, make_tiny_xlmr
-from worker.bundle import load_bundle
+from storage.bundle import load_bundle
 from worker.errors import BundleError
-from worker.samples import SAMPLE_TEXTS
+from worker.export.samples import SAMPLE_TEXTS
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def embed(bundle: Path, precision: str, texts: list[str]) -> np.ndarray:
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     return load_model(bundle, device="cpu", precision=precision).embed(texts)
 
@@ -115,7 +115,7 @@ def test_xlmr_window_is_8192(xlmr_bundle: Path) -> None:
 
 
 def test_xlmr_8192_tokens_give_one_unit_vector(xlmr_bundle: Path) -> None:
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     model = load_model(xlmr_bundle, device="cpu", precision="fp32")
     full = load_bundle(xlmr_bundle).load_tokenizer(truncate=False)
@@ -131,7 +131,7 @@ def test_xlmr_8192_tokens_give_one_unit_vector(xlmr_bundle: Path) -> None:
 
 
 def test_xlmr_longer_input_is_truncated_not_an_error(xlmr_bundle: Path) -> None:
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     tok = load_bundle(xlmr_bundle).load_tokenizer()
     text = long_text(load_bundle(xlmr_bundle).load_tokenizer(truncate=False), XLMR_WINDOW + 500)

@@ -129,7 +129,7 @@ def poll_finished(job: Job, timeout: float = WAIT_S) -> Any:
 
 
 def batches_of(job: Job, shard: int, max_batch_tokens: int) -> int:
-    from worker.batching import plan_batches
+    from worker.model.batching import plan_batches
 
     t = pq.read_table(job.dir.input_path(shard), columns=["n_tokens"])
     return len(plan_batches(t["n_tokens"].to_pylist(), max_batch_tokens))
@@ -545,7 +545,7 @@ def test_soft_time_limit_inside_inference_is_not_a_bad_chunk():
     ``model.run`` must propagate, not split the batch and reject its chunks as bad input."""
     from billiard.exceptions import SoftTimeLimitExceeded
 
-    from worker.batching import pad_rows
+    from worker.model.batching import pad_rows
     from worker.errors import InferenceError
     from worker.pipeline import _run_split
 
@@ -555,7 +555,7 @@ def test_soft_time_limit_inside_inference_is_not_a_bad_chunk():
         def run(self, batch: Any) -> Any:
             try:
                 raise SoftTimeLimitExceeded()
-            except Exception as exc:  # what worker.session.Model.run does
+            except Exception as exc:  # what worker.model.session.Model.run does
                 raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
 
     batch = pad_rows([[101, 7, 102], [101, 8, 9, 102]], [0, 1], 0)
@@ -585,7 +585,7 @@ def test_cache_redis_stopped_mid_run(tmp_path, fleet, redis_url, minilm_bundle, 
         assert not any(t["cached"].to_pylist())
         assert "embedding cache unavailable" in w.text()
         # Correct, not just complete: equal to a direct session on the staged texts.
-        from worker.session import load_model
+        from worker.model.session import load_model
 
         texts: dict[tuple[str, int], str] = {}
         for s in job.dir.manifest["shards"]:

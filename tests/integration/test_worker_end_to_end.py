@@ -35,7 +35,7 @@ def corpus_of_sentences(path: Path, n_docs: int = 1500) -> Path:
 
 
 def direct_vectors(bundle: Path, texts: list[str]) -> np.ndarray:
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     return load_model(bundle, device="cpu", precision="fp32").embed(texts)
 

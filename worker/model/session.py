@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from worker.batching import DEFAULT_MAX_BATCH_TOKENS, Batch, batches_by_tokens, encode
-from worker.bundle import Bundle, load_bundle
+from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS, Batch, batches_by_tokens, encode
+from storage.bundle import Bundle, load_bundle
 from worker.errors import BundleError, InferenceError
-from worker.pooling import FloatArray, l2_normalize, pool
-from worker.providers import CPU, CUDA, Device, default_precision, provider_names, select_providers
+from worker.model.pooling import FloatArray, l2_normalize, pool
+from worker.model.providers import CPU, CUDA, Device, default_precision, provider_names, select_providers
 
 log = logging.getLogger(__name__)
 

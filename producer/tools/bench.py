@@ -1,12 +1,12 @@
 """``producer bench``: every bundle variant × provider on a text sample, directly, no broker.
 
 Not a stage of the job flow: a measuring tool. Each variant is loaded with
-``worker.session.load_model`` and the sample goes through the worker's own stages 6-8 (tokenise,
+``worker.model.session.load_model`` and the sample goes through the worker's own stages 6-8 (tokenise,
 length-sorted token-budget batches, run + pool + normalise), so the figures are what a worker's
 inference loop does, without Redis, Celery or Parquet. Texts longer than the model window are
 truncated by the tokenizer (no chunking). Cosine similarity is against fp32 on CPU.
 
-onnxruntime is imported only inside ``run_bench`` (through worker.session), so importing this
+onnxruntime is imported only inside ``run_bench`` (through worker.model.session), so importing this
 module keeps the producer free of it.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.pipeline import rss_mb
+from storage.metrics import rss_mb
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 DEVICES = {"cpu": "cpu", "cuda": "gpu"}
@@ -58,7 +58,7 @@ def read_texts(corpus: str | Path | None, text_field: str = "text",
     from producer.corpus import Record, iter_records
 
     if corpus is None and not SAMPLE.is_file():
-        from worker.samples import SAMPLE_TEXTS
+        from worker.export.samples import SAMPLE_TEXTS
 
         return list(SAMPLE_TEXTS)[:limit]
     texts: list[str] = []
@@ -81,8 +81,8 @@ def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequ
     """
     import onnxruntime as ort
 
-    from worker.bundle import VARIANT_FILES, load_bundle
-    from worker.session import load_model
+    from storage.bundle import VARIANT_FILES, load_bundle
+    from worker.model.session import load_model
 
     for p in providers:
         if p not in PROVIDERS:
@@ -158,7 +158,7 @@ def format_table(rows: Sequence[BenchRow]) -> str:
 def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
              texts: Sequence[str], threads: int | None,
              max_batch_tokens: int | None) -> np.ndarray:
-    from worker.batching import DEFAULT_MAX_BATCH_TOKENS, batches_by_tokens, encode
+    from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS, batches_by_tokens, encode
 
     t0 = time.perf_counter()
     model = load_model(bundle, device=DEVICES[prov], precision=prec, threads=threads,

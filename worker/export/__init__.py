@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.bundle import (
+from storage.bundle import (
     CONFIG_NAME,
     DEFAULT_MODEL,
     TOKENIZER_NAME,
@@ -43,7 +43,7 @@ from worker.bundle import (
     Pooling,
 )
 from worker.errors import BundleError
-from worker.samples import SAMPLE_TEXTS
+from worker.export.samples import SAMPLE_TEXTS
 
 Log = Callable[[str], Any]
 
@@ -171,7 +171,7 @@ def quality_gate(
         ``reason`` when it failed). An fp16 variant the CPU provider has no kernels for gets
         ``passed: None`` and a ``skipped`` reason: it is kept for the GPU, unchecked.
     """
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     limits = {**GATE_THRESHOLDS, **(thresholds or {})}
     ref = load_model(bundle_path, device="cpu", precision="fp32").embed(texts)
@@ -435,7 +435,7 @@ def _max_error(wrapper: Any, path: Path, batches: list[dict[str, np.ndarray]]) -
 def _check_width(root: Path, dim: int) -> None:
     """Embed two texts through the worker's own path: catches a ``dim`` the graph does not
     produce (e.g. a pooling config that disagrees with the hidden size)."""
-    from worker.session import load_model
+    from worker.model.session import load_model
 
     model = load_model(root, device="cpu", precision="fp32")
     try:

@@ -1,0 +1,1 @@
+"""Producer tools: export, bench and report commands (heavy imports stay inside them)."""

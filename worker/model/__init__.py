@@ -1,0 +1,1 @@
+"""The model core: providers, the ONNX Runtime session, batching and pooling."""
