@@ -4,7 +4,7 @@
 then reused). ``xlmr_bundle``: a tiny random-weight XLM-RoBERTa with an 8,192-token window,
 CLS pooling and Normalize, to test long inputs without a large model. Both live under
 ``$EMBED_TEST_CACHE`` (default ``<repo>/.embedfleet/test-models``) and are re-exported when
-the export code changes (a key over worker/export.py and worker/samples.py).
+the export code changes (a key over worker/export/*.py).
 """
 
 from __future__ import annotations

@@ -188,17 +188,34 @@ def test_failing_variant_is_not_written(tmp_path: Path) -> None:
 
 
 def test_missing_pooling_config_asks_for_the_flag(tmp_path: Path) -> None:
-    from worker.export import export_bundle, main
+    from click.testing import CliRunner
+
+    from producer.cli import main
+    from worker.export import export_bundle
 
     src = make_tiny_xlmr(tmp_path / "src")
     shutil.rmtree(src / "1_Pooling")
     (src / "modules.json").unlink()
     with pytest.raises(BundleError, match="--pooling"):
         export_bundle(src, tmp_path / "b")
-    with pytest.raises(SystemExit) as exc:
-        main([str(src), "--out", str(tmp_path / "b")])
-    assert exc.value.code == 2
+    res = CliRunner().invoke(main, ["export", str(src), "--out", str(tmp_path / "b")])
+    assert res.exit_code != 0 and "--pooling" in res.output, res.output
     assert not (tmp_path / "b").exists()
+
+
+def test_producer_export_command_writes_a_bundle(tmp_path: Path) -> None:
+    """The one export CLI: options reach export_bundle, progress and the result are printed."""
+    from click.testing import CliRunner
+
+    from producer.cli import main
+
+    src = make_tiny_xlmr(tmp_path / "src")
+    res = CliRunner().invoke(main, ["export", str(src), "--out", str(tmp_path / "b"),
+                                    "--precision", "fp32", "--max-length", "512"])
+    assert res.exit_code == 0, res.output
+    assert "exporting fp32" in res.output and f"bundle written to {tmp_path / 'b'}" in res.output
+    b = load_bundle(tmp_path / "b")
+    assert b.variants == ["fp32"] and b.config.max_length == 512
 
 
 def test_failed_export_leaves_no_half_bundle(tmp_path: Path) -> None:

@@ -1,0 +1,88 @@
+"""fp16/int8 variants (worker/export/variants.py) on a two-MatMul ONNX graph built here.
+
+The graph is an FFN in miniature: x (4 wide) -> up (4x8) -> down (8x4). int8 recipes must
+leave exactly the down-projections they name in fp32, and recipes are tried in order only
+until the gate passes. fp16 is covered by tests/integration/test_export.py on real models (ORT's
+converter leaves this hand-made graph unsorted, which its own checker then refuses).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from worker.export.variants import (
+    INT8_KEEP_FP32,
+    _ffn_down_projections,
+    int8_until_gate,
+    quantize_int8,
+)
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime.quantization")
+
+
+def ffn_graph(path: Path, layers: int = 2) -> Path:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        for name, shape in ((f"up{i}", (4, 8)), (f"down{i}", (8, 4))):
+            inits.append(numpy_helper.from_array(
+                rng.standard_normal(shape).astype(np.float32), f"w_{name}"))
+            nodes.append(helper.make_node("MatMul", [prev, f"w_{name}"], [f"y_{name}"],
+                                          name=name))
+            prev = f"y_{name}"
+    graph = helper.make_graph(
+        nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["n", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+def float_matmuls(path: Path) -> list[str]:
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul"]
+
+
+def test_down_projections_are_the_narrowing_matmuls_in_layer_order(tmp_path: Path) -> None:
+    model = onnx.load(str(ffn_graph(tmp_path / "m.onnx", layers=3)))
+    assert _ffn_down_projections(model) == ["down0", "down1", "down2"]
+
+
+@pytest.mark.parametrize(("keep", "kept"), [
+    ("none", []),
+    ("early-ffn-down", ["down0"]),  # first half of the layers
+    ("ffn-down", ["down0", "down1"]),
+])
+def test_int8_recipe_keeps_the_named_matmuls_fp32(tmp_path: Path, keep: str,
+                                                  kept: list[str]) -> None:
+    src = ffn_graph(tmp_path / "m.onnx")
+    quantize_int8(src, tmp_path / "q.onnx", keep)
+    assert float_matmuls(tmp_path / "q.onnx") == kept
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+
+
+def test_int8_recipes_are_tried_in_order_until_one_passes(tmp_path: Path) -> None:
+    ffn_graph(tmp_path / "model.onnx")
+    seen: list[list[str]] = []
+
+    def gate(root: Path, prec: str) -> dict[str, Any]:
+        seen.append(float_matmuls(root / "model.int8.onnx"))
+        return {"passed": len(seen) == 2}
+
+    res = int8_until_gate(tmp_path, lambda s: None, gate)
+    assert seen == [["down0"], ["down0", "down1"]]
+    assert res["passed"] and res["recipe"]["keep_fp32"] == INT8_KEEP_FP32[1]
+
+
+def test_int8_reports_the_last_failure_when_no_recipe_passes(tmp_path: Path) -> None:
+    ffn_graph(tmp_path / "model.onnx")
+    res = int8_until_gate(tmp_path, lambda s: None, lambda r, p: {"passed": False, "why": p})
+    assert res["passed"] is False and res["recipe"]["keep_fp32"] == INT8_KEEP_FP32[-1]
