@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from producer.errors import UsageError
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -64,6 +66,18 @@ class Span:
     n_tokens: int
 
 
+def prefix_text(choice: str, passage_prefix: str, query_prefix: str) -> str:
+    """The text ``--prefix`` puts before every chunk (the bundle's prompts; ``none``: nothing).
+
+    >>> prefix_text("query", "passage: ", "query: ")
+    'query: '
+    """
+    found = {"passage": passage_prefix, "query": query_prefix, "none": ""}.get(choice)
+    if found is None:
+        raise UsageError(f"--prefix {choice!r}: use passage, query or none")
+    return found
+
+
 def chunk_budget(
     tokenizer: Tokenizer, max_length: int, max_tokens: int | None, prefix: str = ""
 ) -> int:
@@ -79,7 +93,8 @@ def chunk_budget(
         The window minus the special tokens and the prefix tokens.
 
     Raises:
-        ValueError: If nothing is left for content, or the tokenizer truncates or pads.
+        UsageError: If nothing is left for content (a ValueError, like the next one).
+        ValueError: If the tokenizer truncates or pads.
     """
     if tokenizer.truncation is not None or tokenizer.padding is not None:
         raise ValueError(
@@ -88,9 +103,9 @@ def chunk_budget(
     window = max_length if max_tokens is None else min(max_tokens, max_length)
     overhead = len(tokenizer.encode(prefix, add_special_tokens=True).ids)
     if window - overhead < 1:
-        raise ValueError(
-            f"a window of {window} tokens leaves no room for content after {overhead} "
-            f"special and prefix tokens; raise max_tokens or shorten the prefix"
+        raise UsageError(
+            f"--max-tokens {window}: leaves no room for content after {overhead} "
+            f"special and prefix tokens; raise --max-tokens or use a shorter --prefix"
         )
     return window - overhead
 

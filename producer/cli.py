@@ -1,20 +1,79 @@
-"""``producer``: submit corpora to the embedding fleet, run it locally, watch and resume jobs."""
+"""``producer``: submit corpora to the embedding fleet, run it locally, watch and resume jobs.
+
+The job commands live here; the tools (export, bench, report) in ``producer/tools/cli.py``.
+Commands raise; ``EXIT_CODES`` below is the one place that turns an error type into a message
+and an exit code (listed in ``producer --help`` and the README).
+"""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from worker.settings import mask_url
+from producer.errors import (BrokerUnreachable, CorpusError, FleetError, Interrupted,
+                             JobConflict, JobFailed, UsageError)
+from producer.tools.cli import register as register_tools
+from storage.errors import BundleError, EmbedfleetError, InvalidJobId, JobNotFound
+from worker.settings import DEFAULT_BROKER_URL, mask_url
+
+USAGE_EXIT = 3
+EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
+    ((BrokerUnreachable,), 1, "the broker cannot be reached"),
+    ((JobFailed,), 2, "the job finished with failed shards"),
+    ((UsageError, InvalidJobId, click.UsageError), USAGE_EXIT,
+     "a bad option or value (the message names it)"),
+    ((JobConflict,), 4, "OUT/JOB holds a job this command must not touch"),
+    ((CorpusError,), 5, "the corpus cannot be read with these options"),
+    ((BundleError,), 6, "the model bundle is missing a file or has an invalid one"),
+    ((JobNotFound,), 7, "not a job directory (no manifest.json)"),
+    ((FleetError,), 8, "the private fleet of `producer run` did not start"),
+    ((Interrupted, KeyboardInterrupt), 130, "interrupted (Ctrl-C)"),
+    ((EmbedfleetError, OSError, ValueError), 1, "any other error (file, value)"),
+)
+"""(error types, exit code, meaning), first match wins; 0 means done or nothing to do."""
 
 
-def _fail(exc: BaseException) -> None:
-    raise click.ClickException(str(exc))
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code for ``exc`` from ``EXIT_CODES``; None for a bug (shown as a traceback).
+
+    >>> exit_code(UsageError("--overlap 300: ...")), exit_code(BrokerUnreachable("x"))
+    (3, 1)
+    """
+    for types, code, _ in EXIT_CODES:
+        if isinstance(exc, types):
+            return code
+    return None
+
+
+def _exit_code_help() -> str:
+    rows = "\n".join(f"  {code:<4} {what}" for _, code, what in EXIT_CODES)
+    return f"\b\nExit codes:\n  0    done, or nothing to do\n{rows}"
+
+
+class _Main(click.Group):
+    """The ``producer`` group: maps every command's errors through ``EXIT_CODES``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = USAGE_EXIT
+            raise
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            code = exit_code(exc)
+            if code is None:
+                raise
+            if code == 130:
+                click.echo(f"\n{str(exc) or 'interrupted'}", err=True)
+            else:
+                click.echo(f"Error: {exc}", err=True)
+            ctx.exit(code)
 
 
 def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,7 +127,8 @@ def _submit_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw[k] for k in keys}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=_exit_code_help())
 @click.version_option(package_name="embedfleet")
 def main() -> None:
     """embedfleet: embed large corpora with a Celery fleet of ONNX Runtime workers.
@@ -82,11 +142,13 @@ def main() -> None:
     """
 
 
+BROKER_ENV = ["EMBED_BROKER_URL", "CELERY_BROKER_URL"]
+
+
 @main.command()
 @click.argument("corpus", type=click.Path(exists=True, dir_okay=False))
 @submit_options
-@click.option("--broker", envvar=["EMBED_BROKER_URL", "CELERY_BROKER_URL"],
-              default="redis://127.0.0.1:6379/0", show_default=True,
+@click.option("--broker", envvar=BROKER_ENV, default=DEFAULT_BROKER_URL, show_default=True,
               help="Celery broker URL (redis://, rediss://, amqp://).")
 @click.option("--wait/--no-wait", default=False, show_default=True,
               help="Show progress until the job finishes, then finalise it.")
@@ -100,20 +162,11 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
     if dry_run:
         from producer.dryrun import dry_run as run_dry
 
-        try:
-            run_dry(corpus, cache_url=cache_url or broker, **_submit_kwargs(kw))
-        except (OSError, ValueError) as exc:
-            _fail(exc)
+        run_dry(corpus, cache_url=cache_url or broker, **_submit_kwargs(kw))
         return
     from producer.job import submit as submit_job
 
-    try:
-        job = submit_job(corpus, out, broker=broker, log=click.echo, **_submit_kwargs(kw))
-    except ConnectionError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
+    job = submit_job(corpus, out, broker=broker, log=click.echo, **_submit_kwargs(kw))
     click.echo(f"job {job.path.name}\n{job.path}")
     if wait:
         _finish(job, progress=True)
@@ -155,21 +208,16 @@ def run(corpus: str, out: str, workers: int | None, threads: int | None, broker:
             fleet.wait_ready()
             _finish(job, progress=True)
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: workers and Redis stopped; `producer resume` continues a "
-                   "job on a running fleet, or run again to start over", err=True)
-        sys.exit(130)
-    except ConnectionError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except (OSError, ValueError, RuntimeError) as exc:
-        _fail(exc)
+        raise Interrupted("interrupted: workers and Redis stopped; `producer resume` continues "
+                          "a job on a running fleet, or run again to start over") from None
 
 
 def _finish(job: Any, progress: bool) -> None:
     st = job.wait(progress=progress)
     _print_summary(job, st)
     if st.status != "succeeded":
-        sys.exit(2)
+        raise JobFailed(f"{st.failed} of {st.shards} shard(s) failed; "
+                        f"see `producer status {job.path}`")
 
 
 def _print_summary(job: Any, st: Any) -> None:
@@ -200,10 +248,7 @@ def status(job_dir: str, as_json: bool) -> None:
     """Progress of JOB_DIR: shards, chunks, rejects, failed shards; finalises a finished job."""
     from producer.job import Job
 
-    try:
-        st = Job(job_dir).status()
-    except (OSError, ValueError) as exc:
-        _fail(exc)
+    st = Job(job_dir).status()
     if as_json:
         click.echo(json.dumps({**st.__dict__, "tokens_per_s": st.tokens_per_s}, indent=2))
         return
@@ -223,118 +268,18 @@ def status(job_dir: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--broker", envvar=["EMBED_BROKER_URL", "CELERY_BROKER_URL"],
-              default="redis://127.0.0.1:6379/0", show_default=True, help="Celery broker URL.")
+@click.option("--broker", envvar=BROKER_ENV, default=DEFAULT_BROKER_URL, show_default=True,
+              help="Celery broker URL.")
 @click.option("--wait/--no-wait", default=False, help="Wait for the job to finish.")
 def resume(job_dir: str, broker: str, wait: bool) -> None:
     """Re-send every shard of JOB_DIR without valid output; safe to run any number of times."""
     from producer.job import Job
 
-    try:
-        job = Job(job_dir, broker=broker)
-        n = job.resume()
-    except ConnectionError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
+    job = Job(job_dir, broker=broker)
+    n = job.resume()
     click.echo(f"re-sent {n} shard(s)" if n else "nothing to resume: every shard is done")
     if wait and n:
         _finish(job, progress=True)
 
 
-@main.command()
-@click.argument("src")
-@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
-              help="Bundle directory to write.")
-@click.option("--precision", default="fp32,fp16,int8", show_default=True,
-              help="Comma-separated variants to export; int8 is kept only if it passes the gate.")
-@click.option("--opset", type=click.IntRange(14, 25), default=18, show_default=True)
-@click.option("--pooling", type=click.Choice(["cls", "mean", "last"]), default=None,
-              help="Only for models without a sentence-transformers 1_Pooling/config.json.")
-@click.option("--max-length", type=click.IntRange(8, None), default=None,
-              help="Override the model window (tokens incl. special tokens).")
-def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
-           max_length: int | None) -> None:
-    """Export SRC (a local sentence-transformers dir, or all-MiniLM-L6-v2) to an ONNX bundle."""
-    from worker.errors import BundleError
-
-    try:
-        from worker.export import export_bundle
-    except ImportError as exc:
-        _fail(RuntimeError(f"export needs the `export` extra (pip install 'embedfleet[export]'):"
-                           f" {exc}"))
-    precs = tuple(p.strip() for p in precision.split(",") if p.strip())
-    try:
-        path = export_bundle(src, out, precisions=precs, opset=opset, pooling=pooling,
-                             max_length=max_length, log=click.echo)
-    except (BundleError, OSError, ValueError) as exc:
-        _fail(exc)
-    click.echo(f"bundle written to {path}")
-
-
-
-@main.command()
-@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write a self-contained HTML report with SVG charts to this file.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def report(job_dir: str, html_path: str | None, as_json: bool) -> None:
-    """Throughput, padding, latency, cache hits and a per-worker breakdown of JOB_DIR."""
-    from producer.tools.report import format_text, load_job, summarize, write_html
-
-    try:
-        manifest, rows, lengths = load_job(job_dir)
-        summary = summarize(manifest, rows)
-        if html_path:
-            write_html(html_path, summary, rows, lengths)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
-    click.echo(json.dumps(summary, indent=2) if as_json else format_text(summary))
-    if html_path and not as_json:
-        click.echo(f"\nhtml report: {html_path}")
-
-
-@main.command()
-@click.option("--model", "-m", default=None, envvar="EMBED_MODEL",
-              help="Bundle directory; default: all-MiniLM-L6-v2, exported once into EMBED_HOME.")
-@click.option("--precisions", default="fp32,int8,fp16", show_default=True,
-              help="Comma-separated variants; ones the bundle lacks are listed as skipped.")
-@click.option("--providers", default="cpu,cuda", show_default=True,
-              help="Comma-separated: cpu, cuda; unavailable ones are listed as skipped.")
-@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Texts to embed (.jsonl, .jsonl.gz, .parquet); default: examples/sample.jsonl.")
-@click.option("--text-field", default="text", show_default=True, help="JSON field with the text.")
-@click.option("--limit", type=click.IntRange(1, None), default=None,
-              help="Use only the first N documents.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, envvar="EMBED_THREADS",
-              help="ONNX Runtime intra-op threads (default: ONNX Runtime's, all cores).")
-@click.option("--max-batch-tokens", type=click.IntRange(16, None), default=None,
-              help="Padded tokens per inference batch (default: 4096 on CPU, 32768 on CUDA).")
-@click.option("--home", type=click.Path(file_okay=False), envvar="EMBED_HOME", default=None,
-              help="Where the default model lives (default ~/.cache/embedfleet).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the rows as JSON to this file.")
-def bench(model: str | None, precisions: str, providers: str, corpus: str | None,
-          text_field: str, limit: int | None, threads: int | None, max_batch_tokens: int,
-          home: str | None, json_path: str | None) -> None:
-    """Embed a sample through each variant × provider directly (no broker) and compare them."""
-    from producer.tools.bench import format_table, read_texts, run_bench
-    from producer.models import embedfleet_home, resolve_model
-    from worker.errors import BundleError
-
-    precs = [p.strip() for p in precisions.split(",") if p.strip()]
-    provs = [p.strip().lower() for p in providers.split(",") if p.strip()]
-    try:
-        path = resolve_model(model, Path(home) if home else embedfleet_home())
-        texts = read_texts(corpus, text_field, limit)
-        if not texts:
-            raise ValueError("no texts to embed")
-        click.echo(f"bench {path}: {len(texts)} documents (truncated to the model window)")
-        rows = run_bench(path, texts, precisions=precs, providers=provs, threads=threads,
-                         max_batch_tokens=max_batch_tokens, log=click.echo)
-    except (BundleError, OSError, ValueError) as exc:
-        _fail(exc)
-    click.echo(format_table(rows))
-    if json_path:
-        Path(json_path).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
+register_tools(main)

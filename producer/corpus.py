@@ -17,6 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from producer.errors import CorpusError
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -97,7 +99,7 @@ def iter_records(
 
     Raises:
         OSError: If the file cannot be opened or read (a truncated gzip stream included).
-        ValueError: If a Parquet file has no ``text_field`` column.
+        CorpusError: If a Parquet file has no ``text_field`` column (a ValueError).
     """
     path = Path(path)
     with path.open("rb") as raw:
@@ -270,7 +272,7 @@ def _iter_parquet(
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     if text_field not in names:
-        raise ValueError(f"{path} has no column {text_field!r}; columns: {names}")
+        raise CorpusError(f"{path} has no column {text_field!r}; columns: {names}")
     columns = [text_field] + ([id_field] if id_field in names and id_field != text_field else [])
     row = 0
     for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from producer.chunking import prefix_text
 from producer.corpus import iter_records
 from producer.staging import stage_corpus
 from storage.cache import EmbeddingCache
@@ -24,7 +25,7 @@ def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision:
             **_: Any) -> dict[str, Any]:
     bundle = load_bundle(resolve_model(model, embedfleet_home()))
     cfg = bundle.config
-    pfx = {"passage": cfg.passage_prefix, "query": cfg.query_prefix}.get(prefix, "")
+    pfx = prefix_text(prefix, cfg.passage_prefix, cfg.query_prefix)
     prec = default_precision("gpu" if queue == "gpu" else "cpu", bundle.variants, precision)
     fp = bundle.fingerprint(prec)
     cache = EmbeddingCache.from_url(cache_url, cfg.dim)

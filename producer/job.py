@@ -19,12 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from producer.errors import JobConflict, UsageError
 from producer.corpus import Record, Reject, file_checksum, iter_records, judge_object
 from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, stage_corpus
 from producer.submit import broker_backlog, connect, send_shards
 from storage.jobdir import JobDir
+from storage.metrics import metrics_totals
 from storage.readers import read_matrix, read_table
 from producer.models import embedfleet_home, resolve_model
 from storage.bundle import load_bundle
@@ -83,8 +83,8 @@ class Job:
         states = self.dir.shard_states(set(self._done)) if m.get("staged") else []
         for s in states:
             if s.state == "done" and s.shard not in self._done:
-                hits = pq.read_table(self.dir.metrics_path(s.shard), columns=["cache_hits"])
-                self._done[s.shard] = (s.tokens, int(sum(hits["cache_hits"].to_pylist())))
+                hits = metrics_totals([self.dir.metrics_path(s.shard)]).cache_hits
+                self._done[s.shard] = (s.tokens, hits)
         done = [s for s in states if s.state == "done"]
         failed = [s for s in states if s.state == "failed"]
         totals = m.get("totals", {})
@@ -212,9 +212,11 @@ def submit(
     """Stream, chunk and stage ``corpus`` into ``out/<job_id>``, then send one task per shard.
 
     Raises:
-        ConnectionError: the broker cannot be reached (checked before anything is written).
+        BrokerUnreachable: the broker cannot be reached (checked before anything is written).
+        UsageError: a bad option value (``--prefix``, ``--overlap``, ``--max-tokens``...).
+        JobConflict: ``out/<job_id>`` already holds a job.
     """
-    from producer.chunking import chunk_budget
+    from producer.chunking import chunk_budget, prefix_text
     from producer.routing import choose_queue
 
     say = log or (lambda *_: None)
@@ -224,18 +226,16 @@ def submit(
     queue = choose_queue(app, queue, cpu_queue=cpu_queue, gpu_queue=gpu_queue, log=say)
     bundle = load_bundle(resolve_model(model, Path(home) if home else embedfleet_home()))
     cfg = bundle.config
-    pfx = {"passage": cfg.passage_prefix, "query": cfg.query_prefix, "none": ""}.get(prefix)
-    if pfx is None:
-        raise ValueError(f"--prefix {prefix!r}: use passage, query or none")
+    pfx = prefix_text(prefix, cfg.passage_prefix, cfg.query_prefix)
     window = min(cfg.max_length, max_tokens or cfg.max_length)
     tokenizer = bundle.load_tokenizer(truncate=False)
     budget = chunk_budget(tokenizer, cfg.max_length, max_tokens, pfx)  # raises if nothing fits
     if not 0 <= overlap <= budget // 2:
-        raise ValueError(f"--overlap {overlap}: must be between 0 and {budget // 2} "
+        raise UsageError(f"--overlap {overlap}: must be between 0 and {budget // 2} "
                          f"(half of the {budget} content tokens per chunk)")
     job = JobDir.create(out, job_id or new_job_id())
     if job.manifest_path.exists():
-        raise FileExistsError(f"{job.root} already holds a job; pick another --job-id "
+        raise JobConflict(f"{job.root} already holds a job; pick another --job-id "
                               f"or run `producer resume {job.root}`")
     if isinstance(corpus, (str, os.PathLike)):
         source = {"path": str(Path(corpus).resolve()), "sha256": file_checksum(corpus),

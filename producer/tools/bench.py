@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from producer.errors import UsageError
+from producer.tools.table import text_table
 from storage.metrics import rss_mb
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -77,7 +79,7 @@ def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequ
     """Benchmark each precision × provider; unavailable ones come back as ``skipped`` rows.
 
     Raises:
-        ValueError: an unknown provider or precision name.
+        UsageError: an unknown provider or precision name (a ValueError).
     """
     import onnxruntime as ort
 
@@ -86,10 +88,10 @@ def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequ
 
     for p in providers:
         if p not in PROVIDERS:
-            raise ValueError(f"unknown provider {p!r}; valid: {', '.join(PROVIDERS)}")
+            raise UsageError(f"--providers: unknown provider {p!r}; valid: {', '.join(PROVIDERS)}")
     for p in precisions:
         if p not in VARIANT_FILES:
-            raise ValueError(f"unknown precision {p!r}; valid: {', '.join(VARIANT_FILES)}")
+            raise UsageError(f"--precisions: unknown precision {p!r}; valid: {', '.join(VARIANT_FILES)}")
     bundle = load_bundle(bundle_path)
     available = ort.get_available_providers()
     # fp32 first: it is the reference for the cosine columns.
@@ -141,17 +143,7 @@ def format_table(rows: Sequence[BenchRow]) -> str:
         cells.append([r.precision, r.provider, f"{r.batches}", _f(r.p50_ms, 1), _f(r.p95_ms, 1),
                       _f(r.tokens_per_s, 0), _f(r.docs_per_s, 1), _f(r.peak_rss_mb, 0),
                       _f(r.cos_min, 4), _f(r.cos_mean, 4)])
-    widths = [max(len(h), *(len(c[i]) for c in cells if len(c) > 3 or i < 2))
-              for i, h in enumerate(head)]
-    out = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w)
-                     for i, (h, w) in enumerate(zip(head, widths)))]
-    for c in cells:
-        if len(c) == 3:
-            out.append(f"{c[0].ljust(widths[0])}  {c[1].ljust(widths[1])}  {c[2]}")
-        else:
-            out.append("  ".join(v.ljust(w) if i < 2 else v.rjust(w)
-                                 for i, (v, w) in enumerate(zip(c, widths))))
-    return "\n".join(out)
+    return "\n".join(text_table(head, cells, left=2))
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Works on a finished or a running job (only the shards that landed have metrics).
 have one row per inference batch plus, per shard with cache hits, one row with
 ``batch_index == -1`` (the hits, ``padded_tokens == 0``): latency and padding use inference rows
 only, the cache hit rate and end-to-end token counts use both. ``summarize`` and the renderers
-are pure; only ``load_job`` and ``write_html`` touch files.
+are pure; only ``load_job`` touches files. The HTML page with its charts is ``html.py``; the
+totals come from ``storage.metrics.sum_metrics`` (the same sums as the manifest's result).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from producer.tools import svg
+from producer.tools.table import text_table
 from storage.jobdir import JobDir
+from storage.metrics import sum_metrics
 
-BUCKET_S = 5.0
-"""Width of the time buckets of the over-time charts."""
-HIST_BINS = 32
 GROUP_KEYS = ("hostname", "queue", "provider", "precision")
 METRIC_COLUMNS = ("shard", "batch_index", "hostname", "queue", "provider", "precision",
                   "fallback", "chunks", "real_tokens", "padded_tokens", "cache_hits",
@@ -65,11 +63,9 @@ def summarize(manifest: dict[str, Any], rows: Sequence[dict[str, Any]],
     totals = manifest.get("totals", {})
     result = manifest.get("result") or {}
     inf = [r for r in rows if (r.get("batch_index") or 0) >= 0]
-    real_inf = sum(r.get("real_tokens") or 0 for r in inf)
-    padded_inf = sum(r.get("padded_tokens") or 0 for r in inf)
-    tokens_done = sum(r.get("real_tokens") or 0 for r in rows)
-    chunks_done = sum(r.get("chunks") or 0 for r in rows)
-    hits = sum(r.get("cache_hits") or 0 for r in rows)
+    tot = sum_metrics(rows)
+    real_inf, padded_inf = tot.inference_real_tokens, tot.padded_tokens  # hit rows pad 0
+    tokens_done, chunks_done, hits = tot.real_tokens, tot.chunks, tot.cache_hits
     finished = manifest.get("status") in ("succeeded", "failed") and "wall_s" in result
     if finished:
         wall = float(result["wall_s"])
@@ -99,7 +95,7 @@ def summarize(manifest: dict[str, Any], rows: Sequence[dict[str, Any]],
         "tokens_per_s": round(tokens_done / wall, 1) if wall else 0.0,
         "docs_per_s": round(docs_done / wall, 2) if wall else 0.0,
         "docs_per_s_estimated": not finished,
-        "batches": len(inf),
+        "batches": tot.batches,
         "latency_ms": {f"p{q}": _pct(lat, q) for q in (50, 95, 99)},
         "cache": {"hits": hits, "chunks": chunks_done,
                   "hit_rate": round(hits / chunks_done, 4) if chunks_done else 0.0},
@@ -133,92 +129,12 @@ def format_text(s: dict[str, Any]) -> str:
         lines.append(f"FALLBACK   {len(s['fallback_workers'])} worker(s) asked for CUDA and ran "
                      f"on CPU: {', '.join(s['fallback_workers'])}")
     lines.append("")
-    lines.extend(_table(_HEAD, [_group_cells(g) for g in s["workers"]]) or ["no metrics yet"])
+    lines.extend(text_table(HEAD, [group_cells(g) for g in s["workers"]], left=4)
+                 if s["workers"] else ["no metrics yet"])
     return "\n".join(lines)
 
 
-def chart_svgs(rows: Sequence[dict[str, Any]], lengths: Sequence[int]) -> list[str]:
-    """The four charts of the HTML report, as ``<svg>`` strings."""
-    stamped = [r for r in rows if r.get("timestamp") is not None]
-    # A row is stamped when its batch ends; the batch ran for total_ms before that.
-    t0 = min((r["timestamp"] - (r.get("total_ms") or 0) for r in stamped), default=0)
-    last = max((_bucket(r["timestamp"], t0) for r in stamped), default=0)
-    per_worker: dict[str, dict[int, float]] = defaultdict(lambda: dict.fromkeys(range(last + 1), 0))
-    hit_b: dict[int, float] = dict.fromkeys(range(last + 1), 0)
-    new_b: dict[int, float] = dict.fromkeys(range(last + 1), 0)
-    for r in stamped:
-        series = per_worker[_label(r)]
-        fresh = (r.get("chunks") or 0) - (r.get("cache_hits") or 0)
-        for b, share in _spread(r["timestamp"] - (r.get("total_ms") or 0), r["timestamp"], t0):
-            series[b] += (r.get("real_tokens") or 0) * share
-            new_b[b] += fresh * share
-        hit_b[_bucket(r["timestamp"], t0)] += r.get("cache_hits") or 0
-    def xs(d: dict[int, float]) -> list[tuple[float, float]]:
-        return [(b * BUCKET_S, float(v)) for b, v in sorted(d.items())]
-
-    scatter: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for r in rows:
-        if (r.get("batch_index") or 0) >= 0 and r.get("total_ms") is not None:
-            scatter[_label(r)].append((float(r.get("padded_tokens") or 0), float(r["total_ms"])))
-    return [
-        svg.line_chart({k: xs(v) for k, v in sorted(per_worker.items())},
-                       title=f"Throughput per worker (tokens per {BUCKET_S:g} s)",
-                       xlabel="seconds since the first batch started",
-                       ylabel=f"tokens / {BUCKET_S:g} s"),
-        svg.scatter_chart(dict(sorted(scatter.items())), title="Batch latency vs batch size",
-                          xlabel="padded tokens in the batch", ylabel="total ms"),
-        _histogram(lengths),
-        svg.line_chart({"cache hits": xs(hit_b), "embedded": xs(new_b)},
-                       title=f"Cache hits over time (chunks per {BUCKET_S:g} s)",
-                       xlabel="seconds since the first batch started",
-                       ylabel=f"chunks / {BUCKET_S:g} s"),
-    ]
-
-
-def render_html(s: dict[str, Any], charts: Sequence[str]) -> str:
-    """A self-contained HTML page: summary, worker table, inline SVG charts."""
-    summary = format_text(s).split("\n\n")[0]
-    head = "".join(f"<th>{escape(h)}</th>" for h in _HEAD)
-    body = []
-    for g in s["workers"]:
-        cls = ' class="fallback"' if g["fallback"] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{escape(c)}</td>" for c in _group_cells(g))
-                    + "</tr>")
-    figs = "\n".join(f'<figure>{c}</figure>' for c in charts)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>embedfleet report {escape(s['job_id'])}</title>
-<style>
-body {{ font-family: sans-serif; margin: 24px; color: #222; max-width: 1180px; }}
-pre {{ background: #f6f6f6; padding: 12px; font-size: 13px; line-height: 1.45; }}
-table {{ border-collapse: collapse; font-size: 13px; margin-bottom: 16px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th:nth-child(-n+4), td:nth-child(-n+4) {{ text-align: left; }}
-tr.fallback td {{ background: #fde2e2; color: #9b0000; font-weight: bold; }}
-.charts {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-figure {{ margin: 0; border: 1px solid #ddd; }}
-</style></head><body>
-<h1>Job {escape(s['job_id'])} <small>[{escape(s['status'])}]</small></h1>
-<pre>{escape(summary)}</pre>
-<h2>Workers</h2>
-<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
-<h2>Charts</h2>
-<div class="charts">
-{figs}
-</div></body></html>
-"""
-
-
-def write_html(path: str | Path, s: dict[str, Any], rows: Sequence[dict[str, Any]],
-               lengths: Sequence[int]) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(s, chart_svgs(rows, lengths)), encoding="utf-8")
-    return out
-
-
-# -- helpers ---------------------------------------------------------------------------------
-_HEAD = ("host", "queue", "provider", "precision", "batches", "chunks", "hits", "tokens",
+HEAD = ("host", "queue", "provider", "precision", "batches", "chunks", "hits", "tokens",
          "tok/s busy", "p50 ms", "fallback")
 
 
@@ -230,12 +146,13 @@ def _groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for key, rs in sorted(by.items()):
         inf = [r for r in rs if (r.get("batch_index") or 0) >= 0]
         busy_s = sum(r.get("total_ms") or 0.0 for r in inf) / 1000
-        real = sum(r.get("real_tokens") or 0 for r in inf)
+        tot = sum_metrics(rs)
+        real = tot.inference_real_tokens
         out.append({
             **dict(zip(GROUP_KEYS, key)),
-            "batches": len(inf),
-            "chunks": sum(r.get("chunks") or 0 for r in inf),
-            "cache_hits": sum(r.get("cache_hits") or 0 for r in rs),
+            "batches": tot.batches,
+            "chunks": tot.inference_chunks,
+            "cache_hits": tot.cache_hits,
             "tokens": real,
             "tokens_per_s": round(real / busy_s, 1) if busy_s else 0.0,
             "p50_ms": _pct([float(r["total_ms"]) for r in inf if r.get("total_ms") is not None],
@@ -245,63 +162,11 @@ def _groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _group_cells(g: dict[str, Any]) -> list[str]:
+def group_cells(g: dict[str, Any]) -> list[str]:
     return [g["hostname"], g["queue"], g["provider"].replace("ExecutionProvider", ""),
             g["precision"], f"{g['batches']:,}", f"{g['chunks']:,}", f"{g['cache_hits']:,}",
             f"{g['tokens']:,}", f"{g['tokens_per_s']:,.0f}", _ms(g["p50_ms"]),
             "FALLBACK" if g["fallback"] else "no"]
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    if not rows:
-        return []
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i < 4 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
-    return [fmt(head)] + [fmt(r) for r in rows]
-
-
-def _label(r: dict[str, Any]) -> str:
-    prov = str(r.get("provider") or "").replace("ExecutionProvider", "")
-    tag = " FALLBACK" if r.get("fallback") else ""
-    return f"{r.get('hostname') or '?'} ({prov} {r.get('precision') or ''}){tag}"
-
-
-def _histogram(lengths: Sequence[int]) -> str:
-    if not lengths:
-        return svg.bar_chart([], [], title="Chunk length", xlabel="", ylabel="")
-    hi = max(lengths)
-    ticks = svg.nice_ticks(0, hi + 1, HIST_BINS)  # + 1: the longest chunk gets its own bin
-    edges = [float(t) for t in ticks] if len(ticks) > 1 else [0.0, float(hi) + 1]
-    counts, _ = np.histogram(np.asarray(lengths), bins=np.asarray(edges))
-    return svg.bar_chart(edges, [float(c) for c in counts],
-                         title=f"Chunk length ({len(lengths):,} chunks)",
-                         xlabel="tokens per chunk (special tokens included)", ylabel="chunks")
-
-
-def _bucket(ts_ms: float, t0_ms: float) -> int:
-    return int((ts_ms - t0_ms) / 1000 // BUCKET_S)
-
-
-def _spread(start_ms: float, end_ms: float, t0_ms: float) -> list[tuple[int, float]]:
-    """(bucket, share) pairs: how a batch running start..end splits over the time buckets.
-
-    >>> _spread(0, 7500, 0)
-    [(0, 0.6666666666666666), (1, 0.3333333333333333)]
-    """
-    first, last = _bucket(start_ms, t0_ms), _bucket(end_ms, t0_ms)
-    if end_ms <= start_ms or first == last:
-        return [(last, 1.0)]
-    width = BUCKET_S * 1000
-    out = []
-    for b in range(first, last + 1):
-        lo = max(start_ms, t0_ms + b * width)
-        hi = min(end_ms, t0_ms + (b + 1) * width)
-        if hi > lo:
-            out.append((b, (hi - lo) / (end_ms - start_ms)))
-    return out
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:

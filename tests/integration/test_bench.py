@@ -62,4 +62,4 @@ def test_bench_all_variants_and_providers(bundle: Path, tmp_path: Path) -> None:
 def test_bench_rejects_unknown_names(bundle: Path) -> None:
     res = CliRunner().invoke(main, ["bench", "--model", str(bundle), "--limit", "2",
                                     "--providers", "tpu"])
-    assert res.exit_code != 0 and "unknown provider 'tpu'" in res.output
+    assert res.exit_code == 3 and "--providers: unknown provider 'tpu'" in res.output

@@ -1,0 +1,51 @@
+"""Errors the producer raises where the user must act; the CLI maps each type to an exit code.
+
+    EmbedfleetError (storage/errors.py)
+    └── ProducerError
+        ├── UsageError          a bad option or value; the message names the option
+        ├── BrokerUnreachable   the broker cannot be reached; the message names the masked URL
+        ├── JobConflict         OUT/JOB already holds a job that this command must not touch
+        ├── CorpusError         the corpus file cannot be read as asked (e.g. no such column)
+        ├── FleetError          the private fleet of ``producer run`` did not start
+        ├── JobFailed           the job finished with failed shards (the CLI's exit code 2)
+        └── Interrupted         Ctrl-C; the message says how to continue
+
+Each also derives from the builtin type the producer raised before (``ValueError``,
+``ConnectionError``, ``FileExistsError``, ``RuntimeError``), so Python callers that catch those keep working.
+"""
+
+from __future__ import annotations
+
+from storage.errors import EmbedfleetError
+
+
+class ProducerError(EmbedfleetError):
+    """Base class for errors raised by the producer."""
+
+
+class UsageError(ProducerError, ValueError):
+    """A bad option or value (``--overlap``, ``--prefix``, ``--max-tokens``, ``--queue``...)."""
+
+
+class BrokerUnreachable(ProducerError, ConnectionError):
+    """The broker did not answer; nothing was written or sent."""
+
+
+class JobConflict(ProducerError, FileExistsError):
+    """The job directory already holds a job that this command must not overwrite or mix."""
+
+
+class CorpusError(ProducerError, ValueError):
+    """The corpus cannot be read with the given options; the message names file and field."""
+
+
+class FleetError(ProducerError, RuntimeError):
+    """redis-server or a local worker did not start; the message names the log to read."""
+
+
+class JobFailed(ProducerError):
+    """Every shard finished, some of them failed (reasons in ``producer status``)."""
+
+
+class Interrupted(ProducerError):
+    """Ctrl-C stopped a command; the message says what was stopped and how to continue."""

@@ -1,0 +1,109 @@
+"""The tool commands: ``export``, ``bench``, ``report`` (not stages of the job flow).
+
+Heavy imports (torch, onnxruntime, numpy charts) stay inside the functions, so ``producer
+--help`` and the job commands never load them. Errors are mapped to exit codes by the group
+(``producer.cli.EXIT_CODES``), so a command just raises. To add a command, write it (here or in
+its own module) and add one line to ``register``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from producer.errors import UsageError
+
+
+@click.command()
+@click.argument("src")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
+              help="Bundle directory to write.")
+@click.option("--precision", default="fp32,fp16,int8", show_default=True,
+              help="Comma-separated variants to export; int8 is kept only if it passes the gate.")
+@click.option("--opset", type=click.IntRange(14, 25), default=18, show_default=True)
+@click.option("--pooling", type=click.Choice(["cls", "mean", "last"]), default=None,
+              help="Only for models without a sentence-transformers 1_Pooling/config.json.")
+@click.option("--max-length", type=click.IntRange(8, None), default=None,
+              help="Override the model window (tokens incl. special tokens).")
+def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
+           max_length: int | None) -> None:
+    """Export SRC (a local sentence-transformers dir, or all-MiniLM-L6-v2) to an ONNX bundle."""
+    try:
+        from worker.export import export_bundle
+    except ImportError as exc:
+        raise UsageError(f"export needs the `export` extra (pip install "
+                         f"'embedfleet[export]'): {exc}") from None
+    precs = tuple(p.strip() for p in precision.split(",") if p.strip())
+    path = export_bundle(src, out, precisions=precs, opset=opset, pooling=pooling,
+                         max_length=max_length, log=click.echo)
+    click.echo(f"bundle written to {path}")
+
+
+@click.command()
+@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a self-contained HTML report with SVG charts to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def report(job_dir: str, html_path: str | None, as_json: bool) -> None:
+    """Throughput, padding, latency, cache hits and a per-worker breakdown of JOB_DIR."""
+    from producer.tools.report import format_text, load_job, summarize
+
+    manifest, rows, lengths = load_job(job_dir)
+    summary = summarize(manifest, rows)
+    if html_path:
+        from producer.tools.html import write_html
+
+        write_html(html_path, summary, rows, lengths)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_text(summary))
+    if html_path and not as_json:
+        click.echo(f"\nhtml report: {html_path}")
+
+
+@click.command()
+@click.option("--model", "-m", default=None, envvar="EMBED_MODEL",
+              help="Bundle directory; default: all-MiniLM-L6-v2, exported once into EMBED_HOME.")
+@click.option("--precisions", default="fp32,int8,fp16", show_default=True,
+              help="Comma-separated variants; ones the bundle lacks are listed as skipped.")
+@click.option("--providers", default="cpu,cuda", show_default=True,
+              help="Comma-separated: cpu, cuda; unavailable ones are listed as skipped.")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Texts to embed (.jsonl, .jsonl.gz, .parquet); default: examples/sample.jsonl.")
+@click.option("--text-field", default="text", show_default=True, help="JSON field with the text.")
+@click.option("--limit", type=click.IntRange(1, None), default=None,
+              help="Use only the first N documents.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, envvar="EMBED_THREADS",
+              help="ONNX Runtime intra-op threads (default: ONNX Runtime's, all cores).")
+@click.option("--max-batch-tokens", type=click.IntRange(16, None), default=None,
+              help="Padded tokens per inference batch (default: 4096 on CPU, 32768 on CUDA).")
+@click.option("--home", type=click.Path(file_okay=False), envvar="EMBED_HOME", default=None,
+              help="Where the default model lives (default ~/.cache/embedfleet).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the rows as JSON to this file.")
+def bench(model: str | None, precisions: str, providers: str, corpus: str | None,
+          text_field: str, limit: int | None, threads: int | None, max_batch_tokens: int,
+          home: str | None, json_path: str | None) -> None:
+    """Embed a sample through each variant × provider directly (no broker) and compare them."""
+    from producer.models import embedfleet_home, resolve_model
+    from producer.tools.bench import format_table, read_texts, run_bench
+
+    precs = [p.strip() for p in precisions.split(",") if p.strip()]
+    provs = [p.strip().lower() for p in providers.split(",") if p.strip()]
+    path = resolve_model(model, Path(home) if home else embedfleet_home())
+    texts = read_texts(corpus, text_field, limit)
+    if not texts:
+        raise UsageError(f"--corpus {corpus or 'examples/sample.jsonl'}: no texts to embed")
+    click.echo(f"bench {path}: {len(texts)} documents (truncated to the model window)")
+    rows = run_bench(path, texts, precisions=precs, providers=provs, threads=threads,
+                     max_batch_tokens=max_batch_tokens, log=click.echo)
+    click.echo(format_table(rows))
+    if json_path:
+        Path(json_path).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
+
+
+def register(main: click.Group) -> None:
+    """Add the tool commands to the ``producer`` group (one line per command)."""
+    main.add_command(export)
+    main.add_command(bench)
+    main.add_command(report)
