@@ -16,10 +16,10 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from worker.settings import WorkerSettings
+from worker.contract import TASK_NAME  # noqa: F401  (re-exported)
+from worker.settings import WorkerSettings, env_name
 
 log = logging.getLogger(__name__)
-from worker.contract import TASK_NAME  # noqa: E402  (re-exported)
 
 
 def celery_config(s: WorkerSettings) -> dict[str, Any]:
@@ -86,9 +86,10 @@ def create_app(settings: WorkerSettings) -> Celery:
     """A Celery app with the shard task registered; ``settings`` ride along as ``app.settings``."""
     if not settings.visibility_timeout > settings.time_limit > settings.soft_time_limit:
         log.warning(
-            "EMBED_VISIBILITY_TIMEOUT (%s) > EMBED_TIME_LIMIT (%s) > EMBED_SOFT_TIME_LIMIT (%s) "
-            "does not hold: a slow shard may be delivered twice (harmless, but wasted work)",
-            settings.visibility_timeout, settings.time_limit, settings.soft_time_limit,
+            "%s (%s) > %s (%s) > %s (%s) does not hold: a slow shard may be delivered twice "
+            "(harmless, but wasted work)",
+            env_name("visibility_timeout"), settings.visibility_timeout, env_name("time_limit"),
+            settings.time_limit, env_name("soft_time_limit"), settings.soft_time_limit,
         )
     app = Celery("embedfleet", set_as_current=False)
     app.conf.update(celery_config(settings))
@@ -102,6 +103,7 @@ def create_app(settings: WorkerSettings) -> Celery:
 @lru_cache(maxsize=1)
 def default_app() -> Celery:
     """The app ``celery -A worker`` uses, configured from ``os.environ`` once."""
-    logging.basicConfig(level=os.environ.get("EMBED_LOG_LEVEL", "INFO"),
+    settings = WorkerSettings.from_env(os.environ)
+    logging.basicConfig(level=settings.log_level,
                         format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")
-    return create_app(WorkerSettings.from_env(os.environ))
+    return create_app(settings)

@@ -2,121 +2,121 @@
 
 Nothing reads ``os.environ`` at import time: ``WorkerSettings.from_env(os.environ)`` is called
 once when the Celery app is built (``worker.celery_app.default_app``); tests hand in a dict.
+Each field names its environment variable once (``field metadata``) and is parsed by its type;
+the README's configuration table is ``settings_table()`` (tests/unit/test_settings.py checks it).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields
+from functools import cache
+from typing import Any, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+_OFF = ("", "none", "off")
+
+
+def _env(default: Any, var: str, meaning: str, *, shown: str | None = None,
+         aliases: tuple[str, ...] = ()) -> Any:
+    """A settings field read from ``var`` (then ``aliases``); ``shown`` is the README default."""
+    return field(default=default, metadata={"env": (var, *aliases), "meaning": meaning,
+                                            "shown": shown})
 
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerSettings:
-    """Every knob of a worker; the README's configuration table mirrors this class."""
+    """Every knob of a worker; the README's configuration table is generated from it."""
 
-    broker_url: str = DEFAULT_BROKER_URL
-    """EMBED_BROKER_URL or CELERY_BROKER_URL: Redis (redis://, rediss://) or RabbitMQ (amqp://)."""
-    cache_url: str | None = None
-    """EMBED_CACHE_URL: Redis for the embedding cache; default the broker's Redis; 'none' = off."""
-    cache_dtype: str = "float16"
-    """EMBED_CACHE_DTYPE: float16 (half the memory) or float32 (bit-exact re-reads)."""
-    cache_ttl_s: int = 7 * 24 * 3600
-    """EMBED_CACHE_TTL: seconds a cached vector lives (0 = no TTL; rely on maxmemory)."""
-    precision: str = "auto"
-    """EMBED_PRECISION: auto (gpu: fp16, cpu: int8 if the bundle has it), fp32, fp16, int8."""
-    device: str = "queue"
-    """EMBED_DEVICE: queue (the task's queue decides), cpu, gpu, auto."""
-    gpu_strict: bool = False
-    """EMBED_GPU_STRICT: 1 = fail instead of falling back to CPU when CUDA is missing."""
-    gpu_device_id: int = 0
-    """EMBED_GPU_DEVICE_ID: CUDA device ordinal."""
-    tensorrt: bool = False
-    """EMBED_TENSORRT: 1 = put TensorRT before CUDA when available (opt-in)."""
-    threads: int | None = None
-    """EMBED_THREADS: ONNX Runtime intra-op threads; default cores / worker concurrency."""
-    home: str | None = None
-    """EMBED_HOME: where default bundles are exported (default ~/.cache/embedfleet)."""
-    cpu_queue: str = "cpu"
-    """EMBED_CPU_QUEUE: name of the CPU queue."""
-    gpu_queue: str = "gpu"
-    """EMBED_GPU_QUEUE: name of the GPU queue."""
-    max_batch_tokens: int | None = None
-    """EMBED_MAX_BATCH_TOKENS: padded tokens per inference batch (rows × longest); default
-    4096 on CPU, 32768 on GPU."""
-    max_attempts: int = 3
-    """EMBED_MAX_ATTEMPTS: deliveries of one shard before it is marked failed."""
-    soft_time_limit: int = 540
-    """EMBED_SOFT_TIME_LIMIT: seconds before a shard task is asked to stop."""
-    time_limit: int = 600
-    """EMBED_TIME_LIMIT: seconds before a shard task is killed."""
-    visibility_timeout: int = 1200
-    """EMBED_VISIBILITY_TIMEOUT: Redis broker: seconds before an unacked task is redelivered."""
-    unacked_restore_interval: float | None = None
-    """EMBED_UNACKED_RESTORE_INTERVAL: kombu's restore scan interval (tests set 1)."""
-    model_lru: int = 2
-    """EMBED_MODEL_LRU: sessions kept per worker process (one fleet, several models)."""
-    faults: str = ""
-    """EMBED_FAULTS: failpoints for the fault-injection tests only (see worker/faults.py)."""
+    broker_url: str = _env(DEFAULT_BROKER_URL, "EMBED_BROKER_URL",
+                           "broker (redis://, rediss://, amqp://); passwords are masked in "
+                           "every log and status line", aliases=("CELERY_BROKER_URL",))
+    cache_url: str | None = _env(None, "EMBED_CACHE_URL", "embedding cache; `none` disables it",
+                                 shown="the broker's Redis")
+    cache_dtype: str = _env("float16", "EMBED_CACHE_DTYPE",
+                            "cached vector type (`float32` for bit-exact re-reads)")
+    cache_ttl_s: int = _env(7 * 24 * 3600, "EMBED_CACHE_TTL",
+                            "seconds; `0` = no TTL (bound the cache with `maxmemory` instead)",
+                            shown="`604800` (7 days)")
+    precision: str = _env("auto", "EMBED_PRECISION",
+                          "`auto`: fp16 on gpu, int8 on cpu when the bundle has it, else fp32; "
+                          "or `fp32`, `fp16`, `int8`")
+    device: str = _env("queue", "EMBED_DEVICE", "the task's queue decides (`gpu` queue → CUDA); "
+                       "or force `cpu`/`gpu`/`auto`")
+    gpu_strict: bool = _env(False, "EMBED_GPU_STRICT",
+                            "`1`: fail instead of falling back to CPU when CUDA is missing")
+    gpu_device_id: int = _env(0, "EMBED_GPU_DEVICE_ID", "CUDA device ordinal")
+    tensorrt: bool = _env(False, "EMBED_TENSORRT",
+                          "`1`: TensorRT before CUDA (fp16, LayerNorm in fp32, engine cache)")
+    threads: int | None = _env(None, "EMBED_THREADS",
+                               "ONNX Runtime intra-op threads per worker process",
+                               shown="cores / concurrency")
+    home: str | None = _env(None, "EMBED_HOME", "default model bundles, the local cache of "
+                            "`producer run`, worker logs", shown="`~/.cache/embedfleet`")
+    cpu_queue: str = _env("cpu", "EMBED_CPU_QUEUE", "name of the CPU queue")
+    gpu_queue: str = _env("gpu", "EMBED_GPU_QUEUE", "name of the GPU queue")
+    max_batch_tokens: int | None = _env(None, "EMBED_MAX_BATCH_TOKENS",
+                                        "padded tokens per inference batch (rows × longest)",
+                                        shown="`4096` cpu / `32768` gpu")
+    max_attempts: int = _env(3, "EMBED_MAX_ATTEMPTS", "deliveries of one shard before it is "
+                             "marked failed (the job's `--max-attempts` wins)")
+    soft_time_limit: int = _env(540, "EMBED_SOFT_TIME_LIMIT",
+                                "seconds before a shard task is asked to stop")
+    time_limit: int = _env(600, "EMBED_TIME_LIMIT", "seconds before a shard task is killed")
+    visibility_timeout: int = _env(1200, "EMBED_VISIBILITY_TIMEOUT",
+                                   "Redis broker: seconds before an unacked task is redelivered "
+                                   "(keep it above the time limit)")
+    unacked_restore_interval: float | None = _env(None, "EMBED_UNACKED_RESTORE_INTERVAL",
+                                                  "kombu's restore scan interval (tests set 1)",
+                                                  shown="kombu's")
+    model_lru: int = _env(2, "EMBED_MODEL_LRU",
+                          "sessions kept per worker process (one fleet, several models)")
+    log_level: str = _env("INFO", "EMBED_LOG_LEVEL", "worker log level")
+    faults: str = _env("", "EMBED_FAULTS", "failpoints for the fault-injection tests only "
+                       "([worker/faults.py](worker/faults.py))", shown="empty")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
-        """Build settings from ``EMBED_*`` (and ``CELERY_BROKER_URL``) variables."""
-        broker = env.get("EMBED_BROKER_URL") or env.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
-        cache = env.get("EMBED_CACHE_URL")
-        if cache is None:
-            cache = broker if broker.startswith(("redis://", "rediss://", "unix://")) else None
-        elif cache.lower() in ("", "none", "off"):
-            cache = None
-        kw: dict[str, object] = {"broker_url": broker, "cache_url": cache}
-        names = {f.name: f for f in fields(cls)}
-        env_map = {
-            "cache_dtype": "EMBED_CACHE_DTYPE", "cache_ttl_s": "EMBED_CACHE_TTL",
-            "precision": "EMBED_PRECISION", "device": "EMBED_DEVICE",
-            "gpu_strict": "EMBED_GPU_STRICT", "gpu_device_id": "EMBED_GPU_DEVICE_ID",
-            "tensorrt": "EMBED_TENSORRT", "threads": "EMBED_THREADS", "home": "EMBED_HOME",
-            "cpu_queue": "EMBED_CPU_QUEUE", "gpu_queue": "EMBED_GPU_QUEUE",
-            "max_batch_tokens": "EMBED_MAX_BATCH_TOKENS", "max_attempts": "EMBED_MAX_ATTEMPTS",
-            "soft_time_limit": "EMBED_SOFT_TIME_LIMIT", "time_limit": "EMBED_TIME_LIMIT",
-            "visibility_timeout": "EMBED_VISIBILITY_TIMEOUT",
-            "unacked_restore_interval": "EMBED_UNACKED_RESTORE_INTERVAL",
-            "model_lru": "EMBED_MODEL_LRU", "faults": "EMBED_FAULTS",
-        }
-        for attr, var in env_map.items():
-            raw = env.get(var)
-            if raw is None or raw == "":
+        """Build settings from the fields' variables; the cache defaults to the broker's Redis.
+
+        >>> WorkerSettings.from_env({"EMBED_MAX_ATTEMPTS": "5", "EMBED_CACHE_URL": "none"})
+        ... # doctest: +ELLIPSIS
+        WorkerSettings(broker_url='redis://127.0.0.1:6379/0', cache_url=None, ...max_attempts=5...)
+        """
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            var, raw = _lookup(f, env)
+            if raw is None:
                 continue
-            typ = str(names[attr].type)
+            parse = _parser(_field_types()[f.name])
             try:
-                if "bool" in typ:
-                    kw[attr] = raw.strip().lower() in ("1", "true", "yes", "on")
-                elif "int" in typ:
-                    kw[attr] = int(raw)
-                elif "float" in typ:
-                    kw[attr] = float(raw)
-                else:
-                    kw[attr] = raw
-            except ValueError:
-                raise ValueError(f"{var}={raw!r}: expected {typ}") from None
-        s = cls(**kw)  # type: ignore[arg-type]
+                kw[f.name] = parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"{var}={raw!r}: {exc}") from None
+        if "cache_url" not in kw and env.get(env_name("cache_url")) != "":  # "" turns it off
+            broker = kw.get("broker_url", DEFAULT_BROKER_URL)
+            if broker.startswith(("redis://", "rediss://", "unix://")):
+                kw["cache_url"] = broker
+        s = cls(**kw)
         s.check()
         return s
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, naming the variable."""
-        if self.precision not in ("auto", "fp32", "fp16", "int8"):
-            raise ValueError(f"EMBED_PRECISION={self.precision!r}: use auto, fp32, fp16 or int8")
-        if self.device not in ("queue", "cpu", "gpu", "auto"):
-            raise ValueError(f"EMBED_DEVICE={self.device!r}: use queue, cpu, gpu or auto")
-        if self.cache_dtype not in ("float16", "float32"):
-            raise ValueError(f"EMBED_CACHE_DTYPE={self.cache_dtype!r}: use float16 or float32")
+        choices = {"precision": ("auto", "fp32", "fp16", "int8"),
+                   "device": ("queue", "cpu", "gpu", "auto"),
+                   "cache_dtype": ("float16", "float32")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{env_name(name)}={getattr(self, name)!r}: use "
+                                 f"{', '.join(allowed)}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 16:
-            raise ValueError("EMBED_MAX_BATCH_TOKENS must be at least 16")
+            raise ValueError(f"{env_name('max_batch_tokens')} must be at least 16")
         if self.max_attempts < 1:
-            raise ValueError("EMBED_MAX_ATTEMPTS must be at least 1")
+            raise ValueError(f"{env_name('max_attempts')} must be at least 1")
 
     def intra_op_threads(self, concurrency: int | None) -> int:
         """Threads per session so that concurrency × threads does not exceed the cores."""
@@ -124,6 +124,30 @@ class WorkerSettings:
             return self.threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return max(1, (cores or 1) // max(1, concurrency or 1))
+
+
+def env_name(name: str) -> str:
+    """The environment variable of settings field ``name``.
+
+    >>> env_name("cache_ttl_s")
+    'EMBED_CACHE_TTL'
+    """
+    return _fields()[name].metadata["env"][0]
+
+
+def env_broker(env: Mapping[str, str]) -> str | None:
+    """The broker URL the environment names (its first variable that is set), else None."""
+    return _lookup(_fields()["broker_url"], env)[1]
+
+
+def settings_table() -> str:
+    """The README's configuration table (markdown), one row per field."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(WorkerSettings):
+        names = " / ".join(f"`{v}`" for v in f.metadata["env"])
+        shown = f.metadata["shown"] or f"`{_show(f.default)}`"
+        rows.append(f"| {names} | {shown} | {f.metadata['meaning']} |")
+    return "\n".join(rows)
 
 
 def mask_url(url: str | None) -> str:
@@ -146,3 +170,53 @@ def mask_url(url: str | None) -> str:
         host = f"{host}:{parts.port}"
     netloc = f"{user}:***@{host}" if user else f":***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+# -- parsing by type ---------------------------------------------------------------------------
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _parse_optional_str(raw: str) -> str | None:
+    return None if raw.strip().lower() in _OFF else raw
+
+
+_PARSERS: dict[Any, Callable[[str], Any]] = {bool: _parse_bool, int: int, float: float, str: str}
+
+
+def _parser(typ: Any) -> Callable[[str], Any]:
+    """The parser for a field type; ``X | None`` parses as X ("" / none / off mean None)."""
+    if get_origin(typ) in (Union, types.UnionType):
+        (inner,) = [a for a in get_args(typ) if a is not type(None)]
+        if inner is str:
+            return _parse_optional_str
+        return _PARSERS[inner]
+    return _PARSERS[typ]
+
+
+def _lookup(f: Field[Any], env: Mapping[str, str]) -> tuple[str, str | None]:
+    """(variable, raw value) of the first of the field's variables that is set and non-empty."""
+    for var in f.metadata["env"]:
+        raw = env.get(var)
+        if raw:
+            return var, raw
+    return f.metadata["env"][0], None
+
+
+def _show(default: Any) -> str:
+    return str(int(default)) if isinstance(default, bool) else str(default)
+
+
+@cache
+def _fields() -> dict[str, Field[Any]]:
+    return {f.name: f for f in fields(WorkerSettings)}
+
+
+@cache
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(WorkerSettings)
