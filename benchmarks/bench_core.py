@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS, encode, plan_batches  # noqa: E402
+from worker.model.batching import batch_budget, encode, plan_batches  # noqa: E402
 from producer.models import embedfleet_home, resolve_model  # noqa: E402
 from storage.bundle import load_bundle  # noqa: E402
 from worker.export.samples import SAMPLE_TEXTS  # noqa: E402
@@ -89,7 +89,7 @@ def bench_onnx(bundle_path: Path, precision: str, docs: list[str], repeat: int) 
     seconds = _best(lambda: model.embed(docs), repeat)
     lengths = [len(ids) for ids in encode(model.tokenizer, docs)]
     padded = sum(max(lengths[i] for i in b) * len(b)
-                 for b in plan_batches(lengths, DEFAULT_MAX_BATCH_TOKENS["cpu"]))
+                 for b in plan_batches(lengths, batch_budget("cpu")))
     return _row(f"embedfleet ONNX {precision} (LoadedModel.embed)", docs, seconds, sum(lengths),
                 padded)
 

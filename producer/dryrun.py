@@ -14,7 +14,7 @@ from storage.cache import EmbeddingCache
 from storage.hashing import content_key, text_sha256
 from producer.models import embedfleet_home, resolve_model
 from storage.bundle import load_bundle
-from worker.model.providers import default_precision
+from worker.contract import Device, default_precision
 
 LOOKUP_BATCH = 1000
 
@@ -26,7 +26,8 @@ def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision:
     bundle = load_bundle(resolve_model(model, embedfleet_home()))
     cfg = bundle.config
     pfx = prefix_text(prefix, cfg.passage_prefix, cfg.query_prefix)
-    prec = default_precision("gpu" if queue == "gpu" else "cpu", bundle.variants, precision)
+    prec = default_precision(Device.GPU if queue == "gpu" else Device.CPU, bundle.variants,
+                             precision)
     fp = bundle.fingerprint(prec)
     cache = EmbeddingCache.from_url(cache_url, cfg.dim)
     pending: list[str] = []

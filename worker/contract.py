@@ -1,8 +1,13 @@
-"""What crosses the producer → worker boundary: the task message (JSON, a few hundred bytes)."""
+"""What crosses the producer → worker boundary: the task message (JSON, a few hundred bytes),
+the device a queue stands for, and the precision a device runs by default (the producer's dry
+run keys the cache on the same fingerprint the worker will use).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any
 
 TASK_NAME = "embedfleet.embed_shard"
@@ -18,3 +23,32 @@ class ShardTask:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class Device(str, Enum):
+    """Where a shard runs: the queue names it (``cpu``/``gpu``); ``auto`` = GPU when present.
+
+    ONNX Runtime's name for the GPU is the provider (``CUDAExecutionProvider``), never a device.
+    """
+
+    CPU = "cpu"
+    GPU = "gpu"
+    AUTO = "auto"
+
+
+def default_precision(device: Device | str, variants: Sequence[str], requested: str = "auto") -> str:
+    """The precision to run: the requested one, or the fast variant the bundle has.
+
+    GPU: fp16, else fp32. CPU: int8 (only written when it passed the quality gate), else fp32.
+    Dynamically quantised int8 is never used on CUDA (Optimum: not supported there).
+
+    >>> default_precision("cpu", ["fp32", "int8"])
+    'int8'
+    >>> default_precision(Device.GPU, ["fp32", "int8"])
+    'fp32'
+    """
+    if requested and requested != "auto":
+        return requested
+    if Device(device) is Device.GPU:
+        return "fp16" if "fp16" in variants else "fp32"
+    return "int8" if "int8" in variants else "fp32"

@@ -18,8 +18,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from storage.cache import EmbeddingCache
 from storage.jobdir import JobDir, validate_job_id
-from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS
-from worker.celery_app import TASK_NAME
+from worker.contract import TASK_NAME
+from worker.model.batching import batch_budget
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,7 @@ def register(app: Celery) -> None:
             hostname=self.request.hostname or socket.gethostname(),
             max_attempts=int(manifest.get("max_attempts") or self.settings.max_attempts),
             max_batch_tokens=int(manifest.get("max_batch_tokens")
-                                 or self.settings.max_batch_tokens
-                                 or DEFAULT_MAX_BATCH_TOKENS[device if device == "gpu" else "cpu"]),
+                                 or batch_budget(device, self.settings.max_batch_tokens)),
             load_model=lambda: self.model_for(manifest["model"]["bundle_path"], device, precision),
             cache_for=self.cache_for,
             faults=self.settings.faults,

@@ -24,9 +24,12 @@ import numpy as np
 from producer.errors import UsageError
 from producer.tools.table import text_table
 from storage.metrics import rss_mb
+from worker.contract import Device
+from worker.model.pooling import cosine_rows
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-DEVICES = {"cpu": "cpu", "cuda": "gpu"}
+"""``--providers`` names (ONNX Runtime's providers) and the device each runs on."""
+DEVICES = {"cpu": Device.CPU, "cuda": Device.GPU}
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.jsonl"
 """Default sample: the repository's examples (375 real documents)."""
 
@@ -125,7 +128,7 @@ def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequ
             elif reference is None:
                 reference = _reference(bundle, load_model, texts, threads, max_batch_tokens)
             if reference is not None:
-                cos = _cosine(vecs, reference)
+                cos = cosine_rows(vecs, reference)
                 row.cos_min, row.cos_mean = round(float(cos.min()), 5), round(float(cos.mean()), 5)
             del vecs
             gc.collect()
@@ -150,7 +153,7 @@ def format_table(rows: Sequence[BenchRow]) -> str:
 def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
              texts: Sequence[str], threads: int | None,
              max_batch_tokens: int | None) -> np.ndarray:
-    from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS, batches_by_tokens, encode
+    from worker.model.batching import batch_budget, batches_by_tokens, encode
 
     t0 = time.perf_counter()
     model = load_model(bundle, device=DEVICES[prov], precision=prec, threads=threads,
@@ -159,8 +162,7 @@ def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
     active = model.provider
     if active != PROVIDERS[prov]:
         raise RuntimeError(f"asked for {PROVIDERS[prov]}, session runs on {active}")
-    max_batch_tokens = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[
-        "gpu" if prov == "cuda" else "cpu"]
+    max_batch_tokens = batch_budget(DEVICES[prov], max_batch_tokens)
     peak = rss_mb()
     batches = list(batches_by_tokens(encode(model.tokenizer, texts[:8]), model.pad_id,
                                      max_batch_tokens))
@@ -194,12 +196,6 @@ def _reference(bundle: Any, load_model: Any, texts: Sequence[str], threads: int 
         return model.embed(texts, max_batch_tokens)
     except Exception:  # noqa: BLE001 - no reference only blanks the cosine columns
         return None
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    num = (a * b).sum(axis=1)
-    den = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return num / den
 
 
 def _f(v: float | None, digits: int) -> str:

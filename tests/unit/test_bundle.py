@@ -16,7 +16,7 @@ import pytest
 
 from storage.bundle import BundleConfig, Pooling, load_bundle
 from worker.errors import BundleError, ProviderUnavailable
-from worker.model.providers import CPU, CUDA, TENSORRT, default_precision, select_providers
+from worker.model.providers import CPU, CUDA
 
 DIM = 4
 W = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
@@ -186,46 +186,3 @@ def test_strict_gpu_request_without_cuda_raises(tmp_path: Path) -> None:
 
     with pytest.raises(ProviderUnavailable, match="CUDAExecutionProvider"):
         load_model(make_bundle(tmp_path / "b"), device="gpu", strict=True)
-
-
-# --- provider and precision choice (pure) ----------------------------------------------------
-
-
-@pytest.mark.parametrize(("device", "available", "expected"), [
-    ("cpu", [CUDA, CPU], [CPU]),
-    ("auto", [CPU], [CPU]),
-    ("auto", [CUDA, CPU], [CUDA, CPU]),
-    ("gpu", [CPU], [CUDA, CPU]),  # asked for: tried, and the loader reports the fallback
-    ("gpu", [CUDA, CPU], [CUDA, CPU]),
-])
-def test_select_providers(device: str, available: list[str], expected: list[str]) -> None:
-    got = select_providers(device, available)
-    assert [p[0] if isinstance(p, tuple) else p for p in got] == expected
-
-
-def test_select_providers_strict_gpu_without_cuda_raises() -> None:
-    with pytest.raises(ProviderUnavailable, match="strict"):
-        select_providers("gpu", [CPU], strict=True)
-
-
-def test_tensorrt_keeps_layer_norm_in_fp32() -> None:
-    got = select_providers("gpu", [TENSORRT, CUDA, CPU], tensorrt=True, device_id=1)
-    assert got[0][0] == TENSORRT and got[0][1]["trt_layer_norm_fp32_fallback"] is True
-    assert got[1][0] == CUDA and got[1][1]["device_id"] == 1 and got[-1] == CPU
-
-
-def test_select_providers_rejects_unknown_device() -> None:
-    with pytest.raises(ValueError):
-        select_providers("tpu", [CPU])
-
-
-@pytest.mark.parametrize(("device", "variants", "requested", "expected"), [
-    ("gpu", ["fp32", "fp16", "int8"], "auto", "fp16"),
-    ("gpu", ["fp32", "int8"], "auto", "fp32"),  # dynamic int8 never on CUDA
-    ("cpu", ["fp32", "fp16", "int8"], "auto", "int8"),
-    ("cpu", ["fp32", "fp16"], "auto", "fp32"),
-    ("cpu", ["fp32", "int8"], "fp32", "fp32"),
-])
-def test_default_precision(device: str, variants: list[str], requested: str,
-                           expected: str) -> None:
-    assert default_precision(device, variants, requested) == expected

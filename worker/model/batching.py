@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.contract import Device
 from worker.model.pooling import IntArray
 
 DEFAULT_MAX_BATCH_TOKENS = {"cpu": 4096, "gpu": 32768}
@@ -83,6 +84,17 @@ def plan_batches(
     if cur:
         batches.append(cur)
     return batches
+
+
+def batch_budget(device: Device | str, override: int | None = None) -> int:
+    """Padded tokens per batch: ``override`` when set, else the device's measured default
+    (``auto`` gets the CPU one: it is the one that fits either).
+
+    >>> batch_budget("gpu"), batch_budget(Device.AUTO), batch_budget("cpu", 512)
+    (32768, 4096, 512)
+    """
+    gpu = Device(device) is Device.GPU
+    return override or DEFAULT_MAX_BATCH_TOKENS[Device.GPU.value if gpu else Device.CPU.value]
 
 
 def batches_by_tokens(

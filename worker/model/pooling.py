@@ -39,3 +39,13 @@ def pool(mode: str, hidden: FloatArray, attention_mask: IntArray, normalize: boo
     """Pool with the bundle's mode and optionally normalise; always float32."""
     out = POOLERS[mode](hidden, attention_mask)
     return (l2_normalize(out) if normalize else out).astype(np.float32, copy=False)
+
+
+def cosine_rows(a: FloatArray, b: FloatArray) -> FloatArray:
+    """Row-wise cosine similarity of two equally shaped matrices (zero rows give 0).
+
+    >>> cosine_rows(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([[2.0, 0.0], [1.0, 1.0]]))
+    array([1., 0.])
+    """
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(den, 1e-12)

@@ -8,20 +8,14 @@ and reports a CUDA request that silently fell back to CPU.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
 from typing import Any
 
+from worker.contract import Device
 from worker.errors import ProviderUnavailable
 
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-class Device(str, Enum):
-    CPU = "cpu"
-    GPU = "gpu"
-    AUTO = "auto"
 
 
 def select_providers(
@@ -73,21 +67,10 @@ def select_providers(
     return providers
 
 
-def default_precision(device: Device | str, variants: Sequence[str], requested: str = "auto") -> str:
-    """The precision to run: the requested one, or the fast variant the bundle has.
-
-    GPU: fp16, else fp32. CPU: int8 (only written when it passed the quality gate), else fp32.
-    Dynamically quantised int8 is never used on CUDA (Optimum: not supported there).
-
-    >>> default_precision("cpu", ["fp32", "int8"])
-    'int8'
-    """
-    if requested and requested != "auto":
-        return requested
-    if Device(device) is Device.GPU:
-        return "fp16" if "fp16" in variants else "fp32"
-    return "int8" if "int8" in variants else "fp32"
-
-
 def provider_names(providers: Sequence[Any]) -> list[str]:
+    """Provider names of a ``select_providers`` list (options dropped).
+
+    >>> provider_names([("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"])
+    ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    """
     return [p[0] if isinstance(p, tuple) else p for p in providers]

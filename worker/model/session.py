@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS, Batch, batches_by_tokens, encode
+from worker.model.batching import Batch, batch_budget, batches_by_tokens, encode
 from storage.bundle import Bundle, load_bundle
 from worker.errors import BundleError, InferenceError
 from worker.model.pooling import FloatArray, l2_normalize, pool
-from worker.model.providers import CPU, CUDA, Device, default_precision, provider_names, select_providers
+from worker.contract import Device, default_precision
+from worker.model.providers import CPU, CUDA, provider_names, select_providers
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ class LoadedModel:
         """Embed texts in length-sorted batches; rows come back in input order."""
         ids = encode(self.tokenizer, texts)
         out = np.zeros((len(texts), self.bundle.config.dim), dtype=np.float32)
-        budget = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[
-            "gpu" if CUDA in self.active_providers else "cpu"]
+        budget = batch_budget(Device.GPU if CUDA in self.active_providers else Device.CPU,
+                              max_batch_tokens)
         for batch in batches_by_tokens(ids, self.pad_id, budget):
             out[batch.positions] = self.run(batch)
         return out

@@ -1,0 +1,22 @@
+"""The dry run uses the same prefix rule as submit: an unknown prefix is an error, not ""."""
+
+from __future__ import annotations
+
+import pytest
+
+from producer.dryrun import dry_run
+from tests.conftest import SAMPLE
+
+ARGS = dict(cache_url=None, precision="auto", queue="cpu", text_field="text", id_field="id",
+            max_line_bytes=2**20, max_tokens=None, overlap=0, shard_tokens=50_000)
+
+
+def test_unknown_prefix_raises_like_submit(minilm_bundle):
+    with pytest.raises(ValueError, match="--prefix 'title': use passage, query or none"):
+        dry_run(str(SAMPLE), model=str(minilm_bundle), prefix="title", **ARGS)
+
+
+def test_counts_the_sample(minilm_bundle, capsys):
+    got = dry_run(str(SAMPLE), model=str(minilm_bundle), prefix="none", **ARGS)
+    assert got["accepted"] == 375 and got["cached"] == 0 and got["chunks"] >= 375
+    assert "375 accepted, 0 rejected" in capsys.readouterr().out
