@@ -1,7 +1,7 @@
 """The Python API behind the CLI: submit a corpus, get a ``Job`` with status/wait/resume.
 
     from producer import submit
-    job = submit("corpus.jsonl", out="out", broker="redis://127.0.0.1:6379/0")
+    job = submit("corpus.jsonl", out="out")  # broker: EMBED_BROKER_URL or the local Redis
     job.wait(progress=True)
     ids, matrix = job.read_matrix()
 """
@@ -22,13 +22,13 @@ from typing import Any
 from producer.errors import JobConflict, UsageError
 from producer.corpus import Record, Reject, file_checksum, iter_records, judge_object
 from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, stage_corpus
-from producer.submit import broker_backlog, connect, send_shards
+from producer.broker import broker_backlog, connect, send_shards
 from storage.jobdir import JobDir
 from storage.metrics import metrics_totals
 from storage.readers import read_matrix, read_table
 from producer.models import embedfleet_home, resolve_model
 from storage.bundle import load_bundle
-from worker.settings import mask_url
+from worker.settings import DEFAULT_BROKER_URL, env_broker, mask_url
 
 
 @dataclass
@@ -65,8 +65,8 @@ class Job:
 
     def __init__(self, path: str | os.PathLike[str], broker: str | None = None) -> None:
         self.dir = JobDir.open(path)
-        self.broker = broker or os.environ.get("EMBED_BROKER_URL") or os.environ.get(
-            "CELERY_BROKER_URL") or _usable_hint(self.dir.manifest.get("broker_hint"))
+        self.broker = broker or env_broker(os.environ) or _usable_hint(
+            self.dir.manifest.get("broker_hint"))
         self._done: dict[int, tuple[int, int]] = {}  # shard -> (tokens, cache hits)
 
     @property
@@ -220,8 +220,7 @@ def submit(
     from producer.routing import choose_queue
 
     say = log or (lambda *_: None)
-    broker = broker or os.environ.get("EMBED_BROKER_URL") or os.environ.get(
-        "CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    broker = broker or env_broker(os.environ) or DEFAULT_BROKER_URL
     app = connect(broker)  # fail fast, before staging anything
     queue = choose_queue(app, queue, cpu_queue=cpu_queue, gpu_queue=gpu_queue, log=say)
     bundle = load_bundle(resolve_model(model, Path(home) if home else embedfleet_home()))

@@ -8,14 +8,14 @@ from typing import Any
 from producer.errors import BrokerUnreachable
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
-from worker.settings import WorkerSettings, mask_url
+from worker.settings import DEFAULT_BROKER_URL, WorkerSettings, mask_url
 
 
 def connect(broker: str | None) -> Any:
     """A Celery app for ``broker`` whose connection works, else BrokerUnreachable naming it."""
     from worker.celery_app import create_app
 
-    url = broker or "redis://127.0.0.1:6379/0"
+    url = broker or DEFAULT_BROKER_URL
     app = create_app(WorkerSettings(broker_url=url))
     try:
         with app.connection_for_write() as conn:
