@@ -1,0 +1,181 @@
+"""The import graph of producer/, worker/ and storage/, read from the source with ``ast``.
+
+Module-level and function-level imports both count (a deferred import hides a cycle, it does
+not remove it). Two rules: no cycle among the project's modules, and a producer module outside
+``producer/tools/`` imports from ``worker`` at module level only ``worker.contract`` and
+``worker.settings`` (the producer never pulls in onnxruntime, Celery's task code or the model).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("producer", "worker", "storage")
+PRODUCER_MAY_IMPORT = {"worker.contract", "worker.settings"}
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    line: int
+    module_level: bool
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
+    return {module_name(p, root): p for pkg in packages for p in sorted((root / pkg).rglob("*.py"))}
+
+
+def imports_of(name: str, source: str, known: set[str]) -> list[Edge]:
+    """Edges from module ``name`` to the project modules its source imports."""
+    is_pkg = name in {k.rsplit(".", 1)[0] for k in known if "." in k}
+    edges: list[Edge] = []
+
+    def visit(node: ast.AST, module_level: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = module_level and not isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            for target in _targets(child, name, is_pkg, known):
+                edges.append(Edge(name, target, child.lineno, inner))  # type: ignore[attr-defined]
+            visit(child, inner)
+
+    visit(ast.parse(source), True)
+    return edges
+
+
+def _targets(node: ast.AST, name: str, is_pkg: bool, known: set[str]) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [t for t in (_longest_known(a.name, known) for a in node.names) if t]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:
+        anchor = name.split(".") if is_pkg else name.split(".")[:-1]
+        anchor = anchor[: len(anchor) - (node.level - 1)]
+        base = ".".join([*anchor, *([base] if base else [])])
+    out = []
+    for alias in node.names:
+        sub = f"{base}.{alias.name}"
+        target = sub if sub in known else _longest_known(base, known)
+        if target and target != name:
+            out.append(target)
+    return out
+
+
+def _longest_known(dotted: str, known: set[str]) -> str | None:
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in known:
+            return ".".join(parts[:n])
+    return None
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as ``[a, b, ..., a]``, or None (iterative DFS, white/grey/black)."""
+    state: dict[str, int] = {}
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        stack: list[tuple[str, list[str]]] = [(start, sorted(graph.get(start, ())))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, todo = stack[-1]
+            if not todo:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+                continue
+            nxt = todo.pop(0)
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if not state.get(nxt):
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append((nxt, sorted(graph.get(nxt, ()))))
+    return None
+
+
+def project_edges(root: Path = ROOT) -> list[Edge]:
+    mods = project_modules(root)
+    known = set(mods)
+    return [e for name, path in mods.items()
+            for e in imports_of(name, path.read_text(encoding="utf-8"), known)]
+
+
+# -- the rules on this repository --------------------------------------------------------------
+def test_no_import_cycle():
+    graph: dict[str, set[str]] = {}
+    for e in project_edges():
+        graph.setdefault(e.source, set()).add(e.target)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_producer_imports_only_contract_and_settings_from_worker_at_module_level():
+    bad = [f"{e.source}:{e.line} imports {e.target}" for e in project_edges()
+           if e.module_level and e.source.startswith("producer")
+           and not e.source.startswith("producer.tools")
+           and (e.target == "worker" or e.target.startswith("worker."))
+           and e.target not in PRODUCER_MAY_IMPORT]
+    assert not bad, "producer imports worker internals at module level:\n" + "\n".join(bad)
+
+
+def test_the_walk_sees_every_package():
+    mods = project_modules()
+    assert {"producer.job", "worker.settings", "storage.bundle", "worker.model.session"} <= set(mods)
+    assert any(e.source == "producer.job" and e.target == "producer.broker"
+               for e in project_edges())
+
+
+# -- the checker itself can fail ----------------------------------------------------------------
+SRC = '''
+import storage.atomic
+from . import sibling
+from .sibling import thing
+from worker.model import session
+
+def later():
+    from worker import tasks
+    import storage.hashing as h
+'''
+
+
+def test_imports_of_sees_module_and_function_level_and_relative():
+    known = {"worker", "worker.model", "worker.model.session", "worker.tasks", "worker.sibling",
+             "worker.me", "storage", "storage.atomic", "storage.hashing"}
+    got = {(e.target, e.module_level) for e in imports_of("worker.me", SRC, known)}
+    assert got == {("storage.atomic", True), ("worker.sibling", True),
+                   ("worker.model.session", True), ("worker.tasks", False),
+                   ("storage.hashing", False)}
+
+
+@pytest.mark.parametrize("graph, cycle", [
+    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
+    ({"a": {"b", "c"}, "b": {"c"}, "c": set()}, None),
+    ({"a": {"a"}}, ["a", "a"]),
+])
+def test_find_cycle(graph, cycle):
+    assert find_cycle(graph) == cycle
+
+
+def test_a_cycle_in_a_real_tree_is_reported(tmp_path):
+    for pkg, body in {"producer": "", "worker": "", "storage": ""}.items():
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text(body)
+    (tmp_path / "worker" / "a.py").write_text("def f():\n    from worker import b\n")
+    (tmp_path / "worker" / "b.py").write_text("import worker.a\n")
+    graph: dict[str, set[str]] = {}
+    for e in project_edges(tmp_path):
+        graph.setdefault(e.source, set()).add(e.target)
+    assert find_cycle(graph) == ["worker.a", "worker.b", "worker.a"]
