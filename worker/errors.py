@@ -3,15 +3,16 @@
     EmbedfleetError (storage/errors.py)
     └── WorkerError
         ├── ProviderUnavailable    a strict device request cannot be met
-        └── InferenceError         the session failed on a batch (split and retried by the pipeline)
+        ├── InferenceError         the session failed on a batch (split and retried by the pipeline)
+        └── BadMessage             a task message naming no valid job directory/shard (not retried)
 """
 
 from __future__ import annotations
 
 from storage.errors import BundleError, EmbedfleetError
 
-__all__ = ["BundleError", "EmbedfleetError", "InferenceError", "ProviderUnavailable",
-           "WorkerError"]
+__all__ = ["BadMessage", "BundleError", "EmbedfleetError", "InferenceError",
+           "ProviderUnavailable", "WorkerError"]
 
 
 class WorkerError(EmbedfleetError):
@@ -24,3 +25,7 @@ class ProviderUnavailable(WorkerError, RuntimeError):
 
 class InferenceError(WorkerError, RuntimeError):
     """ONNX Runtime failed on a batch."""
+
+
+class BadMessage(WorkerError, ValueError):
+    """A task message that does not name a job directory and one of its shards (not retried)."""

@@ -1,14 +1,20 @@
 """The worker flow for one shard, in stage order: the one place to read it top to bottom.
 
-1 already done? → 2 read the staged input → 3 cache MGET → 4 tokenise misses, sort, cut token-
-budget batches → 5 run, pool, normalise → 6 cache SET → 7 write embeddings + metrics shards →
-8 finalise the job if this was the last shard → 9 return a small summary.
+The numbers are the README's stage table (stages 1-4 run in the producer):
 
-Crash safety: before each batch the chunk positions in flight are written to
-``_state/inflight/NNNNN.<attempt>`` and the file is removed when the attempt ends. A file left
-behind means that attempt died (SIGKILL, OOM). The next attempt runs those chunks one by one,
-first; a chunk in flight at two crashes, the last one alone, is a poison chunk and becomes a
-reject instead of killing the worker forever.
+    already done? (a redelivered task whose shard landed has nothing to do) → one more attempt
+    5  load the model (once per process) and read ``input/part-NNNNN.parquet``
+    9  cache lookup: one MGET for the whole shard; hits skip stages 6-8
+    6  tokenise the misses once, sort by tokens, cut batches under the token budget
+    7  run ONNX Runtime; a failing batch is split down to single chunks
+    8  pool and normalise (inside ``model.run``: worker/model/session.py → pooling.py)
+    9  cache store: pipelined SET of the new vectors
+    10 write rejects, metrics and embeddings shards; the last shard finalises the job
+
+Crash safety lives in worker/attempts.py: the chunks of the batch running are named by an
+in-flight marker, chunks left in flight by a crashed attempt run alone and first, a chunk in
+flight at two crashes becomes a reject, and every way of giving up goes through
+``attempts.give_up``. The pipeline only asks it, at the start of an attempt and on an error.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from billiard.exceptions import SoftTimeLimitExceeded
 
@@ -31,15 +38,18 @@ from storage.hashing import content_key
 from storage.jobdir import JobDir
 from storage.metrics import rss_mb
 from storage.shards import embeddings_table, metrics_table, shard_is_valid, write_table
+from worker import attempts
 from worker import faults as failpoints
-from worker.model.batching import Batch, encode, pad_rows, plan_batches
 from worker.errors import InferenceError
+from worker.model.batching import Batch, encode, pad_rows, plan_batches
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ShardContext:
+    """Everything one shard task needs, built from the message by worker/tasks.py."""
+
     job: JobDir
     shard: int
     queue: str
@@ -49,6 +59,7 @@ class ShardContext:
     load_model: Callable[[], Any]
     cache_for: Callable[[int], Any]
     faults: str = ""
+    soft_time_limit: float = 0
 
 
 @dataclass
@@ -72,115 +83,127 @@ class ShardResult:
         return asdict(self)
 
 
+@dataclass
+class ShardRows:
+    """The chunks of one shard and what has happened to each: cached, embedded or rejected."""
+
+    inputs: pa.Table
+    texts: list[str]
+    vectors: np.ndarray
+    cached: np.ndarray
+    ok: np.ndarray
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: os.PathLike[str] | str, dim: int) -> ShardRows:
+        inputs = pq.read_table(path)
+        n = inputs.num_rows
+        return cls(inputs, inputs["text"].to_pylist(), np.zeros((n, dim), dtype=np.float32),
+                   np.zeros(n, dtype=bool), np.ones(n, dtype=bool))
+
+    def todo(self) -> list[int]:
+        """Positions still to embed: not cached, not rejected."""
+        return [i for i in range(len(self.texts)) if not self.cached[i] and self.ok[i]]
+
+    def reject(self, i: int, reason: str) -> None:
+        self.ok[i] = False
+        self.rejects.append({"line": self.inputs["line"][i].as_py(),
+                             "doc_id": self.inputs["doc_id"][i].as_py(),
+                             "chunk_index": self.inputs["chunk_index"][i].as_py(),
+                             "reason": reason})
+
+
 def embed_shard(ctx: ShardContext) -> ShardResult:
+    """Stages 5-10 for one shard; an error either retries the shard or gives it up."""
     t0 = time.perf_counter()
     job, shard = ctx.job, ctx.shard
-    expected = job.expected_chunks(shard)
-    if expected is None:
-        raise ValueError(f"shard {shard} is not in {job.manifest_path}")
-    # 1. A redelivered task whose shard already landed has nothing to do.
-    if shard_is_valid(job.embeddings_path(shard), expected):
-        return ShardResult(shard, "already done", finalized=job.finalize())
-    attempt = job.next_attempt(shard, {"pid": os.getpid(), "host": ctx.hostname,
-                                       "queue": ctx.queue, "time": time.time()})
-    crashed = _crashed_inflight(job, shard, attempt)
-    if attempt > ctx.max_attempts:
-        reason = f"gave up after {attempt - 1} attempts" + _describe(job, shard, crashed)
-        job.mark_failed(shard, reason, attempts=attempt - 1)
-        return ShardResult(shard, "failed", attempt=attempt, finalized=job.finalize(),
-                           extra={"reason": reason})
-    # 2. Read the staged chunks.
-    inputs = pq.read_table(job.input_path(shard))
-    texts: list[str] = inputs["text"].to_pylist()
-    n = len(texts)
-    model = ctx.load_model()
-    dim = model.bundle.config.dim
-    vectors = np.zeros((n, dim), dtype=np.float32)
-    cached = np.zeros(n, dtype=bool)
-    ok = np.ones(n, dtype=bool)
-    rejects: list[dict[str, Any]] = []
-    metrics: list[dict[str, Any]] = []
-    common = {"shard": shard, "hostname": ctx.hostname, "queue": ctx.queue,
-              "provider": model.provider, "precision": model.precision,
-              "fallback": model.fallback, "attempt": attempt}
-    # 3. One MGET for the whole shard.
-    cache = ctx.cache_for(dim)
-    keys = [content_key(model.fingerprint, h) for h in inputs["text_sha256"].to_pylist()]
-    for i, vec in enumerate(cache.get_many(keys)):
+    try:
+        if shard_is_valid(job.embeddings_path(shard), job.expected_chunks(shard)):
+            return ShardResult(shard, "already done", finalized=job.finalize())
+        attempt = attempts.begin(job, shard, ctx.max_attempts,
+                                 attempts.attempt_info(os.getpid(), ctx.hostname, ctx.queue))
+        if attempt.over_cap:
+            return _give_up(ctx, attempt.cap_reason(), attempt.number - 1, attempt.number)
+        # 5. The model (one session per process) and the staged chunks.
+        model = ctx.load_model()
+        rows = ShardRows.read(job.input_path(shard), model.bundle.config.dim)
+        base = _metric_base(ctx, model, attempt.number)
+        # 9. One MGET for the whole shard.
+        cache = ctx.cache_for(model.bundle.config.dim)
+        keys = [content_key(model.fingerprint, h) for h in rows.inputs["text_sha256"].to_pylist()]
+        metrics = _fill_from_cache(rows, cache.get_many(keys), base)
+        for i in sorted(attempt.poison & set(rows.todo())):
+            rows.reject(i, attempt.poison_reason())
+        # 6. Tokenise the misses once; suspects alone and first, the rest by token budget.
+        todo = rows.todo()
+        t_tok = time.perf_counter()
+        ids = dict(zip(todo, encode(model.tokenizer, [rows.texts[i] for i in todo])))
+        tok_ms_per_chunk = (time.perf_counter() - t_tok) * 1000 / max(1, len(todo))
+        groups = plan_groups(ids, attempt.suspects, ctx.max_batch_tokens)
+        faults, fresh = failpoints.parse(ctx.faults), []
+        with attempt.inflight() as mark:
+            # 7-8. Run, pool, normalise; a failing batch is split down to single chunks.
+            for b, group in enumerate(groups):
+                mark(group)
+                done, inf_ms = _embed_group(model, rows, group, ids, faults)
+                fresh += done
+                metrics.append(_batch_metric(base, b, group, ids, tok_ms_per_chunk, inf_ms))
+            # 9. Store the new vectors (a Redis outage only costs future hits).
+            cache.put_many([(keys[i], rows.vectors[i]) for i in fresh])
+            # 10. Rejects first, metrics, the embeddings last (their presence means "done").
+            _write_shards(job, shard, model, rows, metrics)
+        return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())
+    except Exception as exc:  # attempts decides: RetryShard propagates, or the shard fails
+        reason = attempts.after_error(job, shard, exc, ctx.max_attempts, ctx.soft_time_limit)
+        n = len(job.attempts(shard))
+        return _give_up(ctx, reason, n, n)
+
+
+def plan_groups(ids: dict[int, list[int]], suspects: set[int], budget: int) -> list[list[int]]:
+    """Batches of positions: each suspect alone and first, then token-budget batches.
+
+    >>> plan_groups({0: [1, 2], 1: [1, 2, 3], 2: [1]}, {1}, 100)
+    [[1], [2, 0]]
+    """
+    alone = [[i] for i in ids if i in suspects]
+    rest = [i for i in ids if i not in suspects]
+    return alone + [[rest[j] for j in b] for b in plan_batches([len(ids[i]) for i in rest],
+                                                               budget)]
+
+
+def _fill_from_cache(rows: ShardRows, hits: list[np.ndarray | None],
+                     base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Copy cache hits into ``rows``; one metric row (batch -1) when there were any."""
+    for i, vec in enumerate(hits):
         if vec is not None:
-            vectors[i], cached[i] = vec, True
-    n_tokens = inputs["n_tokens"].to_pylist()
-    if cached.any():
-        hit_tokens = int(sum(t for t, c in zip(n_tokens, cached) if c))
-        metrics.append(_metric(common, -1, int(cached.sum()), hit_tokens, 0, int(cached.sum()),
-                               0.0, 0.0, 0.0))
-    # 4. Tokenise the misses once; sort; cut batches under the token budget.
-    todo = [i for i in range(n) if not cached[i]]
-    poison = _poison(crashed)
-    for i in sorted(poison & set(todo)):
-        ok[i] = False
-        rejects.append(_reject(inputs, i, "worker process died while embedding this chunk "
-                                          f"({len(crashed)} crashed attempts); quarantined"))
-    todo = [i for i in todo if ok[i]]
-    t_tok = time.perf_counter()
-    ids = encode(model.tokenizer, [texts[i] for i in todo])
-    tokenize_ms = (time.perf_counter() - t_tok) * 1000
-    suspects = set().union(*crashed) if crashed else set()
-    groups = [[k] for k, i in enumerate(todo) if i in suspects]  # alone and first
-    rest = [k for k, i in enumerate(todo) if i not in suspects]
-    groups += [[rest[j] for j in b] for b in plan_batches([len(ids[k]) for k in rest],
-                                                           ctx.max_batch_tokens)]
-    inflight = job.state_dir / "inflight" / f"{shard:05d}.{attempt}"
-    fault_spec = failpoints.parse(ctx.faults)
-    fresh: list[tuple[str, np.ndarray]] = []
-    try:  # until the attempt ends, _state/inflight/NNNNN.<attempt> names the batch running
-        for b, group in enumerate(groups):
-            # 5. Run, pool, normalise; a failing batch is split down to single chunks.
-            write_bytes_atomic(inflight, json.dumps([todo[k] for k in group]).encode())
-            batch = pad_rows([ids[k] for k in group], [todo[k] for k in group], model.pad_id)
-            t_inf = time.perf_counter()
-            for part, vecs, err in _run_split(model, batch, texts, fault_spec):
-                if err is not None:
-                    i = part.positions[0]
-                    ok[i] = False
-                    rejects.append(_reject(inputs, i, f"inference failed: {err}"))
-                    continue
-                vectors[part.positions] = vecs
-                fresh.extend((keys[i], vectors[i]) for i in part.positions)
-            inf_ms = (time.perf_counter() - t_inf) * 1000
-            tok_ms = tokenize_ms * len(group) / max(1, len(todo))
-            metrics.append(_metric(common, b, len(group), batch.real_tokens,
-                                   batch.padded_tokens, 0, tok_ms, inf_ms, tok_ms + inf_ms))
-        # 6. Store the new vectors (a Redis outage only costs future hits).
-        cache.put_many(fresh)
-        # 7. Write the shards: rejects first, the embeddings last (their presence means "done").
-        if rejects:
-            job.shard_rejects_path(shard).parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(job.shard_rejects_path(shard),
-                               b"".join(json.dumps(r).encode() + b"\n" for r in rejects))
-        meta = {"fingerprint": model.fingerprint, "precision": model.precision,
-                "provider": model.provider, "dim": dim, "rejected": int((~ok).sum()),
-                "source": model.bundle.config.source}
-        write_table(job.metrics_path(shard), metrics_table(metrics), meta)
-        write_table(job.embeddings_path(shard), embeddings_table(inputs, vectors, cached, ok),
-                    meta)
-    finally:
-        # Any Python-level exit (success, soft time limit, an I/O error) ends the attempt
-        # cleanly: only a process that died (SIGKILL, OOM, hard time limit) leaves the file.
-        inflight.unlink(missing_ok=True)
-    # 8. The last shard to land finalises the job (idempotent, race-safe).
-    finalized = job.finalize()
-    # 9. A small summary for Flower and the logs.
-    return ShardResult(
-        shard, "done", chunks=int(ok.sum()), tokens=int(sum(n_tokens)),
-        cache_hits=int(cached.sum()), rejected=int((~ok).sum()), provider=model.provider,
-        precision=model.precision, attempt=attempt,
-        ms=round((time.perf_counter() - t0) * 1000, 1), finalized=finalized,
-        extra={"fallback": model.fallback} if model.fallback else {},
-    )
+            rows.vectors[i], rows.cached[i] = vec, True
+    if not rows.cached.any():
+        return []
+    n = int(rows.cached.sum())
+    tokens = int(sum(t for t, c in zip(rows.inputs["n_tokens"].to_pylist(), rows.cached) if c))
+    return [_metric(base, -1, n, tokens, 0, n, 0.0, 0.0)]
 
 
-def _run_split(model: Any, batch: Batch, texts: list[str], faults: dict[str, str]):
+def _embed_group(model: Any, rows: ShardRows, group: list[int], ids: dict[int, list[int]],
+                 faults: dict[str, str]) -> tuple[list[int], float]:
+    """Embed one batch into ``rows``; chunks that fail alone become rejects.
+
+    Returns the positions embedded (for the cache) and the inference time in ms.
+    """
+    t_inf = time.perf_counter()
+    done: list[int] = []
+    batch = pad_rows([ids[i] for i in group], group, model.pad_id)
+    for part, vecs, err in _run_split(model, batch, rows.texts, faults):
+        if err is not None:
+            rows.reject(part.positions[0], f"inference failed: {err}")
+            continue
+        rows.vectors[part.positions] = vecs
+        done += part.positions
+    return done, (time.perf_counter() - t_inf) * 1000
+
+
+def _run_split(model: Any, batch: Batch, texts: list[str], faults: dict[str, str]
+               ) -> Iterator[tuple[Batch, np.ndarray | None, str | None]]:
     """Yield (sub-batch, vectors, None) or (single-row batch, None, error) — halving on error."""
     try:
         failpoints.before_batch(faults, [texts[i] for i in batch.positions])
@@ -202,42 +225,55 @@ def _run_split(model: Any, batch: Batch, texts: list[str], faults: dict[str, str
                               texts, faults)
 
 
-def _crashed_inflight(job: JobDir, shard: int, attempt: int) -> list[set[int]]:
-    """Positions in flight when earlier attempts of this shard died."""
-    out = []
-    for p in (job.state_dir / "inflight").glob(f"{shard:05d}.*"):
-        if p.suffix[1:].isdigit() and int(p.suffix[1:]) < attempt:
-            try:
-                out.append(set(json.loads(p.read_text())))
-            except (ValueError, OSError):
-                continue
-    return out
+def _write_shards(job: JobDir, shard: int, model: Any, rows: ShardRows,
+                  metrics: list[dict[str, Any]]) -> None:
+    if rows.rejects:
+        write_bytes_atomic(job.shard_rejects_path(shard),
+                           b"".join(json.dumps(r).encode() + b"\n" for r in rows.rejects))
+    meta = {"fingerprint": model.fingerprint, "precision": model.precision,
+            "provider": model.provider, "dim": model.bundle.config.dim,
+            "rejected": int((~rows.ok).sum()), "source": model.bundle.config.source}
+    write_table(job.metrics_path(shard), metrics_table(metrics), meta)
+    write_table(job.embeddings_path(shard),
+                embeddings_table(rows.inputs, rows.vectors, rows.cached, rows.ok), meta)
 
 
-def _poison(crashed: list[set[int]]) -> set[int]:
-    """Chunks in flight at two crashes, at least one of them alone."""
-    alone = {next(iter(s)) for s in crashed if len(s) == 1}
-    return {i for i in alone if sum(i in s for s in crashed) >= 2}
+def _done(ctx: ShardContext, model: Any, attempt: int, rows: ShardRows, t0: float,
+          finalized: bool) -> ShardResult:
+    return ShardResult(
+        ctx.shard, "done", chunks=int(rows.ok.sum()),
+        tokens=int(sum(rows.inputs["n_tokens"].to_pylist())),
+        cache_hits=int(rows.cached.sum()), rejected=int((~rows.ok).sum()),
+        provider=model.provider, precision=model.precision, attempt=attempt,
+        ms=round((time.perf_counter() - t0) * 1000, 1), finalized=finalized,
+        extra={"fallback": model.fallback} if model.fallback else {},
+    )
 
 
-def _describe(job: JobDir, shard: int, crashed: list[set[int]]) -> str:
-    if not crashed:
-        return ""
-    t = pq.read_table(job.input_path(shard), columns=["doc_id", "chunk_index", "line"])
-    pos = sorted(set().union(*crashed))[:5]
-    who = ", ".join(f"doc {t['doc_id'][i].as_py()!r} chunk {t['chunk_index'][i].as_py()} "
-                    f"(line {t['line'][i].as_py()})" for i in pos)
-    return f"; the worker died while embedding {who}"
+def _give_up(ctx: ShardContext, reason: str, attempts_made: int, attempt: int) -> ShardResult:
+    finalized = attempts.give_up(ctx.job, ctx.shard, reason, attempts_made)
+    return ShardResult(ctx.shard, "failed", attempt=attempt, finalized=finalized,
+                       extra={"reason": reason})
 
 
-def _reject(inputs: Any, i: int, reason: str) -> dict[str, Any]:
-    return {"line": inputs["line"][i].as_py(), "doc_id": inputs["doc_id"][i].as_py(),
-            "chunk_index": inputs["chunk_index"][i].as_py(), "reason": reason}
+def _metric_base(ctx: ShardContext, model: Any, attempt: int) -> dict[str, Any]:
+    return {"shard": ctx.shard, "hostname": ctx.hostname, "queue": ctx.queue,
+            "provider": model.provider, "precision": model.precision,
+            "fallback": model.fallback, "attempt": attempt}
 
 
-def _metric(common: dict[str, Any], b: int, chunks: int, real: int, padded: int, hits: int,
-            tok_ms: float, inf_ms: float, total_ms: float) -> dict[str, Any]:
-    return {**common, "batch_index": b, "chunks": chunks, "real_tokens": real,
+def _batch_metric(base: dict[str, Any], b: int, group: list[int], ids: dict[int, list[int]],
+                  tok_ms_per_chunk: float, inf_ms: float) -> dict[str, Any]:
+    """One metric row per batch: real tokens, padded tokens (rows × longest), times."""
+    real = sum(len(ids[i]) for i in group)
+    padded = max(len(ids[i]) for i in group) * len(group)
+    return _metric(base, b, len(group), real, padded, 0, tok_ms_per_chunk * len(group), inf_ms)
+
+
+def _metric(base: dict[str, Any], b: int, chunks: int, real: int, padded: int, hits: int,
+            tok_ms: float, inf_ms: float) -> dict[str, Any]:
+    total_ms = tok_ms + inf_ms
+    return {**base, "batch_index": b, "chunks": chunks, "real_tokens": real,
             "padded_tokens": padded, "cache_hits": hits, "tokenize_ms": round(tok_ms, 3),
             "inference_ms": round(inf_ms, 3), "total_ms": round(total_ms, 3),
             "tokens_per_s": round(real / (total_ms / 1000), 1) if total_ms > 0 else 0.0,

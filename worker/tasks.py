@@ -1,28 +1,33 @@
-"""The shard task: thin. Decode the message, pick the model for this queue, call the pipeline.
+"""The shard task: thin. Message → ShardContext → pipeline; retries are decided elsewhere.
 
 A message is ``{"job_dir": ..., "job_id": ..., "shard": N}`` (JSON, a few hundred bytes); the
-texts stay in ``input/part-NNNNN.parquet``. The ONNX session is created lazily once per worker
-process (never before the prefork) and kept in a small LRU keyed by bundle, device and precision.
+texts stay in ``input/part-NNNNN.parquet``. A message that does not name a job directory and a
+shard of it is a BadMessage: the task fails without a retry. Everything after that (attempt
+counting, retry or give up) is worker/attempts.py's, reached through worker/pipeline.py.
+
+The ONNX session is created lazily once per worker process (never before the prefork) and kept
+in a small LRU keyed by bundle, device and precision.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import SoftTimeLimitExceeded
 
 from storage.cache import EmbeddingCache
 from storage.jobdir import JobDir, validate_job_id
-from worker.contract import TASK_NAME
+from worker.attempts import RetryShard
+from worker.contract import TASK_NAME, ShardTask
+from worker.errors import BadMessage
 from worker.model.batching import batch_budget
+from worker.pipeline import ShardContext
+from worker.pipeline import embed_shard as run_pipeline
 from worker.settings import WorkerSettings
 
-log = logging.getLogger(__name__)
 
 
 class ModelTask(Task):
@@ -72,55 +77,60 @@ def device_for_queue(settings: WorkerSettings, queue: str | None) -> str:
     return "gpu" if queue == settings.gpu_queue else "cpu"
 
 
+def read_payload(payload: Any) -> ShardTask:
+    """The message as a ShardTask; BadMessage when it does not name a job directory and shard.
+
+    >>> read_payload({"job_dir": "/out/j1", "job_id": "j1", "shard": 3})
+    ShardTask(job_id='j1', job_dir='/out/j1', shard=3)
+    """
+    try:
+        job_dir, job_id, raw_shard = payload["job_dir"], payload["job_id"], payload["shard"]
+    except (KeyError, TypeError) as exc:
+        raise BadMessage(f"task message {payload!r} lacks {exc}: expected job_dir, job_id and "
+                         "shard") from None
+    validate_job_id(str(job_id))
+    if Path(str(job_dir)).name != job_id:
+        raise BadMessage(f"job_dir {job_dir} does not end in job id {job_id!r}")
+    if isinstance(raw_shard, bool) or not isinstance(raw_shard, (int, str)):
+        raise BadMessage(f"shard {raw_shard!r} in the message for {job_dir} is not an integer")
+    try:
+        shard = int(raw_shard)
+    except ValueError:
+        raise BadMessage(f"shard {raw_shard!r} in the message for {job_dir} is not an integer"
+                         ) from None
+    return ShardTask(job_id=str(job_id), job_dir=str(job_dir), shard=shard)
+
+
+def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
+    """Open the job directory and decide queue, device, precision, attempts and batch budget."""
+    job = JobDir.open(message.job_dir)
+    if job.expected_chunks(message.shard) is None:
+        raise BadMessage(f"shard {message.shard} is not in {job.manifest_path}")
+    s = task.settings
+    info = task.request.delivery_info or {}
+    queue = info.get("routing_key") or info.get("queue") or s.cpu_queue
+    device = device_for_queue(s, queue)
+    manifest = job.manifest
+    precision = manifest.get("precision", "auto")
+    if precision == "auto":
+        precision = s.precision
+    return ShardContext(
+        job=job, shard=message.shard, queue=queue,
+        hostname=task.request.hostname or socket.gethostname(),
+        max_attempts=int(manifest.get("max_attempts") or s.max_attempts),
+        max_batch_tokens=int(manifest.get("max_batch_tokens")
+                             or batch_budget(device, s.max_batch_tokens)),
+        load_model=lambda: task.model_for(manifest["model"]["bundle_path"], device, precision),
+        cache_for=task.cache_for, faults=s.faults, soft_time_limit=s.soft_time_limit,
+    )
+
+
 def register(app: Celery) -> None:
     @app.task(name=TASK_NAME, bind=True, base=ModelTask, acks_late=True,
               reject_on_worker_lost=True, max_retries=None)
     def embed_shard(self: ModelTask, payload: dict[str, Any]) -> dict[str, Any]:
-        from worker.pipeline import ShardContext, embed_shard as run_pipeline
-
-        job_dir = Path(str(payload["job_dir"]))
-        validate_job_id(str(payload["job_id"]))
-        if job_dir.name != payload["job_id"]:
-            raise ValueError(f"job_dir {job_dir} does not end in job id {payload['job_id']!r}")
-        shard = int(payload["shard"])
-        job = JobDir.open(job_dir)
-        info = self.request.delivery_info or {}
-        queue = info.get("routing_key") or info.get("queue") or self.settings.cpu_queue
-        device = device_for_queue(self.settings, queue)
-        manifest = job.manifest
-        precision = manifest.get("precision", "auto")
-        if precision == "auto":
-            precision = self.settings.precision
-        ctx = ShardContext(
-            job=job, shard=shard, queue=queue,
-            hostname=self.request.hostname or socket.gethostname(),
-            max_attempts=int(manifest.get("max_attempts") or self.settings.max_attempts),
-            max_batch_tokens=int(manifest.get("max_batch_tokens")
-                                 or batch_budget(device, self.settings.max_batch_tokens)),
-            load_model=lambda: self.model_for(manifest["model"]["bundle_path"], device, precision),
-            cache_for=self.cache_for,
-            faults=self.settings.faults,
-        )
+        ctx = shard_context(self, read_payload(payload))
         try:
             return run_pipeline(ctx).to_dict()
-        except SoftTimeLimitExceeded:
-            attempts = len(job.attempts(shard))
-            if attempts >= ctx.max_attempts:  # say why, rather than a bare "gave up" next time
-                reason = (f"soft time limit ({self.settings.soft_time_limit}s, "
-                          f"EMBED_SOFT_TIME_LIMIT) exceeded on attempt {attempts} of "
-                          f"{ctx.max_attempts}: the shard is too slow for the limit")
-                job.mark_failed(shard, reason, attempts=attempts)
-                job.finalize()
-                log.error("shard %s of %s failed: %s", shard, job.root, reason)
-                return {"shard": shard, "status": "failed", "error": reason}
-            log.warning("shard %s of %s hit the soft time limit; requeueing", shard, job.root)
-            raise self.retry(countdown=1) from None
-        except Exception as exc:
-            attempts = len(job.attempts(shard))
-            if attempts >= ctx.max_attempts:
-                job.mark_failed(shard, f"{type(exc).__name__}: {exc}", attempts=attempts)
-                job.finalize()
-                log.error("shard %s of %s failed after %d attempts: %s", shard, job.root,
-                          attempts, exc)
-                return {"shard": shard, "status": "failed", "error": str(exc)}
-            raise self.retry(exc=exc, countdown=min(2 ** attempts, 30)) from exc
+        except RetryShard as r:  # the pipeline asked worker/attempts.py; Celery re-sends
+            raise self.retry(exc=r.cause, countdown=r.countdown) from None

@@ -1,0 +1,163 @@
+"""Attempts at a shard: counting, in-flight markers, crash detection, poison chunks, giving up.
+
+Redis has no delivery counter and a SIGKILLed process runs no ``except`` block, so everything
+here lives in the job directory, where the next attempt can read it:
+
+    _state/attempts/NNNNN.<k>   one file per attempt (O_EXCL): the attempt number is a count
+    _state/inflight/NNNNN.<k>   the chunk positions of the batch attempt k is running; removed
+                                when the attempt ends in Python, left behind only when it died
+
+A marker left by an earlier attempt means that attempt crashed (SIGKILL, OOM, hard time limit)
+with those chunks in flight. They are *suspects*: the next attempt runs them alone and first. A
+chunk that was in flight at two crashes, once alone, is *poison*: it becomes a reject with the
+reason instead of killing every worker that takes the shard. Past the attempt cap, or when an
+error repeats until the cap, the shard is marked failed through :func:`give_up`, the one place
+that does it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from billiard.exceptions import SoftTimeLimitExceeded
+
+from storage.atomic import write_bytes_atomic
+from storage.jobdir import JobDir
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_COUNTDOWN_S = 30
+"""Back-off between attempts after an error: 2, 4, 8 ... seconds, at most this."""
+
+
+class RetryShard(Exception):
+    """Not given up yet: run the shard again in ``countdown`` seconds (tasks.py asks Celery)."""
+
+    def __init__(self, countdown: float, cause: BaseException | None = None) -> None:
+        super().__init__(f"retry in {countdown}s")
+        self.countdown = countdown
+        self.cause = cause
+
+
+@dataclass
+class Attempt:
+    """One attempt at a shard, and what the attempts that died before it left behind."""
+
+    job: JobDir
+    shard: int
+    number: int
+    max_attempts: int
+    crashed: list[set[int]] = field(default_factory=list)
+
+    @property
+    def over_cap(self) -> bool:
+        return self.number > self.max_attempts
+
+    @property
+    def suspects(self) -> set[int]:
+        """Every chunk in flight when an earlier attempt died: run alone and first."""
+        return set().union(*self.crashed) if self.crashed else set()
+
+    @property
+    def poison(self) -> set[int]:
+        """Chunks in flight at two crashes, at least one of them alone."""
+        alone = {next(iter(s)) for s in self.crashed if len(s) == 1}
+        return {i for i in alone if sum(i in s for s in self.crashed) >= 2}
+
+    def poison_reason(self) -> str:
+        return (f"worker process died while embedding this chunk ({len(self.crashed)} "
+                "crashed attempts); quarantined")
+
+    def cap_reason(self) -> str:
+        """Why the shard is given up at the cap, naming the chunks in flight at the crashes."""
+        return f"gave up after {self.number - 1} attempts" + _describe(self.job, self.shard,
+                                                                       self.crashed)
+
+    @property
+    def marker_path(self) -> Path:
+        return inflight_dir(self.job) / f"{self.shard:05d}.{self.number}"
+
+    @contextmanager
+    def inflight(self) -> Iterator[Any]:
+        """Yield ``mark(positions)``; the marker is removed on any Python-level exit.
+
+        Success, a soft time limit and an I/O error all end the attempt cleanly: only a process
+        that died (SIGKILL, OOM, hard time limit) leaves the file for the next attempt to read.
+        """
+        def mark(positions: list[int]) -> None:
+            write_bytes_atomic(self.marker_path, json.dumps(positions).encode())
+
+        try:
+            yield mark
+        finally:
+            self.marker_path.unlink(missing_ok=True)
+
+
+def begin(job: JobDir, shard: int, max_attempts: int, info: dict[str, Any]) -> Attempt:
+    """Record one more attempt at ``shard`` and read the markers of attempts that died."""
+    number = job.next_attempt(shard, info)
+    return Attempt(job, shard, number, max_attempts, crashed_inflight(job, shard, number))
+
+
+def inflight_dir(job: JobDir) -> Path:
+    return job.state_dir / "inflight"
+
+
+def crashed_inflight(job: JobDir, shard: int, attempt: int) -> list[set[int]]:
+    """Positions in flight when earlier attempts of this shard died (one set per crash)."""
+    out = []
+    for p in inflight_dir(job).glob(f"{shard:05d}.*"):
+        if p.suffix[1:].isdigit() and int(p.suffix[1:]) < attempt:
+            try:
+                out.append(set(json.loads(p.read_text())))
+            except (ValueError, OSError):
+                continue
+    return out
+
+
+def after_error(job: JobDir, shard: int, exc: BaseException, max_attempts: int,
+                soft_time_limit: float) -> str:
+    """The give-up reason when ``exc`` ended the last allowed attempt; else raise RetryShard."""
+    attempts = len(job.attempts(shard))
+    soft = isinstance(exc, SoftTimeLimitExceeded)
+    if attempts >= max_attempts:
+        if soft:  # say why, rather than a bare "gave up" next time
+            return (f"soft time limit ({soft_time_limit}s, EMBED_SOFT_TIME_LIMIT) exceeded on "
+                    f"attempt {attempts} of {max_attempts}: the shard is too slow for the limit")
+        return f"{type(exc).__name__}: {exc}"
+    if soft:
+        log.warning("shard %s of %s hit the soft time limit; requeueing", shard, job.root)
+        raise RetryShard(1) from None
+    log.warning("shard %s of %s: attempt %d of %d failed (%s: %s); retrying", shard, job.root,
+                attempts, max_attempts, type(exc).__name__, exc)
+    raise RetryShard(min(2 ** attempts, MAX_RETRY_COUNTDOWN_S), exc) from exc
+
+
+def give_up(job: JobDir, shard: int, reason: str, attempts: int) -> bool:
+    """Mark the shard failed with ``reason``; returns whether the job is now finished."""
+    job.mark_failed(shard, reason, attempts=attempts)
+    log.error("shard %s of %s failed after %d attempts: %s", shard, job.root, attempts, reason)
+    return job.finalize()
+
+
+def attempt_info(pid: int, hostname: str, queue: str) -> dict[str, Any]:
+    """What an attempt file records: who worked on the shard, and when."""
+    return {"pid": pid, "host": hostname, "queue": queue, "time": time.time()}
+
+
+def _describe(job: JobDir, shard: int, crashed: list[set[int]]) -> str:
+    if not crashed:
+        return ""
+    t = pq.read_table(job.input_path(shard), columns=["doc_id", "chunk_index", "line"])
+    pos = sorted(set().union(*crashed))[:5]
+    who = ", ".join(f"doc {t['doc_id'][i].as_py()!r} chunk {t['chunk_index'][i].as_py()} "
+                    f"(line {t['line'][i].as_py()})" for i in pos)
+    return f"; the worker died while embedding {who}"
