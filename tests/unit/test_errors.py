@@ -16,7 +16,7 @@ from producer.corpus import iter_records
 from producer.errors import BrokerUnreachable, CorpusError, UsageError
 from producer.local import free_port
 from producer.routing import queue_for
-from producer.submit import connect
+from producer.broker import connect
 from storage.errors import EmbedfleetError
 
 
