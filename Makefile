@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[cpu,export,dev]"
+	$(PIP) install -q -e ".[cpu,export,dev,pg]"
 	touch $(STAMP)
 
 demo: $(STAMP)

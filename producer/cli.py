@@ -17,20 +17,26 @@ import click
 from producer.errors import (BrokerUnreachable, CorpusError, FleetError, Interrupted,
                              JobConflict, JobFailed, UsageError)
 from producer.tools.cli import register as register_tools
-from storage.errors import BundleError, EmbedfleetError, InvalidJobId, JobNotFound
+from storage.errors import (BundleError, CompactError, DatabaseUnreachable, EmbedfleetError,
+                            InvalidJobId, InvalidTableName, JobNotFound, LoadConflict,
+                            TableMismatch)
 from worker.settings import DEFAULT_BROKER_URL, mask_url
 
 USAGE_EXIT = 3
 EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
-    ((BrokerUnreachable,), 1, "the broker cannot be reached"),
+    ((BrokerUnreachable, DatabaseUnreachable), 1, "the broker (or load's database) cannot be "
+     "reached"),
     ((JobFailed,), 2, "the job finished with failed shards"),
-    ((UsageError, InvalidJobId, click.UsageError), USAGE_EXIT,
+    ((UsageError, InvalidJobId, InvalidTableName, click.UsageError), USAGE_EXIT,
      "a bad option or value (the message names it)"),
-    ((JobConflict,), 4, "OUT/JOB holds a job this command must not touch"),
+    ((JobConflict, CompactError), 4, "OUT/JOB (or compact's --out) holds files this command "
+     "must not touch"),
     ((CorpusError,), 5, "the corpus cannot be read with these options"),
     ((BundleError,), 6, "the model bundle is missing a file or has an invalid one"),
     ((JobNotFound,), 7, "not a job directory (no manifest.json)"),
     ((FleetError,), 8, "the private fleet of `producer run` did not start"),
+    ((TableMismatch, LoadConflict), 9, "load: the table holds another dimension, vector type "
+     "or model, is missing (no --create), or has these (doc_id, chunk_index) from another job"),
     ((Interrupted, KeyboardInterrupt), 130, "interrupted (Ctrl-C)"),
     ((EmbedfleetError, OSError, ValueError), 1, "any other error (file, value)"),
 )

@@ -4,7 +4,13 @@
     └── StorageError                job directories, shards and bundles on disk
         ├── InvalidJobId            a job id that is not a safe directory name
         ├── JobNotFound             a directory without manifest.json
-        └── BundleError             a model bundle is missing a file or has an invalid one
+        ├── BundleError             a model bundle is missing a file or has an invalid one
+        ├── CompactError            ``compact`` cannot write its output (target not empty)
+        └── LoadError               ``load`` into PostgreSQL (storage/pgload.py)
+            ├── DatabaseUnreachable     cannot connect (the message never holds the password)
+            ├── InvalidTableName        ``--table`` is not ``[schema.]name`` (lowercase, digits, _)
+            ├── TableMismatch           the table's dimension, vector type or model differs
+            └── LoadConflict            a row's (doc_id, chunk_index) is already in the table
 
 The worker's errors (``worker/errors.py``) and the producer's (``producer/errors.py``) derive
 from ``EmbedfleetError`` too: storage is the layer every process imports.
@@ -31,3 +37,27 @@ class JobNotFound(StorageError, FileNotFoundError):
 
 class BundleError(StorageError, ValueError):
     """A model bundle directory is incomplete or invalid; the message names the file."""
+
+
+class CompactError(StorageError, ValueError):
+    """``compact`` was pointed at an output it must not overwrite; the message names it."""
+
+
+class LoadError(StorageError):
+    """Loading a job into PostgreSQL failed; nothing of the failing shard was written."""
+
+
+class DatabaseUnreachable(LoadError, ConnectionError):
+    """The database in ``--dsn`` cannot be reached or refuses the login."""
+
+
+class InvalidTableName(LoadError, ValueError):
+    """``--table`` is not ``name`` or ``schema.name`` in lowercase letters, digits and _."""
+
+
+class TableMismatch(LoadError, ValueError):
+    """The target table exists with another dimension, vector type or model, or is missing."""
+
+
+class LoadConflict(LoadError):
+    """A shard's rows collide with rows already in the table that came from another job."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from producer.errors import UsageError
+from producer.tools import load as load_cmds
 
 
 @click.command()
@@ -107,3 +108,5 @@ def register(main: click.Group) -> None:
     main.add_command(export)
     main.add_command(bench)
     main.add_command(report)
+    main.add_command(load_cmds.load)
+    main.add_command(load_cmds.compact)
