@@ -72,6 +72,13 @@ class PgServer:
             c.execute(f"CREATE DATABASE {name}")
         return self.dsn(name)
 
+    def drop_database(self, dsn: str) -> None:
+        import psycopg
+
+        name = dsn.split("@/")[1].split("?")[0]
+        with psycopg.connect(self.dsn(), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
     def stop(self) -> None:
         self.server.cleanup()
 
