@@ -238,18 +238,18 @@ def test_wrong_dim_other_model_unreachable_one_message_nothing_written(tmp_path,
                                                               "embedfleet_loads")
     wrong_dim = make_job(tmp_path / "o", "b", v[:, :8].copy(), shard_rows=20, doc_prefix="b")
     r = _cli(str(wrong_dim), "--dsn", dsn, "--table", "t")
-    assert r.exit_code == 3 and "t.embedding is vector(16); this job needs vector(8)" in r.output
+    assert r.exit_code == 9 and "t.embedding is vector(16); this job needs vector(8)" in r.output
     other = make_job(tmp_path / "o", "c", v, shard_rows=20, fingerprint="fp-other",
                      model="other/model", doc_prefix="c")
     r = _cli(str(other), "--dsn", dsn, "--table", "t")
-    assert r.exit_code == 3 and "holds vectors of model test/model" in r.output, r.output
+    assert r.exit_code == 9 and "holds vectors of model test/model" in r.output, r.output
     half = _cli(str(a), "--dsn", dsn, "--table", "t", "--type", "halfvec")
-    assert half.exit_code == 3 and "needs halfvec(16)" in half.output
+    assert half.exit_code == 9 and "needs halfvec(16)" in half.output
     same_ids = make_job(tmp_path / "o", "d", v, shard_rows=20)  # same (doc_id, chunk_index)
     r = _cli(str(same_ids), "--dsn", dsn, "--table", "t")
-    assert r.exit_code == 3 and "already exists" in r.output and "rolled back" in r.output
+    assert r.exit_code == 9 and "already exists" in r.output and "rolled back" in r.output
     missing = _cli(str(a), "--dsn", dsn, "--table", "nope")
-    assert missing.exit_code == 3 and "pass --create" in missing.output
+    assert missing.exit_code == 9 and "pass --create" in missing.output
     assert (_count(dsn, "SELECT count(*) FROM t"),
             _count(dsn, "SELECT count(*) FROM embedfleet_loads")) == before
     assert _count(dsn, "SELECT count(*) FROM pg_tables WHERE tablename = 'nope'") == 0

@@ -17,7 +17,8 @@ from producer.cli import EXIT_CODES, exit_code, main, submit_options
 from producer.errors import (BrokerUnreachable, CorpusError, FleetError, Interrupted,
                              JobConflict, JobFailed, UsageError)
 from producer.local import free_port
-from storage.errors import BundleError, InvalidJobId, JobNotFound
+from storage.errors import (BundleError, CompactError, DatabaseUnreachable, InvalidJobId,
+                            InvalidTableName, JobNotFound, LoadConflict, TableMismatch)
 from storage.jobdir import JobDir
 from tests.procs import ROOT
 
@@ -36,7 +37,8 @@ def _shared_option_names() -> set[str]:
 def test_help_lists_every_command_and_every_exit_code() -> None:
     res = invoke("--help")
     assert res.exit_code == 0, res.output
-    for name in ("run", "submit", "status", "resume", "export", "bench", "report"):
+    for name in ("run", "submit", "status", "resume", "export", "bench", "report", "load",
+                 "compact"):
         assert f"  {name} " in res.output
     assert "Exit codes:" in res.output
     for _, code, meaning in EXIT_CODES:
@@ -44,7 +46,7 @@ def test_help_lists_every_command_and_every_exit_code() -> None:
 
 
 @pytest.mark.parametrize("command", ["run", "submit", "status", "resume", "export", "bench",
-                                     "report"])
+                                     "report", "load", "compact"])
 def test_every_command_has_help(command: str) -> None:
     res = invoke(command, "--help")
     assert res.exit_code == 0 and f"Usage: main {command}" in res.output, res.output
@@ -75,10 +77,16 @@ RAISED = [UsageError("--overlap 999: too big"), InvalidJobId("job id 'a/b': bad"
           CorpusError("c.parquet has no column 'text'"), BundleError("m/: no tokenizer.json"),
           JobNotFound("x: not an embedfleet job directory"), FleetError("worker exited with 1"),
           Interrupted("interrupted: run `producer run --resume out/j`"), KeyboardInterrupt(),
-          OSError("disk full"), ValueError("bad value")]
+          OSError("disk full"), ValueError("bad value"),
+          DatabaseUnreachable("cannot connect to postgresql://u:***@h:1/x"),
+          InvalidTableName("--table 'A;': use [schema.]name"),
+          CompactError("--out c: exists and is not empty"),
+          TableMismatch("t.embedding is vector(16); this job needs vector(8)"),
+          LoadConflict("Key (doc_id, chunk_index)=(d, 0) already exists")]
 EXPECTED = {UsageError: 3, InvalidJobId: 3, BrokerUnreachable: 1, JobFailed: 2, JobConflict: 4,
             CorpusError: 5, BundleError: 6, JobNotFound: 7, FleetError: 8, Interrupted: 130,
-            KeyboardInterrupt: 130, OSError: 1, ValueError: 1}
+            KeyboardInterrupt: 130, OSError: 1, ValueError: 1, DatabaseUnreachable: 1,
+            InvalidTableName: 3, CompactError: 4, TableMismatch: 9, LoadConflict: 9}
 
 
 def _group_raising(exc: BaseException) -> click.Group:
