@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.errors import DatabaseUnreachable, LoadConflict, LoadError
-from storage.pgtable import Layout, Target, build_hnsw, claim_shard, loaded_shards, prepare
+from storage.pgtable import (BASE_COLUMNS, Layout, Target, build_hnsw, claim_shard,
+                             loaded_shards, prepare)
 from storage.readers import open_job
 from storage.shards import read_metadata
 from worker.settings import mask_url
@@ -43,7 +44,9 @@ Progress = Callable[[str, int, int], None]
 SPARSE_COLUMNS = ("sparse_ids", "sparse_weights")
 DEFAULT_BATCH_ROWS = 10_000
 """Parquet rows decoded per step: ~16 MB of 384-d float32 plus ids, far below one shard."""
-_COPY_TYPES = ["text", "int4", "int8", "int8", "int4", "text"]
+PLAIN = [name for name, _ in BASE_COLUMNS]
+"""Columns copied as they are: doc_id, chunk_index, char_start, char_end, n_tokens, text_sha256."""
+_COPY_TYPES = ["text", "int4", "int8", "int8", "int4", "text"]  # BASE_COLUMNS, as COPY types
 
 
 @dataclass(frozen=True)
@@ -219,8 +222,7 @@ def _load_shard(conn: Any, target: Target, spec: JobSpec, s: JobShard, vtype: st
     import psycopg
     from psycopg import sql
 
-    cols = ["doc_id", "chunk_index", "char_start", "char_end", "n_tokens", "text_sha256",
-            "embedding"] + (["sparse"] if spec.layout.sparse_vocab else [])
+    cols = [*PLAIN, "embedding"] + (["sparse"] if spec.layout.sparse_vocab else [])
     types = _COPY_TYPES + [vtype] + (["sparsevec"] if spec.layout.sparse_vocab else [])
     stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         target.ident(), sql.SQL(", ").join(map(sql.Identifier, cols)))
@@ -252,8 +254,7 @@ def _load_shard(conn: Any, target: Target, spec: JobSpec, s: JobShard, vtype: st
 
 
 def _batches(path: Path, batch_rows: int, sparse: bool) -> Iterator[pa.RecordBatch]:
-    cols = ["doc_id", "chunk_index", "char_start", "char_end", "n_tokens", "text_sha256",
-            "embedding", *(SPARSE_COLUMNS if sparse else ())]
+    cols = [*PLAIN, "embedding", *(SPARSE_COLUMNS if sparse else ())]
     yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=cols)
 
 
@@ -264,8 +265,7 @@ def copy_rows(batch: pa.RecordBatch, vtype: str, sparse_vocab: int | None) -> It
     emb = batch.column("embedding")
     dim = emb.type.list_size
     matrix = emb.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-    plain = [batch.column(c).to_pylist() for c in
-             ("doc_id", "chunk_index", "char_start", "char_end", "n_tokens", "text_sha256")]
+    plain = [batch.column(c).to_pylist() for c in PLAIN]
     if sparse_vocab:
         ids = batch.column("sparse_ids").to_pylist()
         weights = batch.column("sparse_weights").to_pylist()

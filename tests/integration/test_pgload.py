@@ -177,10 +177,13 @@ def test_hnsw_recall_and_exact_order_match_numpy(pg, dsn, real_job):
     assert np.mean(recall) >= 0.9, np.mean(recall)
 
 
+BIG, BIG_SHARD = 20_000, 200  # 100 shards: long enough to be killed after the 10th
+
+
 def _big_job(root: Path, real_job: Path) -> Path:
     _, matrix = read_matrix(real_job)
-    reps = -(-40_000 // len(matrix))
-    return make_job(root, "big", np.tile(matrix, (reps, 1))[:40_000], shard_rows=400,
+    reps = -(-BIG // len(matrix))
+    return make_job(root, "big", np.tile(matrix, (reps, 1))[:BIG], shard_rows=BIG_SHARD,
                     fingerprint="fp-big")
 
 
@@ -216,15 +219,15 @@ def test_sigkill_mid_load_then_rerun_exactly_once(tmp_path, dsn, real_job):
     with psycopg.connect(dsn) as c:
         kept, ledger = c.execute("SELECT (SELECT count(*) FROM big), "
                                  "(SELECT count(*) FROM embedfleet_loads)").fetchone()
-    assert kept == 400 * ledger  # no torn shard: a shard's rows and ledger row, or neither
+    assert kept == BIG_SHARD * ledger  # no torn shard: a shard's rows and ledger row, or neither
 
     rerun = _load_proc(job, dsn)
     out = rerun.communicate(timeout=300)[0].decode()
     assert rerun.returncode == 0, out
-    assert f"{40_000 - kept} rows added" in out
-    assert _count(dsn, "SELECT count(*) FROM big") == 40_000
-    assert _count(dsn, "SELECT count(DISTINCT (doc_id, chunk_index)) FROM big") == 40_000
-    assert _count(dsn, "SELECT sum(rows) FROM embedfleet_loads WHERE job_id = 'big'") == 40_000
+    assert f"{BIG - kept} rows added" in out
+    assert _count(dsn, "SELECT count(*) FROM big") == BIG
+    assert _count(dsn, "SELECT count(DISTINCT (doc_id, chunk_index)) FROM big") == BIG
+    assert _count(dsn, "SELECT sum(rows) FROM embedfleet_loads WHERE job_id = 'big'") == BIG
     second = _cli(str(job), "--dsn", dsn, "--table", "big", "--index", "none")
     assert "0 rows added from 0 shards, 100 shards already loaded" in second.output
 
