@@ -174,6 +174,7 @@ def test_hnsw_recall_and_exact_order_match_numpy(pg, dsn, real_job):
                     pos = {k: i for i, k in enumerate(ids)}
                     assert all(d[pos[(g[0], g[1])]] <= d[order[9]] + 1e-4 for g in got)
     assert clear >= 50, f"only {clear} queries without near-ties: test too weak"
+    print(f"recall@10 {np.mean(recall):.3f} over 100 queries; exact order checked on {clear}")
     assert np.mean(recall) >= 0.9, np.mean(recall)
 
 
