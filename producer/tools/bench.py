@@ -86,15 +86,10 @@ def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequ
     """
     import onnxruntime as ort
 
-    from storage.bundle import VARIANT_FILES, load_bundle
+    from storage.bundle import load_bundle
     from worker.model.session import load_model
 
-    for p in providers:
-        if p not in PROVIDERS:
-            raise UsageError(f"--providers: unknown provider {p!r}; valid: {', '.join(PROVIDERS)}")
-    for p in precisions:
-        if p not in VARIANT_FILES:
-            raise UsageError(f"--precisions: unknown precision {p!r}; valid: {', '.join(VARIANT_FILES)}")
+    check_names(providers, precisions)
     bundle = load_bundle(bundle_path)
     available = ort.get_available_providers()
     # fp32 first: it is the reference for the cosine columns.
@@ -105,16 +100,9 @@ def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequ
         for prec in order:
             row = BenchRow(prec, prov)
             rows.append(row)
-            if PROVIDERS[prov] not in available:
-                row.status, row.reason = "skipped", (
-                    f"{PROVIDERS[prov]} not available (have {', '.join(available)})")
-                continue
-            if prec not in bundle.variants:
-                row.status, row.reason = "skipped", (
-                    f"bundle has no {prec} variant (has {', '.join(bundle.variants)})")
-                continue
-            if prov == "cuda" and prec == "int8":
-                row.status, row.reason = "skipped", "dynamic int8 is not run on CUDA"
+            skip = skip_reason(prov, prec, bundle.variants, available)
+            if skip:
+                row.status, row.reason = "skipped", skip
                 continue
             log(f"{prec} on {prov} ...")
             try:
@@ -133,6 +121,36 @@ def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequ
             del vecs
             gc.collect()
     return rows
+
+
+def check_names(providers: Sequence[str], precisions: Sequence[str],
+                precision_option: str = "--precisions") -> None:
+    """Raise UsageError (a ValueError) on an unknown provider or precision name."""
+    from storage.bundle import VARIANT_FILES
+
+    for p in providers:
+        if p not in PROVIDERS:
+            raise UsageError(f"--providers: unknown provider {p!r}; valid: {', '.join(PROVIDERS)}")
+    for p in precisions:
+        if p not in VARIANT_FILES:
+            raise UsageError(f"{precision_option}: unknown precision {p!r}; "
+                             f"valid: {', '.join(VARIANT_FILES)}")
+
+
+def skip_reason(provider: str, precision: str, variants: Sequence[str],
+                available: Sequence[str]) -> str | None:
+    """Why ``precision`` on ``provider`` is not run (None: run it); shared with ``producer eval``.
+
+    >>> skip_reason("cuda", "fp32", ["fp32"], ["CPUExecutionProvider"])
+    'CUDAExecutionProvider not available (have CPUExecutionProvider)'
+    """
+    if PROVIDERS[provider] not in available:
+        return f"{PROVIDERS[provider]} not available (have {', '.join(available)})"
+    if precision not in variants:
+        return f"bundle has no {precision} variant (has {', '.join(variants)})"
+    if provider == "cuda" and precision == "int8":
+        return "dynamic int8 is not run on CUDA"
+    return None
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:

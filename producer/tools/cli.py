@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from producer.errors import UsageError
+from producer.tools.evalcli import eval_command
 
 
 @click.command()
@@ -107,3 +108,4 @@ def register(main: click.Group) -> None:
     main.add_command(export)
     main.add_command(bench)
     main.add_command(report)
+    main.add_command(eval_command)

