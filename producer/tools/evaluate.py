@@ -157,6 +157,49 @@ def run_eval(bundle_path: str | Path, data: EvalData, *, variants: Sequence[str]
     return rows
 
 
+def variant_metrics(data: EvalData) -> Callable[[Path, str], dict[str, float]]:
+    """``evaluate(bundle_dir, precision)`` for the export gate: that variant on the CPU.
+
+    Raises (from the returned function):
+        BundleError: the variant could not be scored; the message carries the row's reason.
+    """
+    from storage.errors import BundleError
+
+    def evaluate(root: Path, precision: str) -> dict[str, float]:
+        (row,) = run_eval(root, data, variants=[precision], providers=["cpu"])
+        if row.status != "ok":
+            raise BundleError(f"{root}: {precision} cannot be evaluated ({row.reason})")
+        return row.metrics
+
+    return evaluate
+
+
+def evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
+    """The export gate's figures stored in a bundle, one line per variant (bench, report).
+
+    >>> ev = {"data": "dev.jsonl", "task": "triplets", "metric": "accuracy", "max_drop": 0.01,
+    ...       "variants": {"fp32": {"metrics": {"accuracy": 0.9}},
+    ...                    "int8": {"metrics": {"accuracy": 0.85}, "drop": 0.05, "passed": False}}}
+    >>> print("\\n".join(evaluation_lines(ev)))
+    eval gate  triplets on dev.jsonl, accuracy, allowed drop 0.01
+      fp32  accuracy 0.9000
+      int8  accuracy 0.8500  drop 0.0500  refused
+    """
+    if not evaluation:
+        return []
+    metric = evaluation.get("metric", "")
+    lines = [f"eval gate  {evaluation.get('task')} on {evaluation.get('data')}, {metric}, "
+             f"allowed drop {evaluation.get('max_drop')}"]
+    for prec, res in (evaluation.get("variants") or {}).items():
+        value = (res.get("metrics") or {}).get(metric)
+        line = f"  {prec:4}  " + (f"{metric} {value:.4f}" if value is not None else
+                                  f"not checked ({res.get('skipped', '')})")
+        if "drop" in res:
+            line += f"  drop {res['drop']:.4f}  {'kept' if res.get('passed') else 'refused'}"
+        lines.append(line)
+    return lines
+
+
 def embed_timed(model: Any, texts: Sequence[str], max_batch_tokens: int | None,
                 row: EvalRow) -> np.ndarray:
     """Embed ``texts`` in the worker's batches; fill the row's token and speed figures."""
