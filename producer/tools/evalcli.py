@@ -1,6 +1,8 @@
 """``producer eval BUNDLE DATA``: the click command (registered by the producer CLI).
 
 Only click and the data reader (no numpy) at import time; onnxruntime loads when it runs.
+Errors are raised and mapped to exit codes by the ``producer`` group (``EXIT_CODES``): bad
+labelled data is a CorpusError (5), a broken bundle a BundleError (6).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from producer.errors import ProducerError
 from producer.tools.evaldata import TASKS, EvalData
 
 ALL_VARIANTS = "fp32,fp16,int8"
@@ -42,18 +45,14 @@ def eval_command(bundle: str, data: str, task: str | None, variants: str, provid
     from producer.models import embedfleet_home, resolve_model
     from producer.tools.evaldata import read_eval_data
     from producer.tools.evaluate import format_table, run_eval
-    from storage.errors import EmbedfleetError
 
     precs = [p.strip() for p in (ALL_VARIANTS if variants == "all" else variants).split(",")
              if p.strip()]
     provs = [p.strip().lower() for p in providers.split(",") if p.strip()]
-    try:
-        path = resolve_model(bundle, Path(home) if home else embedfleet_home())
-        labelled = read_eval_data(data, task)
-        rows = run_eval(path, labelled, variants=precs, providers=provs, threads=threads,
-                        max_batch_tokens=max_batch_tokens, log=click.echo)
-    except (EmbedfleetError, OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    path = resolve_model(bundle, Path(home) if home else embedfleet_home())
+    labelled = read_eval_data(data, task)
+    rows = run_eval(path, labelled, variants=precs, providers=provs, threads=threads,
+                    max_batch_tokens=max_batch_tokens, log=click.echo)
     _describe(labelled)
     click.echo(format_table(rows, labelled.task))
     if json_path:
@@ -63,7 +62,7 @@ def eval_command(bundle: str, data: str, task: str | None, variants: str, provid
         Path(json_path).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n",
                                    encoding="utf-8")
     if not any(r.status == "ok" for r in rows):
-        raise click.ClickException("no variant × provider could be evaluated (see the reasons)")
+        raise ProducerError("no variant × provider could be evaluated (reasons in the table)")
 
 
 def _describe(d: EvalData) -> None:

