@@ -12,7 +12,7 @@ the same name computes, so a figure here can be compared with a training log's:
   id. A document cut into several chunks scores by its best chunk (max-sim): a long document is
   relevant where any of its windows answers the query.
 
-Cosines are taken in float64 on the float32 vectors.
+Cosines are taken in float64 on the float32 vectors (``worker.model.pooling.cosine_rows``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from worker.model.pooling import cosine_rows
+
 Array = npt.NDArray[np.floating]
 RECALL_AT = (1, 3, 5, 10)
 MRR_AT = 10
@@ -30,13 +32,13 @@ QUERY_BLOCK = 256
 """Queries scored against the whole corpus at a time (bounds the score matrix)."""
 
 
-def cosine_rows(a: Array, b: Array) -> npt.NDArray[np.float64]:
-    """Cosine of row i of ``a`` with row i of ``b``.
+def cosines(a: Array, b: Array) -> npt.NDArray[np.float64]:
+    """Cosine of row i of ``a`` with row i of ``b``, in float64 (``pooling.cosine_rows``).
 
-    >>> cosine_rows(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [-1.0, -1.0]]))
+    >>> cosines(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [-1.0, -1.0]]))
     array([ 1., -1.])
     """
-    return (_unit(a) * _unit(b)).sum(axis=1)
+    return cosine_rows(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
 
 
 def triplet_accuracy(query: Array, positive: Array, negative: Array) -> float:
@@ -46,7 +48,7 @@ def triplet_accuracy(query: Array, positive: Array, negative: Array) -> float:
     >>> triplet_accuracy(q, np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[0.0, 1.0], [1.0, 0.0]]))
     0.5
     """
-    return float(np.mean(cosine_rows(query, positive) > cosine_rows(query, negative)))
+    return float(np.mean(cosines(query, positive) > cosines(query, negative)))
 
 
 def pair_correlations(a: Array, b: Array, scores: Sequence[float]) -> dict[str, float]:
@@ -56,7 +58,7 @@ def pair_correlations(a: Array, b: Array, scores: Sequence[float]) -> dict[str, 
     >>> round(pair_correlations(v, np.array([[1.0, 0.0]] * 3), [3, 2, 1])["spearman"], 12)
     1.0
     """
-    cos = cosine_rows(a, b)
+    cos = cosines(a, b)
     gold = np.asarray(scores, dtype=np.float64)
     return {"pearson": pearson(gold, cos), "spearman": pearson(average_ranks(gold),
                                                                average_ranks(cos))}

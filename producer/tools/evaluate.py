@@ -30,7 +30,7 @@ import numpy as np
 
 from producer.chunking import chunk_document
 from producer.tools import evalmetrics as em
-from producer.tools.bench import DEVICES, PROVIDERS, check_names, skip_reason
+from producer.tools.bench import DEVICES, PROVIDERS, check_names, runnable_rows
 from producer.tools.evaldata import DataReject, EvalData
 from producer.tools.table import text_table
 
@@ -135,25 +135,19 @@ def run_eval(bundle_path: str | Path, data: EvalData, *, variants: Sequence[str]
     inputs = build_inputs(data, bundle)
     available = ort.get_available_providers()
     rows: list[EvalRow] = []
-    for prov in providers:
-        for prec in sorted(variants, key=lambda p: p != "fp32"):  # fp32 first: the reference
-            row = EvalRow(prec, prov)
-            rows.append(row)
-            skip = skip_reason(prov, prec, bundle.variants, available)
-            if skip:
-                row.status, row.reason = "skipped", skip
-                continue
-            log(f"{prec} on {prov}: {len(inputs.texts)} texts ...")
-            try:
-                model = load_model(bundle, device=DEVICES[prov], precision=prec,
-                                   threads=threads, strict=prov == "cuda")
-                if model.provider != PROVIDERS[prov]:
-                    raise RuntimeError(f"asked for {PROVIDERS[prov]}, runs on {model.provider}")
-                row.runtime = str(getattr(model, "runtime_precision", model.precision))
-                vecs = embed_timed(model, inputs.texts, max_batch_tokens, row)
-                row.metrics = score(data, inputs, vecs)
-            except Exception as exc:  # noqa: BLE001 - a variant that fails is one bad row
-                row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"[:300]
+    for row in runnable_rows(rows, EvalRow, providers, variants, bundle.variants, available):
+        prov, prec = row.provider, row.variant
+        log(f"{prec} on {prov}: {len(inputs.texts)} texts ...")
+        try:
+            model = load_model(bundle, device=DEVICES[prov], precision=prec,
+                               threads=threads, strict=prov == "cuda")
+            if model.provider != PROVIDERS[prov]:
+                raise RuntimeError(f"asked for {PROVIDERS[prov]}, runs on {model.provider}")
+            row.runtime = str(getattr(model, "runtime_precision", model.precision))
+            vecs = embed_timed(model, inputs.texts, max_batch_tokens, row)
+            row.metrics = score(data, inputs, vecs)
+        except Exception as exc:  # noqa: BLE001 - a variant that fails is one bad row
+            row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"[:300]
     _fill_deltas(rows)
     return rows
 
@@ -204,10 +198,10 @@ def evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
 def embed_timed(model: Any, texts: Sequence[str], max_batch_tokens: int | None,
                 row: EvalRow) -> np.ndarray:
     """Embed ``texts`` in the worker's batches; fill the row's token and speed figures."""
-    from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS, batches_by_tokens, encode
+    from worker.model.batching import batch_budget, batches_by_tokens, encode
 
-    budget = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[
-        "gpu" if model.provider == PROVIDERS["cuda"] else "cpu"]
+    budget = batch_budget("gpu" if model.provider == PROVIDERS["cuda"] else "cpu",
+                          max_batch_tokens)
     ids = encode(model.tokenizer, texts)
     model.run(next(batches_by_tokens(ids[:8], model.pad_id, budget)))  # warm-up, not timed
     out = np.zeros((len(texts), model.bundle.config.dim), dtype=np.float32)

@@ -149,7 +149,7 @@ def test_a_file_without_usable_lines_is_an_error(tmp_path, minilm_bundle) -> Non
     path = tmp_path / "bad.jsonl"
     path.write_text('{"query": "q", "positive": "", "negative": "n"}\n')
     res = CliRunner().invoke(main, ["eval", str(minilm_bundle), str(path)])
-    assert res.exit_code == 1
+    assert res.exit_code == 5  # CorpusError: the data cannot be read as asked
     assert "no usable triplets line" in res.output and "line 1" in res.output
 
 

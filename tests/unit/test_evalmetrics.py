@@ -21,7 +21,7 @@ def test_correlations_match_scipy_with_ties() -> None:
     a, b = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
     gold = rng.integers(0, 5, size=50).astype(float)  # many ties: average ranks matter
     got = em.pair_correlations(a, b, gold)
-    cos = em.cosine_rows(a, b)
+    cos = em.cosines(a, b)
     assert got["pearson"] == pytest.approx(stats.pearsonr(gold, cos)[0], abs=1e-12)
     assert got["spearman"] == pytest.approx(stats.spearmanr(gold, cos)[0], abs=1e-12)
     assert np.array_equal(em.average_ranks(gold), stats.rankdata(gold))
