@@ -92,8 +92,9 @@ def build_inputs(data: EvalData, bundle: Any) -> EvalInputs:
     for doc_id, text in data.corpus.items():
         try:
             spans = chunk_document(text, tok, max_tokens=cfg.max_length, prefix=cfg.passage_prefix)
-        except ValueError as exc:
-            data.rejects.append(DataReject(data.source, 0, f"corpus id {doc_id!r}: {exc}"))
+        except ValueError as exc:  # line 0: the corpus id names it; once per data set
+            reject = DataReject(data.source, 0, f"corpus id {doc_id!r}: {exc}")
+            data.rejects += [] if reject in data.rejects else [reject]
             continue
         chunks += [text[s.char_start:s.char_end] for s in spans]
         chunk_doc += [len(doc_ids)] * len(spans)
