@@ -107,7 +107,20 @@ def iter_records(
     if path.suffix == ".parquet" or magic == _PARQUET_MAGIC:
         yield from _iter_parquet(path, text_field, id_field, max_line_bytes)
         return
-    opener = gzip.open if path.suffix == ".gz" or magic[:2] == _GZIP_MAGIC else open
+    for item in iter_objects(path, max_line_bytes=max_line_bytes):
+        yield item if isinstance(item, Reject) else judge_object(*item, text_field, id_field)
+
+
+def iter_objects(
+    path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[tuple[int, Any] | Reject]:
+    """Yield ``(line, parsed JSON value)`` or a Reject per non-blank line of a (gzipped) JSONL
+    file: ``iter_records``' byte cap, BOM/CRLF rules, reasons and OSErrors; the caller judges
+    what the value must hold (``producer eval``'s labelled data)."""
+    path = Path(path)
+    with path.open("rb") as raw:
+        magic = raw.read(2)
+    opener = gzip.open if path.suffix == ".gz" or magic == _GZIP_MAGIC else open
     with opener(path, "rb") as stream:
         try:
             for line_no, data, size in _iter_lines(stream, max_line_bytes):
@@ -115,20 +128,16 @@ def iter_records(
                     reason = f"line is {size} bytes, over the cap of {max_line_bytes} bytes"
                     yield Reject(line_no, None, reason)
                 elif data.strip():
-                    yield _judge(line_no, partial(_parse_line, data), text_field, id_field)
+                    try:
+                        yield line_no, _parse_line(data)
+                    except _Refused as refused:
+                        yield Reject(line_no, None, refused.reason)
         except EOFError as exc:  # gzip raises EOFError, not OSError, for a cut-off stream
             raise OSError(f"{path}: compressed stream is truncated ({exc})") from exc
 
 
 def file_checksum(path: str | Path) -> str:
-    """Return the SHA-256 hex digest of a file's bytes, read in blocks.
-
-    Args:
-        path: The file.
-
-    Returns:
-        64 lowercase hex characters.
-    """
+    """Return the SHA-256 hex digest (64 lowercase hex characters) of a file, read in blocks."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

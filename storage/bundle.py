@@ -56,6 +56,9 @@ class BundleConfig:
     dim: int
     query_prefix: str = ""
     passage_prefix: str = ""
+    evaluation: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    """Figures of ``producer export --eval-data``: the task, its metric, the allowed drop and
+    each variant's metrics on the user's data (absent in bundles exported without it)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,6 +72,8 @@ class BundleConfig:
             "query_prefix": self.query_prefix,
             "passage_prefix": self.passage_prefix,
         }
+        if self.evaluation is not None:
+            d["evaluation"] = self.evaluation
         d.update(self.extra)
         return d
 
@@ -87,8 +92,10 @@ class BundleConfig:
                 raise BundleError(f"{where}: {key!r} must be a {typ.__name__}, got {d.get(key)!r}")
         if d["max_length"] < 4 or d["dim"] < 1:
             raise BundleError(f"{where}: max_length and dim must be positive")
+        if not isinstance(d.get("evaluation", {}), dict):
+            raise BundleError(f"{where}: 'evaluation' must be an object")
         known = {"format", "source", "pooling", "normalize", "max_length", "dim",
-                 "query_prefix", "passage_prefix"}
+                 "query_prefix", "passage_prefix", "evaluation"}
         return cls(
             source=d["source"],
             pooling=pooling,
@@ -97,6 +104,7 @@ class BundleConfig:
             dim=d["dim"],
             query_prefix=str(d.get("query_prefix") or ""),
             passage_prefix=str(d.get("passage_prefix") or ""),
+            evaluation=d.get("evaluation"),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -138,7 +146,9 @@ class Bundle:
         if data.is_file():
             h.update(_file_digest(str(data), *_stat_key(data)).encode())
         h.update(_file_digest(str(self.tokenizer_path), *_stat_key(self.tokenizer_path)).encode())
-        cfg = {k: v for k, v in self.config.to_dict().items() if k != "quality_gate"}
+        # Gate figures describe the vectors, they do not change them: not part of the key.
+        cfg = {k: v for k, v in self.config.to_dict().items()
+               if k not in ("quality_gate", "evaluation")}
         h.update(json.dumps(cfg, sort_keys=True).encode())
         h.update(precision.encode())
         return h.hexdigest()[:32]

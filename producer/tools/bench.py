@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -86,53 +86,80 @@ def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequ
     """
     import onnxruntime as ort
 
-    from storage.bundle import VARIANT_FILES, load_bundle
+    from storage.bundle import load_bundle
     from worker.model.session import load_model
+
+    check_names(providers, precisions)
+    bundle = load_bundle(bundle_path)
+    available = ort.get_available_providers()
+    reference: np.ndarray | None = None
+    rows: list[BenchRow] = []
+    for row in runnable_rows(rows, BenchRow, providers, precisions, bundle.variants, available):
+        prov, prec = row.provider, row.precision
+        log(f"{prec} on {prov} ...")
+        try:
+            vecs = _measure(row, bundle, load_model, prov, prec, texts, threads,
+                            max_batch_tokens)
+        except Exception as exc:  # noqa: BLE001 - a variant that fails is one bad row
+            row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"[:300]
+            continue
+        if prec == "fp32" and prov == "cpu":
+            reference = vecs
+        elif reference is None:
+            reference = _reference(bundle, load_model, texts, threads, max_batch_tokens)
+        if reference is not None:
+            cos = cosine_rows(vecs, reference)
+            row.cos_min, row.cos_mean = round(float(cos.min()), 5), round(float(cos.mean()), 5)
+        del vecs
+        gc.collect()
+    return rows
+
+
+def check_names(providers: Sequence[str], precisions: Sequence[str],
+                precision_option: str = "--precisions") -> None:
+    """Raise UsageError (a ValueError) on an unknown provider or precision name."""
+    from storage.bundle import VARIANT_FILES
 
     for p in providers:
         if p not in PROVIDERS:
             raise UsageError(f"--providers: unknown provider {p!r}; valid: {', '.join(PROVIDERS)}")
     for p in precisions:
         if p not in VARIANT_FILES:
-            raise UsageError(f"--precisions: unknown precision {p!r}; valid: {', '.join(VARIANT_FILES)}")
-    bundle = load_bundle(bundle_path)
-    available = ort.get_available_providers()
-    # fp32 first: it is the reference for the cosine columns.
-    order = sorted(precisions, key=lambda p: p != "fp32")
-    reference: np.ndarray | None = None
-    rows: list[BenchRow] = []
+            raise UsageError(f"{precision_option}: unknown precision {p!r}; "
+                             f"valid: {', '.join(VARIANT_FILES)}")
+
+
+def runnable_rows(rows: list[Any], make: Callable[[str, str], Any], providers: Sequence[str],
+                  precisions: Sequence[str], variants: Sequence[str],
+                  available: Sequence[str]) -> Iterator[Any]:
+    """Append ``make(precision, provider)`` to ``rows`` for each pair, per provider with fp32
+    first (the reference of bench's cosines and eval's deltas); a pair that cannot run gets
+    status ``skipped`` and its reason, the others are yielded to be run."""
     for prov in providers:
-        for prec in order:
-            row = BenchRow(prec, prov)
+        for prec in sorted(precisions, key=lambda p: p != "fp32"):
+            row = make(prec, prov)
             rows.append(row)
-            if PROVIDERS[prov] not in available:
-                row.status, row.reason = "skipped", (
-                    f"{PROVIDERS[prov]} not available (have {', '.join(available)})")
-                continue
-            if prec not in bundle.variants:
-                row.status, row.reason = "skipped", (
-                    f"bundle has no {prec} variant (has {', '.join(bundle.variants)})")
-                continue
-            if prov == "cuda" and prec == "int8":
-                row.status, row.reason = "skipped", "dynamic int8 is not run on CUDA"
-                continue
-            log(f"{prec} on {prov} ...")
-            try:
-                vecs = _measure(row, bundle, load_model, prov, prec, texts, threads,
-                                max_batch_tokens)
-            except Exception as exc:  # noqa: BLE001 - a variant that fails is one bad row
-                row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"[:300]
-                continue
-            if prec == "fp32" and prov == "cpu":
-                reference = vecs
-            elif reference is None:
-                reference = _reference(bundle, load_model, texts, threads, max_batch_tokens)
-            if reference is not None:
-                cos = cosine_rows(vecs, reference)
-                row.cos_min, row.cos_mean = round(float(cos.min()), 5), round(float(cos.mean()), 5)
-            del vecs
-            gc.collect()
-    return rows
+            skip = skip_reason(prov, prec, variants, available)
+            if skip:
+                row.status, row.reason = "skipped", skip
+            else:
+                yield row
+
+
+def skip_reason(provider: str, precision: str, variants: Sequence[str],
+                available: Sequence[str]) -> str | None:
+    """Why ``precision`` on ``provider`` is not run (None: run it); shared with ``producer eval``.
+
+    >>> skip_reason("cuda", "fp32", ["fp32"], ["CPUExecutionProvider"])
+    'CUDAExecutionProvider not available (have CPUExecutionProvider)'
+    """
+    if PROVIDERS[provider] not in available:
+        return f"{PROVIDERS[provider]} not available (have {', '.join(available)})"
+    if precision not in variants:
+        return f"bundle has no {precision} variant (has {', '.join(variants)})"
+    if provider == "cuda" and precision == "int8":
+        return "dynamic int8 is not run on CUDA"
+    return None
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:

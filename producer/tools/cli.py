@@ -15,6 +15,8 @@ import click
 
 from producer.errors import UsageError
 from producer.tools import load as load_cmds
+from producer.tools.evalcli import eval_command
+from producer.tools.evaldata import TASKS
 
 
 @click.command()
@@ -28,17 +30,40 @@ from producer.tools import load as load_cmds
               help="Only for models without a sentence-transformers 1_Pooling/config.json.")
 @click.option("--max-length", type=click.IntRange(8, None), default=None,
               help="Override the model window (tokens incl. special tokens).")
+@click.option("--eval-data", type=click.Path(exists=True), default=None,
+              help="Labelled data (as for `producer eval`): a variant that loses more than "
+              "--min-metric-drop of the metric vs fp32 on it is not written.")
+@click.option("--task", type=click.Choice(TASKS), default=None,
+              help="Shape of --eval-data (default: detected).")
+@click.option("--min-metric-drop", type=click.FloatRange(0, 1), default=None,
+              help="Largest absolute loss of the --eval-data metric (accuracy, Spearman, "
+              "nDCG@10) a written variant may have (default: metric_gate.DEFAULT_MAX_DROP, 0.01).")
 def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
-           max_length: int | None) -> None:
+           max_length: int | None, eval_data: str | None, task: str | None,
+           min_metric_drop: float | None) -> None:
     """Export SRC (a local sentence-transformers dir, or all-MiniLM-L6-v2) to an ONNX bundle."""
     try:
-        from worker.export import export_bundle
+        from worker.export import MetricGate, export_bundle
     except ImportError as exc:
         raise UsageError(f"export needs the `export` extra (pip install "
                          f"'embedfleet[export]'): {exc}") from None
+    if min_metric_drop is not None and not eval_data:
+        raise UsageError("--min-metric-drop needs --eval-data (the data the metric is taken on)")
+    gate = None
+    if eval_data:  # read and check the data before the long export
+        from producer.tools.evaldata import read_eval_data
+        from producer.tools.evalmetrics import primary_metric
+        from producer.tools.evaluate import variant_metrics
+
+        data = read_eval_data(eval_data, task)
+        click.echo(f"eval gate: {data.task} on {eval_data}, {data.size} scored, "
+                   f"{len(data.rejects)} line(s) rejected")
+        drop = {} if min_metric_drop is None else {"max_drop": min_metric_drop}
+        gate = MetricGate(variant_metrics(data), primary_metric(data.task), data=eval_data,
+                          task=data.task, **drop)
     precs = tuple(p.strip() for p in precision.split(",") if p.strip())
     path = export_bundle(src, out, precisions=precs, opset=opset, pooling=pooling,
-                         max_length=max_length, log=click.echo)
+                         max_length=max_length, log=click.echo, eval_gate=gate)
     click.echo(f"bundle written to {path}")
 
 
@@ -88,6 +113,8 @@ def bench(model: str | None, precisions: str, providers: str, corpus: str | None
     """Embed a sample through each variant × provider directly (no broker) and compare them."""
     from producer.models import embedfleet_home, resolve_model
     from producer.tools.bench import format_table, read_texts, run_bench
+    from producer.tools.evaluate import evaluation_lines
+    from storage.bundle import load_bundle
 
     precs = [p.strip() for p in precisions.split(",") if p.strip()]
     provs = [p.strip().lower() for p in providers.split(",") if p.strip()]
@@ -99,6 +126,8 @@ def bench(model: str | None, precisions: str, providers: str, corpus: str | None
     rows = run_bench(path, texts, precisions=precs, providers=provs, threads=threads,
                      max_batch_tokens=max_batch_tokens, log=click.echo)
     click.echo(format_table(rows))
+    for line in evaluation_lines(load_bundle(path).config.evaluation):
+        click.echo(line)
     if json_path:
         Path(json_path).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
 
@@ -110,3 +139,4 @@ def register(main: click.Group) -> None:
     main.add_command(report)
     main.add_command(load_cmds.load)
     main.add_command(load_cmds.compact)
+    main.add_command(eval_command)

@@ -20,7 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from producer.tools.evaluate import evaluation_lines
 from producer.tools.table import text_table
+from storage.bundle import load_bundle
+from storage.errors import BundleError
 from storage.jobdir import JobDir
 from storage.metrics import sum_metrics
 
@@ -40,6 +43,7 @@ def load_job(job_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]],
     manifest = dict(job.manifest)
     manifest["_rejects_so_far"] = _count_lines(job.ingest_rejects_path) + sum(
         _count_lines(p) for p in (job.state_dir / "rejects").glob("*.jsonl"))
+    manifest["_evaluation"] = bundle_evaluation(manifest.get("model") or {})
     tables = [pq.read_table(p) for p in sorted(job.metrics_dir.glob("part-*.parquet"))]
     rows: list[dict[str, Any]] = []
     for t in tables:
@@ -54,6 +58,17 @@ def load_job(job_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]],
                 lengths.extend(pq.read_table(p, columns=["n_tokens"])["n_tokens"].to_pylist())
             break
     return manifest, rows, lengths
+
+
+def bundle_evaluation(model: dict[str, Any]) -> dict[str, Any] | None:
+    """The eval-gate figures (``producer export --eval-data``) of the job's bundle, if it is
+    still there and unchanged (same fp32 fingerprint as in the manifest)."""
+    try:
+        bundle = load_bundle(model["bundle_path"])
+        same = bundle.fingerprint("fp32") == (model.get("fingerprints") or {}).get("fp32")
+    except (KeyError, OSError, BundleError):
+        return None
+    return bundle.config.evaluation if same else None
 
 
 def summarize(manifest: dict[str, Any], rows: Sequence[dict[str, Any]],
@@ -101,6 +116,7 @@ def summarize(manifest: dict[str, Any], rows: Sequence[dict[str, Any]],
                   "hit_rate": round(hits / chunks_done, 4) if chunks_done else 0.0},
         "workers": groups,
         "fallback_workers": [g["hostname"] for g in groups if g["fallback"]],
+        "evaluation": manifest.get("_evaluation"),
     }
 
 
@@ -128,6 +144,7 @@ def format_text(s: dict[str, Any]) -> str:
     if s["fallback_workers"]:
         lines.append(f"FALLBACK   {len(s['fallback_workers'])} worker(s) asked for CUDA and ran "
                      f"on CPU: {', '.join(s['fallback_workers'])}")
+    lines.extend(evaluation_lines(s.get("evaluation")))
     lines.append("")
     lines.extend(text_table(HEAD, [group_cells(g) for g in s["workers"]], left=4)
                  if s["workers"] else ["no metrics yet"])

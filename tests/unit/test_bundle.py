@@ -126,6 +126,21 @@ def test_config_round_trip_keeps_extra_entries() -> None:
     assert cfg.to_dict() == {**d, "format": 1, "query_prefix": "", "passage_prefix": ""}
 
 
+def test_evaluation_figures_round_trip_and_leave_the_fingerprint_alone(tmp_path: Path) -> None:
+    old = make_bundle(tmp_path / "old")  # a bundle from before the field: loads, no figures
+    assert load_bundle(old).config.evaluation is None
+    assert "evaluation" not in load_bundle(old).config.to_dict()
+    figures = {"task": "triplets", "metric": "accuracy", "variants": {"fp32": {"accuracy": 1.0}}}
+    new = make_bundle(tmp_path / "new", config={**CONFIG, "evaluation": figures},
+                      onnx_bytes=(old / "model.onnx").read_bytes())
+    cfg = load_bundle(new).config
+    assert cfg.evaluation == figures and cfg.to_dict()["evaluation"] == figures
+    assert load_bundle(new).fingerprint("fp32") == load_bundle(old).fingerprint("fp32")
+    (new / "embedfleet.json").write_text(json.dumps({**CONFIG, "evaluation": [1]}))
+    with pytest.raises(BundleError, match="'evaluation' must be an object"):
+        load_bundle(new)
+
+
 def test_loaded_tokenizer_drops_baked_padding_and_truncates_at_window(tmp_path: Path) -> None:
     root = make_bundle(tmp_path / "b", tokenizer=False)
     write_tokenizer(root / "tokenizer.json", baked_padding=8)

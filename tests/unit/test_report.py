@@ -148,3 +148,25 @@ def test_svg_helpers() -> None:
     assert chart.startswith("<svg") and "b&lt;&amp;&gt;" in chart
     assert bar_chart([0, 1, 2], [3, 4], title="H", xlabel="x", ylabel="n").count("<rect") >= 3
     assert "no data" in line_chart({}, title="T", xlabel="x", ylabel="y")
+
+
+def test_report_shows_the_eval_gate_figures_of_the_unchanged_bundle(tmp_path: Path) -> None:
+    from tests.unit.test_bundle import CONFIG, make_bundle
+    from storage.bundle import load_bundle
+
+    figures = {"data": "dev.jsonl", "task": "triplets", "metric": "accuracy", "max_drop": 0.01,
+               "variants": {"fp32": {"metrics": {"accuracy": 0.9}},
+                            "int8": {"metrics": {"accuracy": 0.85}, "drop": 0.05,
+                                     "passed": False}}}
+    bundle = make_bundle(tmp_path / "b", config={**CONFIG, "evaluation": figures})
+    job = make_job(tmp_path / "out")
+    m = dict(job.manifest)
+    m["model"] = {"source": "test/model", "bundle_path": str(bundle),
+                  "fingerprints": {"fp32": load_bundle(bundle).fingerprint("fp32")}}
+    job.write_manifest(m)
+    out = CliRunner().invoke(main, ["report", str(job.root)]).output
+    assert "eval gate  triplets on dev.jsonl, accuracy, allowed drop 0.01" in out
+    assert "int8  accuracy 0.8500  drop 0.0500  refused" in out
+    m["model"]["fingerprints"] = {"fp32": "another bundle since"}
+    job.write_manifest(m)
+    assert "eval gate" not in CliRunner().invoke(main, ["report", str(job.root)]).output

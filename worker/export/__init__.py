@@ -13,6 +13,7 @@ the functions that use them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,11 +26,12 @@ from typing import Any
 from storage.bundle import CONFIG_NAME, TOKENIZER_NAME, VARIANT_FILES, BundleConfig
 from worker.errors import BundleError
 from worker.export.gate import Embed, check_width, quality_gate, session_embed
+from worker.export.metric_gate import MetricGate, metric_gate
 from worker.export.onnx import DEFAULT_OPSET, VERIFY_ATOL, export_onnx
 from worker.export.st_config import copy_tokenizer, read_model_config, resolve_source
 from worker.export.variants import convert_fp16, int8_until_gate
 
-__all__ = ["DEFAULT_OPSET", "DEFAULT_PRECISIONS", "export_bundle"]
+__all__ = ["DEFAULT_OPSET", "DEFAULT_PRECISIONS", "MetricGate", "export_bundle"]
 
 Log = Callable[[str], Any]
 
@@ -47,6 +49,7 @@ def export_bundle(
     log: Log = print,
     thresholds: dict[str, dict[str, float]] | None = None,
     embed: Embed = session_embed,
+    eval_gate: MetricGate | None = None,
 ) -> Path:
     """Export ``src`` (a model directory or ``all-MiniLM-L6-v2``) as a bundle at ``out``.
 
@@ -61,6 +64,9 @@ def export_bundle(
         log: progress sink, one line per call.
         thresholds: per precision ``{"mean": .., "min": ..}`` overriding GATE_THRESHOLDS.
         embed: how the gate and the width check embed texts (gate.session_embed).
+        eval_gate: the user's labelled data as a second gate (metric_gate.py): a variant
+            that loses more than ``eval_gate.max_drop`` of the metric vs fp32 is not written;
+            the figures are stored as ``evaluation`` in the bundle config.
 
     Returns:
         The bundle path.
@@ -102,6 +108,8 @@ def export_bundle(
             if res.get("passed") is False:
                 (tmp / VARIANT_FILES[prec]).unlink(missing_ok=True)
                 log(f"{prec}: FAILED the quality gate ({res['reason']}); NOT written to the bundle")
+        if eval_gate is not None:
+            config = _apply_eval_gate(tmp, config, eval_gate, log)
         _write_config(tmp, config, opset, gate=gate)
         _move_into_place(tmp, out, log)
     except BaseException:
@@ -110,6 +118,19 @@ def export_bundle(
     kept = [p for p, f in VARIANT_FILES.items() if (out / f).is_file()]
     log(f"bundle {out}: {', '.join(kept)} in {time.perf_counter() - t0:.1f}s")
     return out
+
+
+def _apply_eval_gate(root: Path, config: BundleConfig, eval_gate: MetricGate, log: Log
+                     ) -> BundleConfig:
+    """Score the variants still present on the user's data; remove those that lose too much."""
+    present = [p for p, f in VARIANT_FILES.items() if p != "fp32" and (root / f).is_file()]
+    figures = metric_gate(root, present, eval_gate, log)
+    for prec, res in figures["variants"].items():
+        if res.get("passed") is False:
+            (root / VARIANT_FILES[prec]).unlink(missing_ok=True)
+            log(f"{prec}: FAILED the eval gate on {eval_gate.data} ({res['reason']}); "
+                "NOT written to the bundle")
+    return dataclasses.replace(config, evaluation=figures)
 
 
 def _write_config(root: Path, config: BundleConfig, opset: int, gate: dict[str, Any] | None
