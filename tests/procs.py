@@ -75,8 +75,10 @@ class Worker:
     """One ``celery -A worker worker`` process (prefork, ``-c 1`` by default)."""
 
     def __init__(self, env: dict[str, str], log: Path, *, queue: str = "cpu", name: str = "w1",
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1,
+                 flags: tuple[str, ...] = ("--without-gossip", "--without-mingle")) -> None:
         self.env = {**os.environ, **env}
+        self.flags = flags
         self.log = log
         self.queue = queue
         self.name = name
@@ -86,7 +88,7 @@ class Worker:
     def start(self, timeout: float = 90) -> Worker:
         cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue,
                "-c", str(self.concurrency), "-P", "prefork", "-n", f"{self.name}@%h",
-               "--without-gossip", "--without-mingle", "-l", "INFO"]
+               *self.flags, "-l", "INFO"]
         f = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=f,
                                      stderr=subprocess.STDOUT, start_new_session=True)

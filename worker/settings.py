@@ -74,6 +74,9 @@ class WorkerSettings:
                                                   shown="kombu's")
     model_lru: int = _env(2, "EMBED_MODEL_LRU",
                           "sessions kept per worker process (one fleet, several models)")
+    events: bool = _env(False, "EMBED_EVENTS", "`1`: task events and worker heartbeats, for "
+                        "Flower; off, a fleet worker sends no events (no gossip or mingle "
+                        "either: [docs/fleet.md](docs/fleet.md#large-fleets))")
     log_level: str = _env("INFO", "EMBED_LOG_LEVEL", "worker log level")
     faults: str = _env("", "EMBED_FAULTS", "failpoints for the fault-injection tests only "
                        "([worker/faults.py](worker/faults.py))", shown="empty")

@@ -175,3 +175,19 @@ def test_password_never_printed(tmp_path, fleet, minilm_bundle):
         assert "redis://:**" in w.text()  # the banner shows the masked transport URL
     finally:
         srv.stop()
+
+
+def test_fleet_defaults_send_no_events_and_skip_gossip_and_mingle():
+    from worker.celery_app import FleetConsumer, fleet_worker_options
+
+    quiet = WorkerSettings()
+    cfg = celery_config(quiet)
+    assert cfg["worker_send_task_events"] is False and cfg["task_send_sent_event"] is False
+    assert cfg["result_backend"] is None
+    assert cfg["worker_consumer"] == "worker.celery_app:FleetConsumer"
+    assert fleet_worker_options(quiet) == {"without_gossip": True, "without_mingle": True,
+                                           "without_heartbeat": True}
+    loud = WorkerSettings.from_env({"EMBED_EVENTS": "1"})
+    assert celery_config(loud)["worker_send_task_events"] is True
+    assert fleet_worker_options(loud)["without_heartbeat"] is False
+    assert FleetConsumer.__mro__[1].__name__ == "Consumer"
