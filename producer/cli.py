@@ -196,17 +196,17 @@ def run(corpus: str, out: str, workers: int | None, threads: int | None, broker:
         cache_url: str | None, home: str | None, **kw: Any) -> None:
     """Embed CORPUS on this machine: private Redis, local Celery workers, same code path."""
     from producer.job import submit as submit_job
-    from producer.local import local_fleet
+    from producer.local import fleet_roots, local_fleet
     from producer.models import embedfleet_home, resolve_model
 
     home_path = Path(home) if home else embedfleet_home()
     try:
-        resolve_model(kw["model"], home_path)  # export the default once, before workers start
+        bundle = resolve_model(kw["model"], home_path)  # export the default before workers start
         with local_fleet(workers=workers or 1, threads=threads, home=home_path,
                          queue="gpu" if kw["queue"] == "gpu" else "cpu", broker=broker,
                          cache_url=cache_url,
-                         extra_env={"EMBED_HOME": str(home_path)}) as (broker_url, _cache,
-                                                                       fleet):
+                         extra_env={"EMBED_HOME": str(home_path), **fleet_roots(out, bundle)}
+                         ) as (broker_url, _cache, fleet):
             click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
             kw = dict(kw, queue="cpu" if kw["queue"] == "auto" else kw["queue"])
             job = submit_job(corpus, out, broker=broker_url, log=click.echo,
