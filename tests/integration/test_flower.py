@@ -12,10 +12,8 @@ import ast
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,15 +22,13 @@ from typing import Any
 import pytest
 
 from producer.job import Job, submit
-from producer.local import free_port
 from tests.conftest import SAMPLE
-from tests.procs import ROOT, Worker, http_get
+from tests.procs import Worker, flower_process, http_get
 
 pytestmark = pytest.mark.integration
 
 AUTH = "user:pw"
 TASK = "embedfleet.embed_shard"
-CELERY = Path(sys.executable).parent / "celery"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -66,33 +62,8 @@ def flower(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> I
     Flower in use, events are on (EMBED_EVENTS=1) for the producer and the workers.
     """
     monkeypatch.setenv("EMBED_EVENTS", "1")
-    port = free_port()
-    argv = [str(CELERY), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1",
-            f"--basic_auth={AUTH}"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "CELERY_"))}
-    env["EMBED_BROKER_URL"] = redis_url
-    log = tmp_path / "flower.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while http(f"{base}/healthcheck", auth=None)[0] != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"flower did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.2)
+    with flower_process(redis_url, tmp_path / "flower.log", AUTH) as base:
         yield base
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def run_small_job(tmp_path: Path, fleet: Callable[..., Worker], redis_url: str,
