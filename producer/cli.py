@@ -241,6 +241,8 @@ def _print_summary(job: Any, st: Any) -> None:
         click.echo(f"rejects:    {res['rejects']} in {job.dir.rejects_path}")
     for f in st.failed_shards:
         click.echo(f"failed shard {f['shard']}: {f['reason']}")
+    for line in damaged_inputs(Path(st.job_dir), [f["shard"] for f in st.failed_shards]):
+        click.echo(f"what to do: {line}")
     click.echo(f"output:     {job.dir.embeddings_dir}/*.parquet")
     click.echo(f"read it:    python -c \"import pandas as pd; "
                f"print(pd.read_parquet('{job.dir.embeddings_dir}'))\"")
@@ -253,6 +255,7 @@ def _print_summary(job: Any, st: Any) -> None:
 def status(job_dir: str, as_json: bool) -> None:
     """Progress of JOB_DIR: shards, chunks, rejects, failed shards; finalises a finished job."""
     from producer.job import Job
+    from storage.integrity import damaged_inputs
 
     st = Job(job_dir).status()
     if as_json:
@@ -270,6 +273,8 @@ def status(job_dir: str, as_json: bool) -> None:
                    f"(line {r.get('line')}): {r.get('reason')}")
     for f in st.failed_shards:
         click.echo(f"failed shard {f['shard']}: {f['reason']}")
+    for line in damaged_inputs(Path(st.job_dir), [f["shard"] for f in st.failed_shards]):
+        click.echo(f"what to do: {line}")
 
 
 @main.command()
