@@ -1,4 +1,5 @@
-"""Redis with an ACL user's password, and with TLS: a whole job through ``rediss://user:pass@``.
+"""Redis with an ACL user's password, and with TLS: a whole job through ``rediss://user:pass@``
+(and through plain ``redis://:pass@`` with ``requirepass``).
 
 The broker and the cache both go through the TLS port with the ACL user (the default user has
 another password); a throwaway CA and server certificate are made with ``openssl`` in the test.
@@ -67,8 +68,32 @@ class SecureRedis(RedisServer):
         return redis.Redis.from_url(self.url(db), socket_timeout=5)
 
 
+class PasswordRedis(SecureRedis):
+    """Plain TCP, ``requirepass`` only: ``redis://:password@`` (the default user)."""
+
+    def __init__(self, workdir: Path) -> None:
+        RedisServer.__init__(self, workdir, extra=["--requirepass", SECRET])
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://:{SECRET}@127.0.0.1:{self.port}/{db}"
+
+
 @pytest.fixture
 def secure_redis(tmp_path: Path):
+    yield from _tls_server(tmp_path)
+
+
+@pytest.fixture(params=["tls+acl", "requirepass"])
+def auth_redis(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "requirepass":
+        srv = PasswordRedis(tmp_path / "pw-redis").start()
+        yield srv
+        srv.stop()
+    else:
+        yield from _tls_server(tmp_path)
+
+
+def _tls_server(tmp_path: Path):
     if shutil.which("openssl") is None:
         pytest.skip("no openssl CLI to make the test certificates")
     srv = SecureRedis(tmp_path / "tls-redis", make_certs(tmp_path / "certs"))
@@ -93,10 +118,11 @@ def test_server_refuses_plain_and_wrong_credentials(secure_redis):
     assert secure_redis.client().ping()
 
 
-def test_job_through_tls_and_acl_user_never_shows_the_password(
-        tmp_path, secure_redis, fleet, minilm_bundle, monkeypatch, record):
+def test_job_through_authenticated_redis_never_shows_the_password(
+        tmp_path, auth_redis, fleet, minilm_bundle, monkeypatch, record):
     monkeypatch.setenv("EMBED_EVENTS", "1")
-    broker, cache = secure_redis.url(0), secure_redis.url(1)
+    broker, cache = auth_redis.url(0), auth_redis.url(1)
+    masked = broker.split("@")[0].rsplit(":", 1)[0] + ":***@127.0.0.1:"
     with flower_process(broker, tmp_path / "flower.log", AUTH) as flower:
         w = fleet(broker=broker, cache=cache, env={"EMBED_LOG_LEVEL": "DEBUG"})
         corpus = write_jsonl(tmp_path / "c.jsonl", sample_records()[:8])
@@ -107,7 +133,7 @@ def test_job_through_tls_and_acl_user_never_shows_the_password(
         assert st.status == "succeeded", st
         res = check_job(job.path)
         assert res.clean and res.ok == res.expected > 0, res.describe()
-        assert secure_redis.client(1).dbsize() > 0  # the cache went through TLS + ACL too
+        assert auth_redis.client(1).dbsize() > 0  # the cache went through TLS + ACL too
         runner = CliRunner()
         outputs = {name: runner.invoke(main, args) for name, args in {
             "status": ["status", str(job.path)],
@@ -120,7 +146,7 @@ def test_job_through_tls_and_acl_user_never_shows_the_password(
                         for p in ("/api/tasks", "/api/workers?refresh=1", "/workers")}
         assert "embedfleet.embed_shard" in flower_pages["/api/tasks"]
     manifest = job.dir.manifest_path.read_text()
-    assert json.loads(manifest)["broker_hint"].startswith(f"rediss://{USER}:***@127.0.0.1:")
+    assert json.loads(manifest)["broker_hint"].startswith(masked)
     texts = {"worker log": w.text(), "manifest": manifest, "submit log": "\n".join(said),
              "flower log": (tmp_path / "flower.log").read_text(errors="replace"),
              **{n: o.output for n, o in outputs.items()}, **flower_pages}
@@ -128,7 +154,8 @@ def test_job_through_tls_and_acl_user_never_shows_the_password(
         texts[str(path.relative_to(job.path))] = path.read_text(errors="replace")
     leaks = [name for name, text in texts.items() if SECRET in text]
     assert not leaks, f"password shown in: {leaks}"
-    assert "rediss://embed:**@127.0.0.1" in w.text()  # the banner shows the masked URL
-    record("broker + cache over TLS (rediss://) with an ACL user", res,
+    assert masked.replace("***", "**") in w.text()  # the banner shows the masked URL
+    how = "TLS (rediss://) with an ACL user" if "rediss" in broker else "requirepass (redis://)"
+    record(f"broker + cache over {how}", res,
            f"password in 0 of {len(texts)} outputs (worker log, status, manifest, report, "
            "Flower tasks/workers)")
