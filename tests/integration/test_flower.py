@@ -174,7 +174,8 @@ def test_flower_tasks_page_screenshot(tmp_path: Path, flower: str, fleet: Any, r
 
 # --- large-fleet settings: no gossip, mingle or heartbeat unless EMBED_EVENTS=1 ----------------
 @pytest.fixture
-def plain_worker(tmp_path: Path, redis_server: Any, redis_url: str) -> Iterator[Callable[..., Worker]]:
+def plain_worker(tmp_path: Path, redis_server: Any,
+                 redis_url: str) -> Iterator[Callable[..., Worker]]:
     """``celery -A worker worker -Q cpu`` with none of the ``--without-*`` flags: what the app's
     own defaults give a fleet worker."""
     started: list[Worker] = []
