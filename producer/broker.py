@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from producer.errors import BrokerUnreachable
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
-from worker.settings import DEFAULT_BROKER_URL, WorkerSettings, mask_url
+from worker.settings import DEFAULT_BROKER_URL, WorkerSettings, env_name, mask_url
 
 
 def connect(broker: str | None) -> Any:
-    """A Celery app for ``broker`` whose connection works, else BrokerUnreachable naming it."""
+    """A Celery app for ``broker`` whose connection works, else BrokerUnreachable naming it.
+
+    With ``EMBED_EVENTS=1`` (Flower is watching) it sends ``task-sent`` events, as workers do.
+    """
     from worker.celery_app import create_app
 
     url = broker or DEFAULT_BROKER_URL
-    app = create_app(WorkerSettings(broker_url=url))
+    var = env_name("events")
+    events = WorkerSettings.from_env({var: os.environ.get(var, "")}).events
+    app = create_app(WorkerSettings(broker_url=url, events=events))
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2,

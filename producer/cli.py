@@ -196,17 +196,17 @@ def run(corpus: str, out: str, workers: int | None, threads: int | None, broker:
         cache_url: str | None, home: str | None, **kw: Any) -> None:
     """Embed CORPUS on this machine: private Redis, local Celery workers, same code path."""
     from producer.job import submit as submit_job
-    from producer.local import local_fleet
+    from producer.local import fleet_roots, local_fleet
     from producer.models import embedfleet_home, resolve_model
 
     home_path = Path(home) if home else embedfleet_home()
     try:
-        resolve_model(kw["model"], home_path)  # export the default once, before workers start
+        bundle = resolve_model(kw["model"], home_path)  # export the default before workers start
         with local_fleet(workers=workers or 1, threads=threads, home=home_path,
                          queue="gpu" if kw["queue"] == "gpu" else "cpu", broker=broker,
                          cache_url=cache_url,
-                         extra_env={"EMBED_HOME": str(home_path)}) as (broker_url, _cache,
-                                                                       fleet):
+                         extra_env={"EMBED_HOME": str(home_path), **fleet_roots(out, bundle)}
+                         ) as (broker_url, _cache, fleet):
             click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
             kw = dict(kw, queue="cpu" if kw["queue"] == "auto" else kw["queue"])
             job = submit_job(corpus, out, broker=broker_url, log=click.echo,
@@ -241,6 +241,8 @@ def _print_summary(job: Any, st: Any) -> None:
         click.echo(f"rejects:    {res['rejects']} in {job.dir.rejects_path}")
     for f in st.failed_shards:
         click.echo(f"failed shard {f['shard']}: {f['reason']}")
+    for line in damaged_inputs(Path(st.job_dir), [f["shard"] for f in st.failed_shards]):
+        click.echo(f"what to do: {line}")
     click.echo(f"output:     {job.dir.embeddings_dir}/*.parquet")
     click.echo(f"read it:    python -c \"import pandas as pd; "
                f"print(pd.read_parquet('{job.dir.embeddings_dir}'))\"")
@@ -253,6 +255,7 @@ def _print_summary(job: Any, st: Any) -> None:
 def status(job_dir: str, as_json: bool) -> None:
     """Progress of JOB_DIR: shards, chunks, rejects, failed shards; finalises a finished job."""
     from producer.job import Job
+    from storage.integrity import damaged_inputs
 
     st = Job(job_dir).status()
     if as_json:
@@ -270,6 +273,8 @@ def status(job_dir: str, as_json: bool) -> None:
                    f"(line {r.get('line')}): {r.get('reason')}")
     for f in st.failed_shards:
         click.echo(f"failed shard {f['shard']}: {f['reason']}")
+    for line in damaged_inputs(Path(st.job_dir), [f["shard"] for f in st.failed_shards]):
+        click.echo(f"what to do: {line}")
 
 
 @main.command()

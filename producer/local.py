@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from producer.errors import FleetError
+from worker.settings import env_name
 
 BROKER_DB = 0
 CACHE_DB = 1
@@ -161,6 +162,12 @@ def _terminate(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: flo
         p.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
+
+
+def fleet_roots(out: str | os.PathLike[str], bundle: str | os.PathLike[str]) -> dict[str, str]:
+    """The private fleet accepts only this run's output directory and model bundle."""
+    return {env_name("job_roots"): str(Path(out).resolve()),
+            env_name("model_roots"): str(Path(bundle).resolve())}
 
 
 @contextmanager

@@ -5,6 +5,7 @@
         ├── InvalidJobId            a job id that is not a safe directory name
         ├── JobNotFound             a directory without manifest.json
         ├── BundleError             a model bundle is missing a file or has an invalid one
+        ├── CorruptFile             a job file that cannot be read (names it and what to do)
         ├── CompactError            ``compact`` cannot write its output (target not empty)
         └── LoadError               ``load`` into PostgreSQL (storage/pgload.py)
             ├── DatabaseUnreachable     cannot connect (the message never holds the password)
@@ -61,3 +62,8 @@ class TableMismatch(LoadError, ValueError):
 
 class LoadConflict(LoadError):
     """A shard's rows collide with rows already in the table that came from another job."""
+
+
+class CorruptFile(StorageError, ValueError):
+    """A job file (manifest, input, metrics shard) that cannot be read; the message names the
+    file and says what to do."""

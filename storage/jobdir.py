@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from storage.atomic import remove_stale_tmp, write_bytes_atomic, write_json_atomic
 from storage.errors import InvalidJobId, JobNotFound
+from storage.integrity import read_manifest
 from storage.metrics import metrics_totals
 from storage.shards import shard_is_valid, shard_name
 
@@ -103,7 +104,7 @@ class JobDir:
     @property
     def manifest(self) -> dict[str, Any]:
         if self._manifest is None:
-            self._manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            self._manifest = read_manifest(self.manifest_path)  # CorruptFile names it
         return self._manifest
 
     def reload(self) -> dict[str, Any]:

@@ -67,11 +67,17 @@ def sum_metrics(rows: Iterable[Mapping[str, Any]]) -> MetricTotals:
 def read_metric_rows(paths: Iterable[Path],
                      columns: Iterable[str] = SUMMED_COLUMNS) -> list[dict[str, Any]]:
     """The rows of metrics Parquet files, as dicts of the given columns (those present)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from storage.integrity import corrupt_metrics
 
     rows: list[dict[str, Any]] = []
     for p in paths:
-        t = pq.read_table(p)
+        try:
+            t = pq.read_table(p)
+        except (OSError, pa.ArrowException) as exc:
+            raise corrupt_metrics(p, exc) from None
         cols = {c: t[c].to_pylist() for c in columns if c in t.column_names}
         rows.extend(dict(zip(cols, vals)) for vals in zip(*cols.values()))
     return rows

@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -75,8 +77,10 @@ class Worker:
     """One ``celery -A worker worker`` process (prefork, ``-c 1`` by default)."""
 
     def __init__(self, env: dict[str, str], log: Path, *, queue: str = "cpu", name: str = "w1",
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1,
+                 flags: tuple[str, ...] = ("--without-gossip", "--without-mingle")) -> None:
         self.env = {**os.environ, **env}
+        self.flags = flags
         self.log = log
         self.queue = queue
         self.name = name
@@ -86,7 +90,7 @@ class Worker:
     def start(self, timeout: float = 90) -> Worker:
         cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue,
                "-c", str(self.concurrency), "-P", "prefork", "-n", f"{self.name}@%h",
-               "--without-gossip", "--without-mingle", "-l", "INFO"]
+               *self.flags, "-l", "INFO"]
         f = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=f,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -167,3 +171,34 @@ def rabbitmq_up(host: str = "127.0.0.1", port: int = 5672) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def flower_process(broker: str, log: Path, auth: str) -> Iterator[str]:
+    """``celery -A worker flower`` on a free 127.0.0.1 port with basic auth; yields its base URL.
+
+    Started before the workers: Flower builds its task list from events it receives live.
+    """
+    port = free_port()
+    argv = [str(Path(sys.executable).parent / "celery"), "-A", "worker", "flower",
+            f"--port={port}", "--address=127.0.0.1", f"--basic_auth={auth}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "CELERY_"))}
+    env["EMBED_BROKER_URL"] = broker
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while http_get(f"{base}/healthcheck")[0] != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"flower did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass

@@ -4,6 +4,14 @@
 flower`` shows it. The settings follow shared/research/reliability.md: JSON only, late acks,
 requeue on a lost worker, one message reserved per process, Redis visibility timeout above the
 hard time limit above the soft one, cancel running tasks on broker connection loss.
+
+Large fleets (shared/research/round2.md §6): every worker runs without gossip and mingle, and
+without events and heartbeats unless ``EMBED_EVENTS=1`` (Flower). Gossip leaves a
+``celeryev.<uuid>`` queue per worker that Redis never reclaims (4,112 orphans held 64.7 GiB in
+mitodl/ol-infrastructure#5980) and each costs extra broker connections per worker
+(PostHog/posthog#2513). ``FleetConsumer`` applies this to a plain ``celery -A worker worker``;
+the ``--without-*`` flags can only switch more off. No result backend: completion is tracked in
+the job directory.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from celery.worker.consumer import Consumer
 from kombu import Exchange, Queue
 
 from worker.contract import TASK_NAME  # noqa: F401  (re-exported)
@@ -70,8 +79,9 @@ def celery_config(s: WorkerSettings) -> dict[str, Any]:
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 10, "interval_start": 0.5,
                                       "interval_step": 1, "interval_max": 5},
-        "worker_send_task_events": True,  # Flower shows the fleet
-        "task_send_sent_event": True,
+        "worker_send_task_events": s.events,  # EMBED_EVENTS=1 for Flower
+        "task_send_sent_event": s.events,
+        "worker_consumer": f"{__name__}:FleetConsumer",
         "task_track_started": True,
         "worker_hijack_root_logger": False,
         "task_default_queue": s.cpu_queue,
@@ -80,6 +90,24 @@ def celery_config(s: WorkerSettings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "worker_max_memory_per_child": 4_000_000,  # KiB: recycle a child that keeps growing
     }
+
+
+def fleet_worker_options(s: WorkerSettings) -> dict[str, bool]:
+    """The consumer steps a fleet worker runs without (heartbeats only for Flower)."""
+    return {"without_gossip": True, "without_mingle": True, "without_heartbeat": not s.events}
+
+
+class FleetConsumer(Consumer):
+    """Celery's consumer with ``fleet_worker_options`` as the defaults of the ``--without-*``
+    flags (a flag given on the command line still switches its step off)."""
+
+    def __init__(self, *args: Any, worker_options: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        opts = dict(worker_options or {})
+        settings = getattr(kwargs.get("app"), "settings", None) or WorkerSettings()
+        for name, off in fleet_worker_options(settings).items():
+            opts[name] = bool(opts.get(name)) or off
+        super().__init__(*args, worker_options=opts, **kwargs)
 
 
 def create_app(settings: WorkerSettings) -> Celery:

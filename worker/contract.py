@@ -36,7 +36,8 @@ class Device(str, Enum):
     AUTO = "auto"
 
 
-def default_precision(device: Device | str, variants: Sequence[str], requested: str = "auto") -> str:
+def default_precision(device: Device | str, variants: Sequence[str],
+                      requested: str = "auto") -> str:
     """The precision to run: the requested one, or the fast variant the bundle has.
 
     GPU: fp16, else fp32. CPU: int8 (only written when it passed the quality gate), else fp32.

@@ -5,13 +5,14 @@
         ├── ProviderUnavailable    a strict device request cannot be met
         ├── InferenceError         the session failed on a batch (split and retried by the pipeline)
         └── BadMessage             a task message naming no valid job directory/shard (not retried)
+            └── PathNotAllowed     a task names a path outside EMBED_JOB_ROOTS / EMBED_MODEL_ROOTS
 """
 
 from __future__ import annotations
 
 from storage.errors import BundleError, EmbedfleetError
 
-__all__ = ["BadMessage", "BundleError", "EmbedfleetError", "InferenceError",
+__all__ = ["BadMessage", "BundleError", "EmbedfleetError", "InferenceError", "PathNotAllowed",
            "ProviderUnavailable", "WorkerError"]
 
 
@@ -29,3 +30,5 @@ class InferenceError(WorkerError, RuntimeError):
 
 class BadMessage(WorkerError, ValueError):
     """A task message that does not name a job directory and one of its shards (not retried)."""
+class PathNotAllowed(BadMessage, PermissionError):
+    """A task message (or its manifest) names a path outside the worker's roots."""

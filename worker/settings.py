@@ -74,6 +74,15 @@ class WorkerSettings:
                                                   shown="kombu's")
     model_lru: int = _env(2, "EMBED_MODEL_LRU",
                           "sessions kept per worker process (one fleet, several models)")
+    events: bool = _env(False, "EMBED_EVENTS", "`1`: task events and worker heartbeats, for "
+                        "Flower; off, a fleet worker sends no events (no gossip or mingle "
+                        "either: [docs/fleet.md](docs/fleet.md#large-fleets))")
+    job_roots: tuple[str, ...] = _env((), "EMBED_JOB_ROOTS", "`:`-separated directories a task's "
+                                      "job directory must be under (required in a shared "
+                                      "fleet; `producer run` sets it)", shown="any")
+    model_roots: tuple[str, ...] = _env((), "EMBED_MODEL_ROOTS", "`:`-separated directories a "
+                                        "job's model bundle must be under (required in a "
+                                        "shared fleet)", shown="any")
     log_level: str = _env("INFO", "EMBED_LOG_LEVEL", "worker log level")
     faults: str = _env("", "EMBED_FAULTS", "failpoints for the fault-injection tests only "
                        "([worker/faults.py](worker/faults.py))", shown="empty")
@@ -189,8 +198,14 @@ def _parse_optional_str(raw: str) -> str | None:
 _PARSERS: dict[Any, Callable[[str], Any]] = {bool: _parse_bool, int: int, float: float, str: str}
 
 
+def _parse_paths(raw: str) -> tuple[str, ...]:
+    return tuple(p for p in raw.split(os.pathsep) if p.strip())
+
+
 def _parser(typ: Any) -> Callable[[str], Any]:
     """The parser for a field type; ``X | None`` parses as X ("" / none / off mean None)."""
+    if get_origin(typ) is tuple:
+        return _parse_paths
     if get_origin(typ) in (Union, types.UnionType):
         (inner,) = [a for a in get_args(typ) if a is not type(None)]
         if inner is str:

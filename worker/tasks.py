@@ -19,11 +19,12 @@ from typing import Any
 from celery import Celery, Task
 
 from storage.cache import EmbeddingCache
-from storage.jobdir import JobDir, validate_job_id
+from storage.jobdir import validate_job_id
 from worker.attempts import RetryShard
 from worker.contract import TASK_NAME, ShardTask
 from worker.errors import BadMessage
 from worker.model.batching import batch_budget
+from worker.paths import open_job
 from worker.pipeline import ShardContext
 from worker.pipeline import embed_shard as run_pipeline
 from worker.settings import WorkerSettings
@@ -103,7 +104,7 @@ def read_payload(payload: Any) -> ShardTask:
 
 def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
     """Open the job directory and decide queue, device, precision, attempts and batch budget."""
-    job = JobDir.open(message.job_dir)
+    job = open_job(task.settings, message.job_dir)  # only paths under EMBED_*_ROOTS
     if job.expected_chunks(message.shard) is None:
         raise BadMessage(f"shard {message.shard} is not in {job.manifest_path}")
     s = task.settings

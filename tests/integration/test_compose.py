@@ -39,6 +39,8 @@ FLEET_DOC = ROOT / "docs" / "fleet.md"
 VENV_BIN = Path(sys.executable).parent
 APP_UID = "10001"
 REQUIRED = {"redis", "redis-cache", "worker-cpu", "worker-gpu", "flower", "producer"}
+# What `.env` holds (docs/fleet.md#passwords); the tests run the Redis services with them.
+PASSWORDS = {"REDIS_PASSWORD": "broker-pw-0123", "CACHE_PASSWORD": "cache-pw-4567"}
 # Pools without time limits or with a shared interpreter break the delivery settings
 # (soft/hard time limits, one process per shard); the queue purge drops work.
 FORBIDDEN_ARGS = ("--pool=solo", "-P solo", "--pool solo", "-P threads", "--pool=threads",
@@ -115,6 +117,23 @@ def environment_of(svc: dict[str, Any]) -> dict[str, str]:
 def flags(argv: list[str]) -> dict[str, str]:
     """``--name value`` pairs of a redis-server command line."""
     return {a[2:]: argv[i + 1] for i, a in enumerate(argv[:-1]) if a.startswith("--")}
+
+
+def redis_argv(command: list[str]) -> list[str]:
+    """The redis-server part of a service's ``sh -c "printf ... | exec redis-server - ..."``."""
+    script = argv_of(command)[-1]
+    return shlex.split(script[script.index("redis-server"):])
+
+
+class AuthRedis(RedisServer):
+    """A throwaway redis-server with the password the compose file's URLs carry."""
+
+    def __init__(self, workdir: Path, password: str) -> None:
+        super().__init__(workdir, extra=["--requirepass", password])
+        self.password = password
+
+    def client(self, db: int = 0) -> redis.Redis:  # type: ignore[override]
+        return redis.Redis(port=self.port, db=db, password=self.password, socket_timeout=5)
 
 
 def volume_targets(svc: dict[str, Any]) -> dict[str, str]:
@@ -229,12 +248,12 @@ def click_parse(args: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return load_compose({"FLOWER_BASIC_AUTH": "admin:secret"})
+    return load_compose({"FLOWER_BASIC_AUTH": "admin:secret", **PASSWORDS})
 
 
-@pytest.fixture(scope="module")
-def cache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path_factory.mktemp("cache")).start()
+def _auth_server(tmp_path_factory: pytest.TempPathFactory, name: str,
+                 password: str) -> Iterator[RedisServer]:
+    srv = AuthRedis(tmp_path_factory.mktemp(name), password).start()
     yield srv
     if srv.proc is not None:  # SIGTERM: redis-py's SHUTDOWN retries its connection for seconds
         srv.proc.terminate()
@@ -242,11 +261,21 @@ def cache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         srv.proc = None
 
 
+@pytest.fixture(scope="module")
+def broker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from _auth_server(tmp_path_factory, "broker", PASSWORDS["REDIS_PASSWORD"])
+
+
+@pytest.fixture(scope="module")
+def cache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from _auth_server(tmp_path_factory, "cache", PASSWORDS["CACHE_PASSWORD"])
+
+
 @pytest.fixture
-def local(tmp_path: Path, redis_server: RedisServer, redis_url: str,
-          cache_server: RedisServer) -> Local:
+def local(tmp_path: Path, broker_server: RedisServer, cache_server: RedisServer) -> Local:
     (tmp_path / "data").mkdir()
-    return Local(tmp_path, {"redis": redis_server.port, "redis-cache": cache_server.port},
+    broker_server.client().flushall()
+    return Local(tmp_path, {"redis": broker_server.port, "redis-cache": cache_server.port},
                  flower_port=free_port())
 
 
@@ -257,16 +286,24 @@ def test_compose_file_declares_the_fleet(compose: dict[str, Any]) -> None:
     assert REQUIRED <= set(services), sorted(services)
 
     # Broker: never evict a task, append every write to disk.
-    broker = flags(argv_of(services["redis"]["command"]))
+    broker = flags(redis_argv(services["redis"]["command"]))
     assert broker["maxmemory-policy"] == "noeviction"
     assert broker["appendonly"] == "yes" and broker["appendfsync"] == "everysec"
     assert "/data" in volume_targets(services["redis"])
-    assert "ports" not in services["redis"], "the broker has no password: never publish it"
+    assert "ports" not in services["redis"], "the broker has no TLS: never publish it"
     # Cache: bounded, LFU eviction, never on disk.
-    cache = flags(argv_of(services["redis-cache"]["command"]))
+    cache = flags(redis_argv(services["redis-cache"]["command"]))
     assert cache["maxmemory"] == "2gb" and cache["maxmemory-policy"] == "allkeys-lfu"
     assert cache["save"] == "" and cache.get("appendonly", "no") == "no"
     assert "ports" not in services["redis-cache"]
+    # Both require a password that comes from `.env`, never from the file or an argv.
+    raw = COMPOSE.read_text(encoding="utf-8")
+    for name, var in (("redis", "REDIS_PASSWORD"), ("redis-cache", "CACHE_PASSWORD")):
+        svc = services[name]
+        assert environment_of(svc)[var] == PASSWORDS[var]
+        assert "requirepass" in argv_of(svc["command"])[-1]
+        assert PASSWORDS[var] not in " ".join(redis_argv(svc["command"]))
+        assert f"${{{var}:?" in raw
 
     for name, queue in (("worker-cpu", "cpu"), ("worker-gpu", "gpu")):
         svc = services[name]
@@ -274,8 +311,11 @@ def test_compose_file_declares_the_fleet(compose: dict[str, Any]) -> None:
         assert argv[:4] == ["celery", "-A", "worker", "worker"], argv
         assert argv[argv.index("-Q") + 1] == queue
         env = environment_of(svc)
-        assert env["EMBED_BROKER_URL"] == "redis://redis:6379/0"
-        assert env["EMBED_CACHE_URL"] == "redis://redis-cache:6379/0"
+        assert env["EMBED_BROKER_URL"] == f"redis://:{PASSWORDS['REDIS_PASSWORD']}@redis:6379/0"
+        assert env["EMBED_CACHE_URL"] == \
+            f"redis://:{PASSWORDS['CACHE_PASSWORD']}@redis-cache:6379/0"
+        assert env["EMBED_JOB_ROOTS"] == "/data/out"
+        assert env["EMBED_MODEL_ROOTS"] == "/data/home/models"
         assert env["EMBED_HOME"].startswith("/data/")
         assert "EMBED_THREADS" in env
         assert volume_targets(svc)["/data"] == "jobs"
@@ -313,9 +353,11 @@ def test_compose_file_declares_the_fleet(compose: dict[str, Any]) -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on all hosts"
 
 
-def test_compose_refuses_nothing_without_optional_variables() -> None:
-    """`docker compose up` on a laptop: no variable is required at interpolation time."""
-    bare = load_compose({})
+def test_compose_needs_only_the_passwords() -> None:
+    """`docker compose up` on a laptop: the two passwords from `.env`, nothing else."""
+    with pytest.raises(ValueError, match="REDIS_PASSWORD.*docs/fleet.md#passwords"):
+        load_compose({})
+    bare = load_compose(PASSWORDS)
     assert environment_of(bare["services"]["flower"])["FLOWER_BASIC_AUTH"] == ""
     assert environment_of(bare["services"]["worker-cpu"])["EMBED_THREADS"] == ""
 
@@ -344,13 +386,15 @@ def test_redis_service_runs(name: str, compose: dict[str, Any], local: Local,
                             tmp_path: Path) -> None:
     svc = compose["services"][name]
     argv = argv_of(svc["command"])
-    assert argv[0] == "redis-server"
+    assert argv[:2] == ["sh", "-c"] and "| exec redis-server - " in argv[2]
     port = free_port()
-    argv = [redis_server_binary(), *argv[1:], "--port", str(port), "--bind", "127.0.0.1",
-            "--dir", str(tmp_path), "--daemonize", "no"]
+    script = argv[2].replace("redis-server", shlex.quote(redis_server_binary()), 1) + (
+        f" --port {port} --bind 127.0.0.1 --dir {shlex.quote(str(tmp_path))} --daemonize no")
+    env = {**os.environ, **environment_of(svc)}
+    password = env["REDIS_PASSWORD" if name == "redis" else "CACHE_PASSWORD"]
     log = tmp_path / f"{name}.log"
-    with started(argv, os.environ, log) as proc:
-        client = redis.Redis(port=port, socket_timeout=2)
+    with started(["sh", "-c", script], env, log) as proc:
+        client = redis.Redis(port=port, socket_timeout=2, password=password)
 
         def pong() -> bool:
             try:
@@ -359,13 +403,16 @@ def test_redis_service_runs(name: str, compose: dict[str, Any], local: Local,
                 return False
 
         wait_until(pong, proc, log, name, timeout=15)
+        with pytest.raises(redis.AuthenticationError):  # the password took effect
+            redis.Redis(port=port, socket_timeout=2).ping()
+        assert password not in " ".join(redis_argv(svc["command"]))
         cfg = client.config_get("*")
-        for key, value in flags(argv_of(svc["command"])).items():  # the flags took effect
+        for key, value in flags(redis_argv(svc["command"])).items():  # the flags took effect
             if key == "maxmemory":
                 value = str(int(value[:-2]) * 1024**3) if value.endswith("gb") else value
             assert cfg[key] == value, (key, cfg[key], value)
         cli = f"{Path(redis_server_binary()).with_name('redis-cli')} -p {port}"
-        hc = run_healthcheck(svc, local, os.environ, lambda a: a.replace("redis-cli", cli))
+        hc = run_healthcheck(svc, local, env, lambda a: a.replace("redis-cli", cli))
         assert hc.returncode == 0, hc
 
 

@@ -12,7 +12,7 @@ Workers get EMBED_VISIBILITY_TIMEOUT=8, EMBED_UNACKED_RESTORE_INTERVAL=1, soft/h
 batches slow (``sleep=S``) or kill a process on a poison text (``kill_if_text=...``).
 
 A summary table (scenario, fault, chunks expected/ok/lost/duplicated, wall time) is printed at
-the end of the module and written to ``benchmarks/results/faults.json``.
+the end of the module and written to ``benchmarks/results/faults.json`` (tests/fault_table.py).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import pytest
 from producer.job import Job, submit
 from tests.checker import CheckResult, check_job
 from tests.conftest import sample_records, write_jsonl
+from tests.fault_table import module_results, record, results_table  # noqa: F401  (fixtures)
 from tests.procs import ROOT, RedisServer, Worker, rabbitmq_up
 
 pytestmark = pytest.mark.integration
@@ -50,8 +51,6 @@ BASE_ENV = {
 }
 SHARD_TOKENS = 2000
 WAIT_S = float(os.environ.get("EMBED_FAULTS_WAIT_S", "240"))  # generous: 2 shared cores
-RESULTS: list[dict[str, Any]] = []
-RESULTS_PATH = ROOT / "benchmarks" / "results" / "faults.json"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
@@ -150,52 +149,6 @@ def logs(*workers: Worker, tail: int = 3000) -> str:
 
 def assert_clean(res: CheckResult, *workers: Worker) -> None:
     assert res.clean, res.describe() + "\n" + logs(*workers)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _results_table(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Print the scenario table when the module ends and merge it into faults.json."""
-    yield
-    if not RESULTS:
-        return
-    cols = ["scenario", "injected", "expected", "ok", "rejected", "failed", "lost",
-            "duplicated", "unexpected", "evidence", "wall_s"]
-    lines = ["", "fault-injection scenarios (tests/integration/test_faults.py)",
-             " | ".join(cols), " | ".join("---" for _ in cols)]
-    for r in RESULTS:
-        lines.append(" | ".join(str(r.get(c, "")) for c in cols))
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if reporter is not None and capman is not None:
-        with capman.global_and_fixture_disabled():
-            for line in lines:
-                reporter.write_line(line)
-    try:
-        RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-        old = json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.is_file() else {}
-        rows = {r["scenario"]: r for r in old.get("scenarios", [])}
-        rows.update({r["scenario"]: r for r in RESULTS})
-        RESULTS_PATH.write_text(json.dumps({
-            "generated_by": "tests/integration/test_faults.py",
-            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "host_cores": os.cpu_count(),
-            "scenarios": sorted(rows.values(), key=lambda r: r["scenario"]),
-        }, indent=2) + "\n")
-    except OSError:
-        pass
-
-
-@pytest.fixture
-def record(request: pytest.FixtureRequest) -> Callable[..., None]:
-    t0 = time.monotonic()
-
-    def rec(injected: str, res: CheckResult, evidence: str = "", **extra: Any) -> None:
-        RESULTS.append({
-            "scenario": request.node.name.removeprefix("test_"), "injected": injected,
-            **res.as_dict(), "evidence": evidence,
-            "wall_s": round(time.monotonic() - t0, 1), **extra,
-        })
-    return rec
 
 
 def _submit(corpus: Path, tmp_path: Path, minilm_bundle: Path, broker: str, job_id: str,

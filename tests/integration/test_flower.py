@@ -12,10 +12,8 @@ import ast
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,15 +22,13 @@ from typing import Any
 import pytest
 
 from producer.job import Job, submit
-from producer.local import free_port
 from tests.conftest import SAMPLE
-from tests.procs import ROOT, Worker, http_get
+from tests.procs import Worker, flower_process, http_get
 
 pytestmark = pytest.mark.integration
 
 AUTH = "user:pw"
 TASK = "embedfleet.embed_shard"
-CELERY = Path(sys.executable).parent / "celery"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -59,44 +55,21 @@ def poll(fn: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
 
 
 @pytest.fixture
-def flower(tmp_path: Path, redis_url: str) -> Iterator[str]:
+def flower(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """``celery -A worker flower`` on 127.0.0.1 with basic auth; yields its base URL.
 
-    Started before the worker: Flower builds its task list from events it receives live.
+    Started before the worker: Flower builds its task list from events it receives live. With
+    Flower in use, events are on (EMBED_EVENTS=1) for the producer and the workers.
     """
-    port = free_port()
-    argv = [str(CELERY), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1",
-            f"--basic_auth={AUTH}"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "CELERY_"))}
-    env["EMBED_BROKER_URL"] = redis_url
-    log = tmp_path / "flower.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while http(f"{base}/healthcheck", auth=None)[0] != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"flower did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.2)
+    monkeypatch.setenv("EMBED_EVENTS", "1")
+    with flower_process(redis_url, tmp_path / "flower.log", AUTH) as base:
         yield base
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def run_small_job(tmp_path: Path, fleet: Callable[..., Worker], redis_url: str,
                   bundle: Path) -> tuple[Worker, Job]:
     """One worker, then the first 20 documents of the sample as job ``flower``."""
-    worker = fleet(name="flower1")
+    worker = fleet(name="flower1", env={"EMBED_EVENTS": "1"})  # Flower needs events
     corpus = tmp_path / "corpus.jsonl"
     lines = SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:20]
     corpus.write_text("".join(lines), encoding="utf-8")
@@ -197,3 +170,66 @@ def test_flower_tasks_page_screenshot(tmp_path: Path, flower: str, fleet: Any, r
     assert png.stat().st_size > 10_000, png.stat().st_size
     if out := os.environ.get("EMBEDFLEET_SCREENSHOT"):  # e.g. docs/flower-tasks.png
         shutil.copyfile(png, out)
+
+
+# --- large-fleet settings: no gossip, mingle or heartbeat unless EMBED_EVENTS=1 ----------------
+@pytest.fixture
+def plain_worker(tmp_path: Path, redis_server: Any,
+                 redis_url: str) -> Iterator[Callable[..., Worker]]:
+    """``celery -A worker worker -Q cpu`` with none of the ``--without-*`` flags: what the app's
+    own defaults give a fleet worker."""
+    started: list[Worker] = []
+
+    def start(name: str, **env: str) -> Worker:
+        e = {"EMBED_BROKER_URL": redis_url, "EMBED_CACHE_URL": redis_server.url(1),
+             "EMBED_THREADS": "1", "EMBED_HOME": str(tmp_path / "home"), **env}
+        w = Worker(e, tmp_path / f"{name}.log", name=name, flags=())
+        started.append(w)
+        return w.start()
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def broker_events(redis_server: Any, seconds: float) -> list[bytes]:
+    """Channels of the event messages (``celeryev`` fanout) published on the broker."""
+    sub = redis_server.client().pubsub()
+    sub.psubscribe("*celeryev*")
+    seen: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        m = sub.get_message(timeout=0.2)
+        if m and m["type"] == "pmessage":
+            seen.append(m["channel"])
+    sub.close()
+    return seen
+
+
+def test_fleet_worker_sends_no_events_by_default(redis_server: Any, plain_worker: Any) -> None:
+    worker = plain_worker("quiet")
+    # Heartbeats go out every 2 s when on; 5 s of silence means none are sent.
+    assert broker_events(redis_server, 5) == []
+    assert "mingle: searching for neighbors" not in worker.text()
+    bindings = redis_server.client().smembers("_kombu.binding.celeryev")
+    assert not [b for b in bindings if b"celeryev." in b], bindings  # no gossip queue
+    events_on = plain_worker("loud", EMBED_EVENTS="1")
+    assert any(b"worker.heartbeat" in c for c in broker_events(redis_server, 5))
+    assert "mingle: searching for neighbors" not in events_on.text()
+
+
+def test_fleet_worker_with_events_shows_in_flower(tmp_path: Path, flower: str, redis_url: str,
+                                                 plain_worker: Any, minilm_bundle: Path) -> None:
+    worker = plain_worker("fleet1", EMBED_EVENTS="1")
+    node = f"{worker.name}@{socket.gethostname()}"
+    # Online from its heartbeats (events), and known to remote control (inspect).
+    poll(lambda: api(flower, "/api/workers?status=1").get(node), what=f"{node} alive")
+    poll(lambda: node in api(flower, "/api/workers?refresh=1"), what=f"{node} in /api/workers")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(SAMPLE.read_text(encoding="utf-8").splitlines(True)[:5]))
+    job = submit(corpus, tmp_path / "out", model=str(minilm_bundle), broker=redis_url,
+                 job_id="fleet")
+    assert job.wait(timeout_s=300).status == "succeeded"
+    tasks = poll(lambda: api(flower, f"/api/tasks?taskname={TASK}&state=SUCCESS"),
+                 what="a succeeded task from the fleet worker")
+    assert {t["worker"] for t in tasks.values()} == {node}

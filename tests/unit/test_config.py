@@ -1,12 +1,11 @@
 """The Celery configuration as a plain dict (no broker needed), URL masking, settings checks.
 
-One test at the end is an integration test: a real worker against a password-protected
-redis-server must never print the password (startup banner, logs, ``producer status``).
+A real worker against a password-protected (and a TLS) redis-server never printing the password
+is tests/integration/test_redis_auth.py.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,44 +133,17 @@ def test_invalid_values_name_the_variable(var, value):
         WorkerSettings.from_env({var: value})
 
 
-# -- integration: a password never reaches a log or the status output ------------------------
+def test_fleet_defaults_send_no_events_and_skip_gossip_and_mingle():
+    from worker.celery_app import FleetConsumer, fleet_worker_options
 
-@pytest.mark.integration
-def test_password_never_printed(tmp_path, fleet, minilm_bundle):
-    from click.testing import CliRunner
-
-    from producer.cli import main
-    from producer.job import submit
-    from tests.conftest import sample_records, write_jsonl
-    from tests.procs import RedisServer
-
-    class AuthRedis(RedisServer):
-        def client(self, db: int = 0):  # type: ignore[override]
-            import redis
-
-            return redis.Redis(port=self.port, db=db, password=SECRET, socket_timeout=5)
-
-    srv = AuthRedis(tmp_path / "auth-redis", extra=["--requirepass", SECRET]).start()
-    try:
-        broker = f"redis://:{SECRET}@127.0.0.1:{srv.port}/0"
-        w = fleet(broker=broker, cache=f"redis://:{SECRET}@127.0.0.1:{srv.port}/1",
-                  env={"EMBED_LOG_LEVEL": "DEBUG"})
-        corpus = write_jsonl(tmp_path / "c.jsonl", sample_records()[:6])
-        logged: list[str] = []
-        job = submit(corpus, tmp_path / "out", model=str(minilm_bundle), broker=broker,
-                     job_id="pw", log=logged.append)
-        st = job.wait(timeout_s=300, poll_s=0.5)
-        assert st.status == "succeeded", st
-        assert srv.client(1).dbsize() > 0  # the cache worked through the password too
-        status = CliRunner().invoke(main, ["status", str(job.path)])
-        status_json = CliRunner().invoke(main, ["status", "--json", str(job.path)])
-        assert status.exit_code == status_json.exit_code == 0
-        manifest = job.dir.manifest_path.read_text()
-        assert json.loads(manifest)["broker_hint"] == f"redis://:***@127.0.0.1:{srv.port}/0"
-        for name, text in [("worker log", w.text()), ("status", status.output),
-                           ("status --json", status_json.output), ("manifest", manifest),
-                           ("submit log", "\n".join(logged))]:
-            assert SECRET not in text, f"password printed in the {name}"
-        assert "redis://:**" in w.text()  # the banner shows the masked transport URL
-    finally:
-        srv.stop()
+    quiet = WorkerSettings()
+    cfg = celery_config(quiet)
+    assert cfg["worker_send_task_events"] is False and cfg["task_send_sent_event"] is False
+    assert cfg["result_backend"] is None
+    assert cfg["worker_consumer"] == "worker.celery_app:FleetConsumer"
+    assert fleet_worker_options(quiet) == {"without_gossip": True, "without_mingle": True,
+                                           "without_heartbeat": True}
+    loud = WorkerSettings.from_env({"EMBED_EVENTS": "1"})
+    assert celery_config(loud)["worker_send_task_events"] is True
+    assert fleet_worker_options(loud)["without_heartbeat"] is False
+    assert FleetConsumer.__mro__[1].__name__ == "Consumer"

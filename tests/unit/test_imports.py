@@ -133,7 +133,8 @@ def test_producer_imports_only_contract_and_settings_from_worker_at_module_level
 
 def test_the_walk_sees_every_package():
     mods = project_modules()
-    assert {"producer.job", "worker.settings", "storage.bundle", "worker.model.session"} <= set(mods)
+    wanted = {"producer.job", "worker.settings", "storage.bundle", "worker.model.session"}
+    assert wanted <= set(mods)
     assert any(e.source == "producer.job" and e.target == "producer.broker"
                for e in project_edges())
 

@@ -1,0 +1,78 @@
+"""Stage 0 of a task: accept only the job directories and model bundles under this fleet's roots.
+
+A task message names a job directory, and through its manifest a bundle path. Anyone who can
+write to the broker can put any path there; without a check a worker would write shards under
+it and load any file as a model. With ``EMBED_JOB_ROOTS`` / ``EMBED_MODEL_ROOTS`` set, a path is
+accepted only when it is absolute, has no ``..`` component, and, with every symlink resolved
+(the directory itself and its top-level entries), stays under one of the roots. A rejected task
+logs one line naming the path and is dropped (Celery ``Ignore``: acknowledged, never retried),
+before anything is read from or written to the job directory. Unset roots accept every path,
+as before; a shared fleet must set both (docs/fleet.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from storage.jobdir import JobDir
+from worker.errors import PathNotAllowed
+from worker.settings import WorkerSettings, env_name
+
+log = logging.getLogger(__name__)
+
+
+def check_under(path: str | os.PathLike[str], roots: Sequence[str], what: str) -> Path:
+    """``path`` resolved, when it may be used under ``roots`` (any path when there are none).
+
+    >>> check_under("/data/out/job", ["/data/out"], "job directory")
+    PosixPath('/data/out/job')
+    >>> check_under("/data/out/../etc", ["/data/out"], "job directory")
+    Traceback (most recent call last):
+    ...
+    worker.errors.PathNotAllowed: job directory /data/out/../etc: '..' is not allowed
+    """
+    raw = Path(path)
+    if not roots:
+        return raw
+    if not raw.is_absolute():
+        raise PathNotAllowed(f"{what} {raw}: not an absolute path")
+    if ".." in raw.parts:
+        raise PathNotAllowed(f"{what} {raw}: '..' is not allowed")
+    resolved = raw.resolve()
+    bases = [Path(r).resolve() for r in roots]
+    targets = [resolved, *_link_targets(resolved)]
+    for target in targets:
+        if not any(target == b or target.is_relative_to(b) for b in bases):
+            via = "" if target == raw else f" (resolves to {target})"
+            raise PathNotAllowed(f"{what} {raw}{via} is outside {os.pathsep.join(roots)}")
+    return resolved
+
+
+def open_job(settings: WorkerSettings, job_dir: str | os.PathLike[str]) -> JobDir:
+    """The task's job directory, after its path and its manifest's bundle path are checked.
+
+    Raises celery's ``Ignore`` (after one log line) when either is outside the roots.
+    """
+    from celery.exceptions import Ignore
+
+    try:
+        root = check_under(job_dir, settings.job_roots, f"job directory ({env_name('job_roots')})")
+        job = JobDir.open(root)
+        bundle = str(job.manifest.get("model", {}).get("bundle_path", ""))
+        check_under(bundle, settings.model_roots, f"model bundle ({env_name('model_roots')})")
+    except PathNotAllowed as exc:
+        log.error("rejected task: %s; nothing written, not retried", exc)
+        raise Ignore(str(exc)) from None
+    return job
+
+
+def _link_targets(directory: Path) -> list[Path]:
+    """Where the symlinks directly inside ``directory`` point (a shard dir may be a link)."""
+    try:
+        entries = list(directory.iterdir()) if directory.is_dir() else []
+    except OSError:
+        return []
+    return [e.resolve() for e in entries if e.is_symlink()]
