@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from producer.errors import (BrokerUnreachable, CorpusError, FleetError, Interrupted,
                              JobConflict, JobFailed, UsageError)
@@ -20,6 +21,7 @@ from producer.tools.cli import register as register_tools
 from storage.errors import (BundleError, CompactError, DatabaseUnreachable, EmbedfleetError,
                             InvalidJobId, InvalidTableName, JobNotFound, LoadConflict,
                             TableMismatch)
+from storage.jobdir import JobDir
 from worker.settings import DEFAULT_BROKER_URL, mask_url
 
 USAGE_EXIT = 3
@@ -83,7 +85,8 @@ class _Main(click.Group):
 
 
 def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by ``submit`` and ``run``."""
+    """The options ``submit`` (also ``--dry-run``) and ``run`` share; all but ``--out`` reach
+    ``producer.job.submit`` as keyword arguments."""
     opts = [
         click.option("--out", type=click.Path(file_okay=False), default="out", show_default=True,
                      envvar="EMBED_OUT", help="Output root; the job lands in OUT/<job-id>/."),
@@ -126,13 +129,6 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _submit_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    keys = ("job_id", "model", "precision", "queue", "text_field", "id_field", "max_tokens",
-            "overlap", "prefix", "max_line_bytes", "shard_tokens", "max_batch_tokens",
-            "max_attempts")
-    return {k: kw[k] for k in keys}
-
-
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]},
              epilog=_exit_code_help())
 @click.version_option(package_name="embedfleet")
@@ -143,7 +139,8 @@ def main() -> None:
     producer run corpus.jsonl            everything on this machine (private Redis + workers)
     producer submit corpus.jsonl --wait  send to a running fleet (celery -A worker worker -Q cpu)
     producer status OUT/JOB              progress, rejects, failed shards
-    producer resume OUT/JOB              re-send shards whose messages were lost
+    producer run --resume OUT/JOB        continue an interrupted `producer run`
+    producer resume OUT/JOB              re-send shards whose messages were lost (a fleet job)
     producer export SRC --out DIR        turn a sentence-transformers model into a bundle
     """
 
@@ -168,19 +165,26 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
     if dry_run:
         from producer.dryrun import dry_run as run_dry
 
-        run_dry(corpus, cache_url=cache_url or broker, **_submit_kwargs(kw))
+        run_dry(corpus, cache_url=cache_url or broker, **kw)
         return
     from producer.job import submit as submit_job
+    from producer.progress import fleet_progress
+    from producer.submit import connect
 
-    job = submit_job(corpus, out, broker=broker, log=click.echo, **_submit_kwargs(kw))
+    bar = fleet_progress(connect(broker), "cpu" if kw["queue"] == "auto" else kw["queue"],
+                         mask_url(broker), warn=lambda w: click.echo(w, err=True))
+    job = submit_job(corpus, out, broker=broker, log=click.echo, **kw)
     click.echo(f"job {job.path.name}\n{job.path}")
     if wait:
-        _finish(job, progress=True)
+        _finish(job, progress=bar)
 
 
 @main.command()
-@click.argument("corpus", type=click.Path(exists=True, dir_okay=False))
+@click.argument("corpus", type=click.Path(exists=True, dir_okay=False), required=False)
 @submit_options
+@click.option("--resume", "resume_from", type=click.Path(exists=True, file_okay=False),
+              default=None, help="Continue the job OUT/JOB (e.g. after Ctrl-C): the private "
+              "fleet starts again, done shards are kept, pending ones are sent.")
 @click.option("--workers", "-w", type=click.IntRange(1, 64), default=None,
               help="Local worker processes (default: 1 process using every core).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, envvar="EMBED_THREADS",
@@ -192,61 +196,64 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
 @click.option("--home", type=click.Path(file_okay=False), envvar="EMBED_HOME", default=None,
               help="Where the default model and the local cache live (default "
               "~/.cache/embedfleet).")
-def run(corpus: str, out: str, workers: int | None, threads: int | None, broker: str | None,
-        cache_url: str | None, home: str | None, **kw: Any) -> None:
-    """Embed CORPUS on this machine: private Redis, local Celery workers, same code path."""
+def run(corpus: str | None, out: str, resume_from: str | None, workers: int | None,
+        threads: int | None, broker: str | None, cache_url: str | None, home: str | None,
+        **kw: Any) -> None:
+    """Embed CORPUS on this machine: private Redis, local Celery workers, same code path.
+
+    Run again onto an existing --out/--job-id (same corpus, same chunking), or with
+    --resume OUT/JOB, to continue an interrupted job.
+    """
+    from producer.job import Job, new_job_id
     from producer.job import submit as submit_job
     from producer.local import fleet_roots, local_fleet
     from producer.models import embedfleet_home, resolve_model
+    from producer.resume import RUN_MADE_BY, interrupted_message, plan_run
 
+    if (corpus is None) == (resume_from is None):
+        raise UsageError("give CORPUS to embed, or --resume OUT/JOB to continue a job")
     home_path = Path(home) if home else embedfleet_home()
+    root = Path(resume_from) if resume_from else Path(out) / (kw["job_id"] or new_job_id())
+    ctx = click.get_current_context()
+    given = {k for k in kw if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    plan = plan_run(root, corpus, kw, given, resume=resume_from is not None,
+                    model_path=lambda m: resolve_model(m, home_path))
+    if plan.pending == 0:  # every shard is done or failed: nothing to start
+        click.echo(plan.note)
+        _finish(Job(plan.root), progress=False)
+        return
     try:
-        bundle = resolve_model(kw["model"], home_path)  # export the default before workers start
+        bundle = resolve_model(plan.options["model"], home_path)  # export the default once
         with local_fleet(workers=workers or 1, threads=threads, home=home_path,
-                         queue="gpu" if kw["queue"] == "gpu" else "cpu", broker=broker,
-                         cache_url=cache_url,
-                         extra_env={"EMBED_HOME": str(home_path), **fleet_roots(out, bundle)}
+                         queue=plan.queue, broker=broker, cache_url=cache_url,
+                         extra_env={"EMBED_HOME": str(home_path),
+                                    **fleet_roots(plan.root.parent, bundle)}
                          ) as (broker_url, _cache, fleet):
             click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
-            kw = dict(kw, queue="cpu" if kw["queue"] == "auto" else kw["queue"])
-            job = submit_job(corpus, out, broker=broker_url, log=click.echo,
-                             home=home_path, **_submit_kwargs(kw))
+            if plan.note:
+                click.echo(plan.note)
+            if plan.corpus is None:
+                job = Job(plan.root, broker=broker_url)
+                click.echo(f"sent {job.resume()} pending shard(s)")
+            else:
+                plan.clear_partial_staging()
+                opts = dict(plan.options, job_id=plan.root.name)
+                job = submit_job(plan.corpus, plan.root.parent, broker=broker_url,
+                                 log=click.echo, home=home_path, made_by=RUN_MADE_BY, **opts)
             fleet.wait_ready()
             _finish(job, progress=True)
     except KeyboardInterrupt:
-        raise Interrupted("interrupted: workers and Redis stopped; `producer resume` continues "
-                          "a job on a running fleet, or run again to start over") from None
+        raise Interrupted(interrupted_message(root)) from None
 
 
-def _finish(job: Any, progress: bool) -> None:
+def _finish(job: Any, progress: Any) -> None:
+    from producer.progress import summary_lines
+
     st = job.wait(progress=progress)
-    _print_summary(job, st)
+    click.echo("\n".join(summary_lines(job, st)))
     if st.status != "succeeded":
         raise JobFailed(f"{st.failed} of {st.shards} shard(s) failed; "
                         f"see `producer status {job.path}`")
-
-
-def _print_summary(job: Any, st: Any) -> None:
-    m = job.dir.reload()
-    res = m.get("result", {})
-    tot = m.get("totals", {})
-    wall = res.get("wall_s", st.elapsed_s)
-    hits = res.get("cache_hits", st.cache_hits)
-    chunks = res.get("embedded_chunks", st.chunks_done)
-    click.echo(
-        f"\n{st.status}: {tot.get('accepted', 0)} documents ({tot.get('rejected', 0)} rejected), "
-        f"{chunks} chunks embedded, {st.tokens:,} tokens in {wall:.1f}s "
-        f"({st.tokens / wall if wall else 0:,.0f} tokens/s), cache hits {hits}/{st.chunks}")
-    if res.get("rejects"):
-        click.echo(f"rejects:    {res['rejects']} in {job.dir.rejects_path}")
-    for f in st.failed_shards:
-        click.echo(f"failed shard {f['shard']}: {f['reason']}")
-    for line in damaged_inputs(Path(st.job_dir), [f["shard"] for f in st.failed_shards]):
-        click.echo(f"what to do: {line}")
-    click.echo(f"output:     {job.dir.embeddings_dir}/*.parquet")
-    click.echo(f"read it:    python -c \"import pandas as pd; "
-               f"print(pd.read_parquet('{job.dir.embeddings_dir}'))\"")
-    click.echo(f"report:     producer report {job.dir.root}")
 
 
 @main.command()
@@ -255,42 +262,43 @@ def _print_summary(job: Any, st: Any) -> None:
 def status(job_dir: str, as_json: bool) -> None:
     """Progress of JOB_DIR: shards, chunks, rejects, failed shards; finalises a finished job."""
     from producer.job import Job
-    from storage.integrity import damaged_inputs
+    from producer.progress import status_lines
 
     st = Job(job_dir).status()
     if as_json:
         click.echo(json.dumps({**st.__dict__, "tokens_per_s": st.tokens_per_s}, indent=2))
         return
-    click.echo(f"job        {Path(st.job_dir).name}  [{st.status}]")
-    click.echo(f"shards     {st.done}/{st.shards} done, {st.failed} failed")
-    click.echo(f"chunks     {st.chunks_done}/{st.chunks}   tokens {st.tokens_done:,}/{st.tokens:,}")
-    click.echo(f"rejects    {st.rejects}   cache hits {st.cache_hits}")
-    click.echo(f"throughput {st.tokens_per_s:,.0f} tokens/s over {st.elapsed_s:.1f}s")
-    if st.duplicate_ids:
-        click.echo(f"duplicate ids {st.duplicate_ids} (e.g. {', '.join(st.duplicate_examples)})")
-    for r in st.reject_examples:
-        click.echo(f"rejected   doc {r.get('doc_id')!r} chunk {r.get('chunk_index')} "
-                   f"(line {r.get('line')}): {r.get('reason')}")
-    for f in st.failed_shards:
-        click.echo(f"failed shard {f['shard']}: {f['reason']}")
-    for line in damaged_inputs(Path(st.job_dir), [f["shard"] for f in st.failed_shards]):
-        click.echo(f"what to do: {line}")
+    click.echo("\n".join(status_lines(st)))
 
 
 @main.command()
 @click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--broker", envvar=BROKER_ENV, default=DEFAULT_BROKER_URL, show_default=True,
-              help="Celery broker URL.")
+@click.option("--broker", envvar=BROKER_ENV, default=None,
+              help="Celery broker URL (default: the one the job was submitted to, from its "
+              "manifest; a URL whose password was masked there must be given again).")
 @click.option("--wait/--no-wait", default=False, help="Wait for the job to finish.")
-def resume(job_dir: str, broker: str, wait: bool) -> None:
-    """Re-send every shard of JOB_DIR without valid output; safe to run any number of times."""
-    from producer.job import Job
+def resume(job_dir: str, broker: str | None, wait: bool) -> None:
+    """Re-send every shard of JOB_DIR without valid output; safe to run any number of times.
 
-    job = Job(job_dir, broker=broker)
+    A job made by `producer run` is continued with `producer run --resume JOB_DIR` instead.
+    """
+    from producer.job import Job
+    from producer.progress import fleet_progress
+    from producer.resume import fleet_broker, refuse_run_job
+    from producer.submit import connect
+
+    jd = JobDir.open(job_dir)
+    refuse_run_job(jd)
+    url = fleet_broker(jd, broker)
+    job = Job(job_dir, broker=url)
+    bar = None
+    if any(s.state == "pending" for s in jd.shard_states()):
+        bar = fleet_progress(connect(url), jd.manifest["queue"], mask_url(url),
+                             warn=lambda w: click.echo(w, err=True))
     n = job.resume()
     click.echo(f"re-sent {n} shard(s)" if n else "nothing to resume: every shard is done")
     if wait and n:
-        _finish(job, progress=True)
+        _finish(job, progress=bar or True)
 
 
 register_tools(main)

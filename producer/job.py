@@ -134,17 +134,18 @@ class Job:
         self.dir.finalize()
         return len(pending)
 
-    def wait(self, *, progress: bool = False, poll_s: float = 1.0,
+    def wait(self, *, progress: Any = False, poll_s: float = 1.0,
              stall_s: float | None = 120.0, timeout_s: float | None = None) -> JobStatus:
         """Block until the job finishes; re-sends shards whose messages were lost.
 
         Lost messages are detected two ways: the broker (Redis) holds no queued or unacked
         message while shards are still pending, or nothing finished for ``stall_s`` seconds.
-        Duplicates are harmless (shards are idempotent), losses are not.
+        Duplicates are harmless (shards are idempotent), losses are not. ``progress`` is a
+        bool or a ``producer.progress.Progress`` to draw with.
         """
         from producer.progress import Progress
 
-        bar = Progress(enabled=progress)
+        bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
         t0 = last_change = time.monotonic()
         last_done = -1
         st = self.status()
@@ -208,6 +209,7 @@ def submit(
     gpu_queue: str = "gpu",
     home: str | os.PathLike[str] | None = None,
     log: Any = None,
+    made_by: str = "producer submit",
 ) -> Job:
     """Stream, chunk and stage ``corpus`` into ``out/<job_id>``, then send one task per shard.
 
@@ -216,7 +218,7 @@ def submit(
         UsageError: a bad option value (``--prefix``, ``--overlap``, ``--max-tokens``...).
         JobConflict: ``out/<job_id>`` already holds a job.
     """
-    from producer.chunking import chunk_budget, prefix_text
+    from producer.chunking import chunk_budget, chunking_settings, prefix_text
     from producer.routing import choose_queue
 
     say = log or (lambda *_: None)
@@ -226,7 +228,11 @@ def submit(
     bundle = load_bundle(resolve_model(model, Path(home) if home else embedfleet_home()))
     cfg = bundle.config
     pfx = prefix_text(prefix, cfg.passage_prefix, cfg.query_prefix)
-    window = min(cfg.max_length, max_tokens or cfg.max_length)
+    chunking = chunking_settings(max_length=cfg.max_length, max_tokens=max_tokens,
+                                 overlap=overlap, prefix=pfx, text_field=text_field,
+                                 id_field=id_field, shard_tokens=shard_tokens,
+                                 shard_max_chunks=shard_max_chunks)
+    window = chunking["max_tokens"]
     tokenizer = bundle.load_tokenizer(truncate=False)
     budget = chunk_budget(tokenizer, cfg.max_length, max_tokens, pfx)  # raises if nothing fits
     if not 0 <= overlap <= budget // 2:
@@ -252,9 +258,7 @@ def submit(
                   "normalize": cfg.normalize,
                   "fingerprints": {p: bundle.fingerprint(p) for p in bundle.variants}},
         "precision": precision, "queue": queue, "broker_hint": mask_url(broker),
-        "chunking": {"max_tokens": window, "overlap": overlap, "prefix": pfx,
-                     "text_field": text_field, "id_field": id_field,
-                     "shard_tokens": shard_tokens, "shard_max_chunks": shard_max_chunks},
+        "chunking": chunking, "made_by": made_by,
         "max_batch_tokens": max_batch_tokens, "max_attempts": max_attempts,
         "staged": False, "status": "staging",
     }

@@ -1,0 +1,174 @@
+"""Continue a job that already has a directory, and never send its shards into the void.
+
+``producer run --resume OUT/JOB`` (or ``producer run CORPUS`` onto an existing OUT/JOB) plans
+here: a staged job keeps its done shards and only the pending ones are sent to the restarted
+private fleet; a job whose staging was interrupted is staged again (nothing was sent before
+staging finished). A different corpus (checksum) or different chunking settings is a
+``JobConflict`` naming both values, never a silent mix. ``producer resume`` on a fleet uses the
+broker the manifest records (without a password: a masked one is never used to reconnect) and
+refuses a ``producer run`` job, whose private Redis is gone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from producer.chunking import chunking_settings, prefix_text
+from producer.corpus import file_checksum
+from producer.errors import JobConflict, UsageError
+from producer.staging import DEFAULT_SHARD_MAX_CHUNKS
+from storage.jobdir import JobDir
+from worker.settings import DEFAULT_BROKER_URL
+
+RUN_MADE_BY = "producer run"
+"""``manifest["made_by"]`` of a job made by ``producer run`` (``producer submit`` otherwise)."""
+CHUNK_OPTIONS = ("max_tokens", "overlap", "prefix", "text_field", "id_field", "shard_tokens")
+"""Options that change the staged chunks; an existing job must be continued with its own."""
+
+
+@dataclass
+class RunPlan:
+    """What ``producer run`` does with OUT/JOB: stage ``corpus`` (None: send pending shards)."""
+
+    root: Path
+    corpus: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+    queue: str = "cpu"
+    note: str = ""
+    restage: bool = False
+    pending: int = -1
+    """Shards to send (-1: not staged yet); 0 means no fleet is needed."""
+
+    def clear_partial_staging(self) -> None:
+        """Drop what an interrupted staging left (input shards, manifest); nothing was sent."""
+        if self.restage and self.root.is_dir():
+            shutil.rmtree(self.root)
+
+
+def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
+             given: Collection[str], *, resume: bool, model_path: Any) -> RunPlan:
+    """Decide how ``producer run`` continues (or starts) the job at ``root``.
+
+    ``options`` are the submit options of the command; ``given`` the ones set explicitly.
+    With ``--resume`` only given options are compared with the job's; with a CORPUS (the
+    command run again) all chunking options are. ``model_path(model)`` resolves ``--model``.
+    """
+    queue = "gpu" if options.get("queue") == "gpu" else "cpu"
+    if not resume and not (root / "manifest.json").is_file():
+        return RunPlan(root, corpus, dict(options, queue=queue), queue=queue)
+    job = JobDir.open(root)
+    m = job.manifest
+    if corpus is not None:
+        check_same_corpus(job, corpus)
+    if not resume or "model" in given:
+        asked = Path(model_path(options.get("model"))).resolve()
+        if asked != Path(m["model"]["bundle_path"]).resolve():
+            raise JobConflict(f"--model: {job.root} is embedded with {m['model']['bundle_path']}"
+                              f", this command asks for {asked}; use the job's model or "
+                              "another --job-id")
+    keys = [k for k in CHUNK_OPTIONS if not resume or k in given]
+    check_same_chunking(job, requested_chunking(job, options), keys)
+    if m.get("staged"):
+        states = job.shard_states()
+        done = sum(s.state == "done" for s in states)
+        pending = sum(s.state == "pending" for s in states)
+        return RunPlan(job.root, None, queue=m["queue"], pending=pending, note=(
+            f"resuming {job.root}: {done} of {len(states)} shard(s) done and kept, "
+            f"{pending} pending"))
+    source = corpus or m["input"]["path"]
+    if corpus is None:
+        check_same_corpus(job, source)
+    return RunPlan(job.root, source, options_from_manifest(job), queue=m["queue"], restage=True,
+                   note=f"resuming {job.root}: staging had not finished and nothing was sent; "
+                        "staging again from the start")
+
+
+def check_same_corpus(job: JobDir, corpus: str) -> None:
+    """JobConflict unless ``corpus`` has the checksum the job recorded (names both)."""
+    rec = job.manifest.get("input", {})
+    try:
+        sha = file_checksum(corpus)
+    except OSError as exc:
+        raise JobConflict(f"{job.root} was staged from {rec.get('path')}, which cannot be read "
+                          f"now ({exc})") from None
+    if sha != rec.get("sha256"):
+        raise JobConflict(
+            f"{job.root} holds corpus {rec.get('path')} (sha256 {str(rec.get('sha256'))[:16]}), "
+            f"not {Path(corpus).resolve()} (sha256 {sha[:16]}): a different file; "
+            "use another --job-id")
+
+
+def requested_chunking(job: JobDir, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The chunking settings ``options`` would record, with the job's bundle prompts."""
+    from storage.bundle import load_bundle
+
+    cfg = load_bundle(job.manifest["model"]["bundle_path"]).config
+    return chunking_settings(
+        max_length=cfg.max_length, max_tokens=options.get("max_tokens"),
+        overlap=options.get("overlap", 0),
+        prefix=prefix_text(options.get("prefix", "passage"), cfg.passage_prefix,
+                           cfg.query_prefix),
+        text_field=options.get("text_field", "text"), id_field=options.get("id_field", "id"),
+        shard_tokens=options.get("shard_tokens", 0), shard_max_chunks=DEFAULT_SHARD_MAX_CHUNKS)
+
+
+def check_same_chunking(job: JobDir, requested: Mapping[str, Any],
+                        keys: Collection[str]) -> None:
+    """JobConflict naming each of ``keys`` whose value differs from the job's."""
+    have = job.manifest.get("chunking", {})
+    diff = [k for k in keys if have.get(k) != requested.get(k)]
+    if diff:
+        both = "; ".join(f"--{k.replace('_', '-')}: the job has {have.get(k)!r}, this command "
+                         f"asks for {requested.get(k)!r}" for k in diff)
+        raise JobConflict(f"{job.root} was chunked with other settings ({both}); continue it "
+                          "with the job's settings, or use another --job-id")
+
+
+def options_from_manifest(job: JobDir) -> dict[str, Any]:
+    """Submit options that stage the corpus again exactly as the job recorded them."""
+    from storage.bundle import load_bundle
+
+    m = job.manifest
+    c = m["chunking"]
+    cfg = load_bundle(m["model"]["bundle_path"]).config
+    prefix = next(p for p in ("passage", "query", "none")
+                  if prefix_text(p, cfg.passage_prefix, cfg.query_prefix) == c["prefix"])
+    return {"job_id": job.root.name, "model": m["model"]["bundle_path"],
+            "precision": m["precision"], "queue": m["queue"], "text_field": c["text_field"],
+            "id_field": c["id_field"], "max_tokens": c["max_tokens"], "overlap": c["overlap"],
+            "prefix": prefix, "shard_tokens": c["shard_tokens"],
+            "shard_max_chunks": c["shard_max_chunks"],
+            "max_batch_tokens": m.get("max_batch_tokens"), "max_attempts": m["max_attempts"]}
+
+
+def fleet_broker(job: JobDir, broker: str | None) -> str:
+    """``--broker`` if given, else the broker the job was submitted to (never a masked URL)."""
+    if broker:
+        return broker
+    hint = job.manifest.get("broker_hint")
+    if not hint:
+        return DEFAULT_BROKER_URL
+    if "***" in hint:
+        raise UsageError(f"--broker: {job.root} was submitted to {hint} and its password is "
+                         "not recorded; pass --broker with the full URL")
+    return str(hint)
+
+
+def refuse_run_job(job: JobDir) -> None:
+    """A ``producer run`` job's broker and workers are gone: say how to continue it."""
+    if job.manifest.get("made_by") == RUN_MADE_BY:
+        raise JobConflict(f"{job.root} was made by `producer run`, whose private Redis and "
+                          f"workers are gone; continue it with `producer run --resume "
+                          f"{job.root}`")
+
+
+def interrupted_message(root: Path) -> str:
+    """What Ctrl-C of ``producer run`` prints: the exact command that continues the job."""
+    if (root / "manifest.json").is_file():
+        return (f"interrupted: workers and Redis stopped; continue with "
+                f"`producer run --resume {root}`")
+    return "interrupted before the job was created: run the same command again"

@@ -1,0 +1,206 @@
+"""An interrupted ``producer run`` continues where it stopped; ``producer resume`` never sends
+work into the void (issue 19). Real processes: ``producer run`` with its private redis-server
+and celery workers, Ctrl-C sent as SIGINT to its process group as a terminal does."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from producer.cli import main
+from tests.checker import check_job
+from tests.conftest import write_jsonl
+from tests.procs import ROOT
+
+pytestmark = pytest.mark.integration
+WORDS = ("river stone lamp orchard violet engine harbor ladder quiet summer copper window "
+         "garden thunder basket marble").split()
+
+
+def corpus(path: Path, n: int = 12, words: int = 40) -> Path:
+    """``n`` documents of ``words`` words: with --shard-tokens 64, about one shard each."""
+    docs = [{"id": f"d{i}", "text": " ".join(WORDS[(i * 7 + j) % len(WORDS)]
+                                            for j in range(words))} for i in range(n)]
+    return write_jsonl(path, docs)
+
+
+def producer(args: list[str], home: Path, log: Path, faults: str = "") -> subprocess.Popen:
+    env = dict(os.environ, EMBED_HOME=str(home), EMBED_THREADS="1", EMBED_FAULTS=faults)
+    with open(log, "wb") as f:  # its own process group, like a job started from a terminal
+        return subprocess.Popen([sys.executable, "-m", "producer", *map(str, args)], cwd=ROOT,
+                                env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def finish(p: subprocess.Popen, log: Path, timeout: float = 400) -> tuple[int, str]:
+    try:
+        rc = p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError(log.read_text(errors="replace")[-3000:]) from None
+    return rc, log.read_text(errors="replace")
+
+
+def snapshot(job: Path) -> dict[str, tuple[str, int, int]]:
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns,
+                     p.stat().st_ino) for p in sorted((job / "embeddings").glob("part-*.parquet"))}
+
+
+def rows(job: Path) -> list[tuple]:
+    t = pq.read_table(job / "embeddings").select(["doc_id", "chunk_index", "text_sha256",
+                                                  "embedding"]).to_pylist()
+    return sorted((r["doc_id"], r["chunk_index"], r["text_sha256"],
+                   tuple(np.round(r["embedding"], 6))) for r in t)
+
+
+def test_interrupted_run_resumes_with_done_shards_untouched(
+        tmp_path: Path, minilm_bundle: Path, redis_server, redis_url: str) -> None:
+    src = corpus(tmp_path / "c.jsonl")
+    out, job, home = tmp_path / "out", tmp_path / "out" / "j", tmp_path / "home"
+    common = ["--model", minilm_bundle, "--shard-tokens", "64", "--workers", "1"]
+    log1 = tmp_path / "run1.log"
+    p = producer(["run", src, "--out", out, "--job-id", "j", *common], home, log1,
+                 faults="sleep=1.5")
+    deadline = time.monotonic() + 300
+    while len(list((job / "embeddings").glob("part-*.parquet"))) < 2:
+        assert p.poll() is None, log1.read_text()
+        assert time.monotonic() < deadline, log1.read_text()
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)
+    rc, text = finish(p, log1, timeout=120)
+    assert rc == 130, text
+    assert f"`producer run --resume {job}`" in text
+    n = len(json.loads((job / "manifest.json").read_text())["shards"])
+    done = snapshot(job)
+    assert 2 <= len(done) < n, (len(done), n)
+
+    # `producer resume` of a `producer run` job refuses and sends nothing.
+    res = CliRunner().invoke(main, ["resume", str(job), "--broker", redis_url])
+    assert res.exit_code == 4 and f"producer run --resume {job}" in res.output, res.output
+    assert redis_server.client().llen("cpu") == 0
+
+    log2 = tmp_path / "run2.log"
+    rc, text = finish(producer(["run", "--resume", job, "--workers", "1"], home, log2), log2)
+    assert rc == 0, text
+    assert f"{len(done)} of {n} shard(s) done and kept" in text
+    assert f"sent {n - len(done)} pending shard(s)" in text
+    res = check_job(job)
+    assert res.clean and res.ok == res.expected, res.describe()
+    after = snapshot(job)
+    assert {k: after[k] for k in done} == done  # same bytes, same files, never rewritten
+    for name in done:
+        assert set(pq.read_table(job / "metrics" / name)["attempt"].to_pylist()) == {1}
+
+    log3 = tmp_path / "ref.log"
+    rc, text = finish(producer(["run", src, "--out", tmp_path / "ref", "--job-id", "r",
+                                *common], tmp_path / "home-ref", log3), log3)
+    assert rc == 0, text
+    assert rows(job) == rows(tmp_path / "ref" / "r")
+
+    # The same command again onto the finished job says it is resuming and sends nothing.
+    log4 = tmp_path / "run4.log"
+    rc, text = finish(producer(["run", src, "--out", out, "--job-id", "j", *common], home,
+                               log4), log4)
+    assert rc == 0 and f"resuming {job}: {n} of {n} shard(s) done" in text, text
+    assert "local fleet" not in text  # nothing to send: no fleet started
+    assert snapshot(job) == after
+
+
+def test_run_interrupted_during_staging_stages_again(tmp_path: Path,
+                                                    minilm_bundle: Path) -> None:
+    """Before the staging issue's ledger: nothing is sent until staging ends, so the resumed
+    run stages again from the start. The corpus is mostly cheap rejects (empty texts) to make
+    staging take seconds while embedding only three chunks."""
+    src = tmp_path / "c.jsonl"
+    with open(src, "w") as f:
+        for i in range(300_000):
+            f.write(f'{{"id": "e{i}", "text": ""}}\n')
+        for i in range(3):
+            f.write(json.dumps({"id": f"d{i}", "text": " ".join(WORDS[i:])}) + "\n")
+    job, home, log = tmp_path / "out" / "j", tmp_path / "home", tmp_path / "run1.log"
+    p = producer(["run", src, "--out", tmp_path / "out", "--job-id", "j", "--model",
+                  minilm_bundle, "--workers", "1"], home, log)
+    deadline = time.monotonic() + 120
+    while not (job / "manifest.json").is_file():
+        assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    rc, text = finish(p, log, timeout=120)
+    assert rc == 130 and f"`producer run --resume {job}`" in text, text
+    assert not json.loads((job / "manifest.json").read_text())["staged"]
+    log2 = tmp_path / "run2.log"
+    rc, text = finish(producer(["run", "--resume", job], home, log2), log2)
+    assert rc == 0 and "staging had not finished and nothing was sent" in text, text
+    res = check_job(job)
+    assert res.clean and res.ok == res.expected == 3, res.describe()
+    assert res.ingest_rejects == 300_000
+
+
+def test_fleet_resume_uses_the_job_broker_and_warns_without_a_worker(
+        tmp_path: Path, minilm_bundle: Path, redis_server, redis_url: str) -> None:
+    src = corpus(tmp_path / "c.jsonl", n=3)
+    warning = (f"warning: no worker consumes queue 'cpu' on {redis_url}: the shards will wait "
+               "until one starts")
+    res = CliRunner().invoke(main, ["submit", str(src), "--out", str(tmp_path), "--job-id", "f",
+                                    "--broker", redis_url, "--model", str(minilm_bundle),
+                                    "--shard-tokens", "64"])
+    assert res.exit_code == 0 and warning in res.output, res.output
+    sent = redis_server.client().llen("cpu")
+    assert sent == 3
+    manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
+    assert manifest["made_by"] == "producer submit" and manifest["broker_hint"] == redis_url
+
+    env = {k: v for k, v in os.environ.items() if k not in ("EMBED_BROKER_URL",
+                                                            "CELERY_BROKER_URL")}
+    res = CliRunner(env=env).invoke(main, ["resume", str(tmp_path / "f")])  # no --broker
+    assert res.exit_code == 0 and warning in res.output and "re-sent 3 shard(s)" in res.output
+    assert redis_server.client().llen("cpu") == 2 * sent  # to the job's broker, not the default
+
+
+def test_wait_without_a_worker_says_waiting(tmp_path: Path, minilm_bundle: Path,
+                                            redis_url: str) -> None:
+    src = corpus(tmp_path / "c.jsonl", n=2)
+    log = tmp_path / "submit.log"
+    p = producer(["submit", src, "--out", tmp_path, "--broker", redis_url, "--model",
+                  minilm_bundle, "--shard-tokens", "64", "--wait"], tmp_path / "home", log)
+    deadline = time.monotonic() + 120
+    while "waiting for a worker" not in log.read_text(errors="replace"):
+        assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    assert "0 tok/s" not in log.read_text()
+    os.killpg(p.pid, signal.SIGINT)
+    rc, _ = finish(p, log, timeout=60)
+    assert rc == 130
+
+
+def test_other_corpus_or_chunking_for_an_existing_job_names_both(
+        tmp_path: Path, minilm_bundle: Path, redis_url: str) -> None:
+    src = corpus(tmp_path / "c.jsonl", n=2)
+    res = CliRunner().invoke(main, ["submit", str(src), "--out", str(tmp_path), "--job-id", "x",
+                                    "--broker", redis_url, "--model", str(minilm_bundle)])
+    assert res.exit_code == 0, res.output
+    job = tmp_path / "x"
+    before = (job / "manifest.json").read_bytes()
+    other = corpus(tmp_path / "other.jsonl", n=3)
+    base = ["run", "--out", str(tmp_path), "--job-id", "x", "--model", str(minilm_bundle)]
+    res = CliRunner().invoke(main, [*base[:1], str(other), *base[1:]])
+    m = json.loads(before)
+    assert res.exit_code == 4, res.output
+    assert m["input"]["sha256"][:16] in res.output and str(other) in res.output
+    res = CliRunner().invoke(main, [*base[:1], str(src), *base[1:], "--overlap", "8"])
+    assert res.exit_code == 4, res.output
+    assert "--overlap: the job has 0, this command asks for 8" in res.output
+    res = CliRunner().invoke(main, ["run", "--resume", str(job), "--shard-tokens", "64"])
+    assert res.exit_code == 4 and "--shard-tokens: the job has 32768" in res.output
+    assert (job / "manifest.json").read_bytes() == before
