@@ -1,0 +1,72 @@
+"""``producer/resume.py``: which broker a resume uses, which jobs it refuses, and the
+corpus/chunking checks for an existing job (job directories written here, no broker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from producer.errors import JobConflict, UsageError
+from producer.resume import (RUN_MADE_BY, check_same_chunking, check_same_corpus, fleet_broker,
+                             interrupted_message, plan_run, refuse_run_job)
+from storage.errors import JobNotFound
+from storage.jobdir import JobDir
+from worker.settings import DEFAULT_BROKER_URL
+
+
+def make_job(tmp_path: Path, **manifest: object) -> JobDir:
+    job = JobDir.create(tmp_path / "out", "j")
+    job.write_manifest({"job_id": "j", **manifest})
+    return job
+
+
+def test_broker_given_wins_else_the_recorded_one(tmp_path: Path) -> None:
+    job = make_job(tmp_path, broker_hint="redis://fleet:6379/2")
+    assert fleet_broker(job, "redis://other:1/0") == "redis://other:1/0"
+    assert fleet_broker(job, None) == "redis://fleet:6379/2"
+    assert fleet_broker(make_job(tmp_path / "old"), None) == DEFAULT_BROKER_URL
+
+
+def test_a_masked_broker_is_never_used_to_reconnect(tmp_path: Path) -> None:
+    job = make_job(tmp_path, broker_hint="redis://:***@fleet:6379/0")
+    with pytest.raises(UsageError, match=r"--broker: .* redis://:\*\*\*@fleet:6379/0"):
+        fleet_broker(job, None)
+
+
+def test_a_run_job_is_refused_with_the_command_that_continues_it(tmp_path: Path) -> None:
+    job = make_job(tmp_path, made_by=RUN_MADE_BY)
+    with pytest.raises(JobConflict, match=f"producer run --resume {job.root}"):
+        refuse_run_job(job)
+    refuse_run_job(make_job(tmp_path / "s", made_by="producer submit"))
+
+
+def test_other_corpus_names_both_checksums(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"text": "a"}\n')
+    job = make_job(tmp_path, input={"path": "/data/c.jsonl", "sha256": "ab" * 32})
+    with pytest.raises(JobConflict, match="sha256 abababababababab.*sha256 [0-9a-f]{16}"):
+        check_same_corpus(job, str(tmp_path / "a.jsonl"))
+
+
+def test_chunking_differences_name_option_and_both_values(tmp_path: Path) -> None:
+    job = make_job(tmp_path, chunking={"overlap": 0, "shard_tokens": 64, "prefix": ""})
+    check_same_chunking(job, {"overlap": 8, "shard_tokens": 64}, ["shard_tokens"])
+    with pytest.raises(JobConflict) as info:
+        check_same_chunking(job, {"overlap": 8, "shard_tokens": 64}, ["overlap", "shard_tokens"])
+    assert "--overlap: the job has 0, this command asks for 8" in str(info.value)
+    assert "shard-tokens" not in str(info.value)
+
+
+def test_plan_for_a_new_job_and_a_missing_one(tmp_path: Path) -> None:
+    plan = plan_run(tmp_path / "new", "c.jsonl", {"queue": "auto"}, set(), resume=False,
+                    model_path=str)
+    assert (plan.corpus, plan.queue, plan.options["queue"], plan.restage) == (
+        "c.jsonl", "cpu", "cpu", False)
+    with pytest.raises(JobNotFound):
+        plan_run(tmp_path / "new", None, {}, set(), resume=True, model_path=str)
+
+
+def test_interrupt_message_names_the_resume_command_once_the_job_exists(tmp_path: Path) -> None:
+    assert "run the same command again" in interrupted_message(tmp_path / "out" / "j")
+    job = make_job(tmp_path)
+    assert f"`producer run --resume {job.root}`" in interrupted_message(job.root)
