@@ -120,7 +120,8 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Real tokens per task (one input/output shard)."),
         click.option("--max-batch-tokens", type=click.IntRange(16, None), default=None,
                      envvar="EMBED_MAX_BATCH_TOKENS",
-                     help="Padded tokens per inference batch (default: the worker's; 4096 on CPU, 32768 on GPU)."),
+                     help="Padded tokens per inference batch (default: the worker's; 4096 on "
+                     "CPU, 32768 on GPU)."),
         click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
                      help="Deliveries of one shard before it is marked failed."),
     ]

@@ -11,7 +11,8 @@
         └── Interrupted         Ctrl-C; the message says how to continue
 
 Each also derives from the builtin type the producer raised before (``ValueError``,
-``ConnectionError``, ``FileExistsError``, ``RuntimeError``), so Python callers that catch those keep working.
+``ConnectionError``, ``FileExistsError``, ``RuntimeError``), so Python callers that catch those
+keep working.
 """
 
 from __future__ import annotations
