@@ -170,7 +170,7 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
         return
     from producer.job import submit as submit_job
     from producer.progress import fleet_progress
-    from producer.submit import connect
+    from producer.broker import connect
 
     bar = fleet_progress(connect(broker), "cpu" if kw["queue"] == "auto" else kw["queue"],
                          mask_url(broker), warn=lambda w: click.echo(w, err=True))
@@ -286,7 +286,7 @@ def resume(job_dir: str, broker: str | None, wait: bool) -> None:
     from producer.job import Job
     from producer.progress import fleet_progress
     from producer.resume import fleet_broker, refuse_run_job
-    from producer.submit import connect
+    from producer.broker import connect
 
     jd = JobDir.open(job_dir)
     refuse_run_job(jd)
