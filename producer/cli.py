@@ -206,10 +206,9 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
     --resume OUT/JOB, to continue an interrupted job.
     """
     from producer.job import Job, new_job_id
-    from producer.job import submit as submit_job
     from producer.local import fleet_roots, local_fleet
     from producer.models import embedfleet_home, resolve_model
-    from producer.resume import RUN_MADE_BY, interrupted_message, plan_run
+    from producer.resume import interrupted_message, plan_run
 
     if (corpus is None) == (resume_from is None):
         raise UsageError("give CORPUS to embed, or --resume OUT/JOB to continue a job")
@@ -233,14 +232,7 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
             click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
             if plan.note:
                 click.echo(plan.note)
-            if plan.corpus is None:
-                job = Job(plan.root, broker=broker_url)
-                click.echo(f"sent {job.resume()} pending shard(s)")
-            else:
-                plan.clear_partial_staging()
-                opts = dict(plan.options, job_id=plan.root.name)
-                job = submit_job(plan.corpus, plan.root.parent, broker=broker_url,
-                                 log=click.echo, home=home_path, made_by=RUN_MADE_BY, **opts)
+            job = plan.start(broker_url, home_path, log=click.echo)
             fleet.wait_ready()
             _finish(job, progress=True)
     except KeyboardInterrupt:

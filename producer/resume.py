@@ -12,7 +12,7 @@ refuses a ``producer run`` job, whose private Redis is gone.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,10 +43,18 @@ class RunPlan:
     pending: int = -1
     """Shards to send (-1: not staged yet); 0 means no fleet is needed."""
 
-    def clear_partial_staging(self) -> None:
-        """Drop what an interrupted staging left (input shards, manifest); nothing was sent."""
+    def start(self, broker: str, home: Path, log: Callable[[str], Any]) -> Any:
+        """Send the pending shards to ``broker``, or stage the corpus and send; the ``Job``."""
+        from producer.job import Job, submit
+
+        if self.corpus is None:
+            job = Job(self.root, broker=broker)
+            log(f"sent {job.resume()} pending shard(s)")
+            return job
         if self.restage and self.root.is_dir():
-            shutil.rmtree(self.root)
+            shutil.rmtree(self.root)  # an interrupted staging's input and manifest; none sent
+        return submit(self.corpus, self.root.parent, broker=broker, log=log, home=home,
+                      made_by=RUN_MADE_BY, **dict(self.options, job_id=self.root.name))
 
 
 def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
