@@ -96,8 +96,7 @@ def summary_lines(job: Any, st: Any) -> list[str]:
         f"({st.tokens / wall if wall else 0:,.0f} tokens/s), cache hits {hits}/{st.chunks}"]
     if res.get("rejects"):
         out.append(f"rejects:    {res['rejects']} in {job.dir.rejects_path}")
-    for f in st.failed_shards:
-        out.append(f"failed shard {f['shard']}: {f['reason']}")
+    out.extend(_failed_lines(st))
     out.append(f"output:     {job.dir.embeddings_dir}/*.parquet")
     out.append(f"read it:    python -c \"import pandas as pd; "
                f"print(pd.read_parquet('{job.dir.embeddings_dir}'))\"")
@@ -117,6 +116,13 @@ def status_lines(st: Any) -> list[str]:
     for r in st.reject_examples:
         out.append(f"rejected   doc {r.get('doc_id')!r} chunk {r.get('chunk_index')} "
                    f"(line {r.get('line')}): {r.get('reason')}")
-    for f in st.failed_shards:
-        out.append(f"failed shard {f['shard']}: {f['reason']}")
-    return out
+    return out + _failed_lines(st)
+
+
+def _failed_lines(st: Any) -> list[str]:
+    """Each failed shard with its reason, and what to do when its staged input is damaged."""
+    from storage.integrity import damaged_inputs
+
+    shards = [f["shard"] for f in st.failed_shards]
+    return ([f"failed shard {f['shard']}: {f['reason']}" for f in st.failed_shards]
+            + [f"what to do: {line}" for line in damaged_inputs(Path(st.job_dir), shards)])

@@ -84,7 +84,8 @@ def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
         states = job.shard_states()
         done = sum(s.state == "done" for s in states)
         pending = sum(s.state == "pending" for s in states)
-        return RunPlan(job.root, None, queue=m["queue"], pending=pending, note=(
+        return RunPlan(job.root, None, {"model": m["model"]["bundle_path"]}, queue=m["queue"],
+                       pending=pending, note=(
             f"resuming {job.root}: {done} of {len(states)} shard(s) done and kept, "
             f"{pending} pending"))
     source = corpus or m["input"]["path"]
