@@ -100,8 +100,9 @@ def _load(backend: str, precision: str, a: dict[str, Any], texts: list[str]) -> 
 
         out = _copy(src, work / "st-onnx-int8")
         model = SentenceTransformer(str(out), device="cpu", backend="onnx")
+        model.save_pretrained(str(out))  # the exported onnx/model.onnx the quantizer reads
         export_dynamic_quantized_onnx_model(model, _onnx_qconfig(), str(out))
-        name = next(p.name for p in (out / "onnx").glob("*qint8*.onnx"))
+        name = next(p.name for p in (out / "onnx").glob("model_*int8*.onnx"))
         return SentenceTransformer(str(out), device="cpu", backend="onnx",
                                    model_kwargs={"file_name": f"onnx/{name}"})
     from optimum.intel import OVQuantizationConfig
@@ -114,6 +115,7 @@ def _load(backend: str, precision: str, a: dict[str, Any], texts: list[str]) -> 
         for t in texts[:: max(1, len(texts) // 300)][:300]:
             f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
     model = SentenceTransformer(str(out), device="cpu", backend="openvino")
+    model.save_pretrained(str(out))
     export_static_quantized_openvino_model(
         model, OVQuantizationConfig(num_samples=300), str(out), dataset_name=str(calib),
         dataset_config_name="default", dataset_split="train", column_name="text")
