@@ -204,6 +204,10 @@ def _st_backend_rows(args: argparse.Namespace, common: dict[str, Any], st_model:
         return [_skipped(m, p, why) for m, p in names]
     rows = []
     for (backend, prec), (method, _) in zip(st_backends.BACKENDS, names):
+        why = st_backends.skip_reason(backend, prec)
+        if why:
+            rows.append(_skipped(method, prec, why))
+            continue
         tag = f"st-{backend}-{prec.replace(' ', '-')}"
         cargs = dict(common, st_model=st_model, work=str(work),
                      vectors=str(work / f"vectors-{tag}.npy"), out=str(work / f"child-{tag}.json"))
