@@ -130,14 +130,15 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         rows += _st_backend_rows(args, common, st_model, work)
     precs = [p.strip() for p in args.precisions.split(",") if p.strip()]
     for p in precs:
-        if _graph(p) not in bundle.variants:
-            rows.append(_skipped("raw ONNX (LoadedModel.embed)", p, f"bundle has no {p}"))
+        if _graph(p) not in bundle.variants or _refusal(p, bundle):
+            rows.append(_skipped("raw ONNX (LoadedModel.embed)", p,
+                                 _refusal(p, bundle) or f"bundle has no {p}"))
             continue
         rows.append(_measure_child("raw ONNX (LoadedModel.embed)", p, "onnx",
                                    dict(common, precision=p,
                                         vectors=str(work / f"vectors-onnx-{p}.npy")), work))
     for p in precs:
-        if _graph(p) not in bundle.variants:
+        if _graph(p) not in bundle.variants or _refusal(p, bundle):
             continue
         home = work / f"home-{p}"
         for label, job_id in (("producer run, cold cache", f"cold-{p}"),
@@ -190,6 +191,24 @@ def _chunk(corpus: Path, bundle: Any, work: Path) -> tuple[dict[str, Any], Path]
 def _graph(precision: str) -> str:
     """The bundle variant a --precisions entry needs (auto and bf16 run on the fp32 file)."""
     return {"auto": "fp32", "bf16": "fp32"}.get(precision, precision)
+
+
+def _refusal(precision: str, bundle: Any) -> str:
+    """Why a worker on this machine would refuse ``precision`` ("" = it runs it)."""
+    if precision != "bf16":
+        return ""
+    import onnxruntime as ort
+
+    from worker.errors import ProviderUnavailable
+    from worker.model.providers import choose_cpu_runtime
+    from worker.model.session import cpu_flags
+
+    try:
+        choose_cpu_runtime(ort.get_available_providers(), cpu_flags(), bundle.variants,
+                           precision=precision)
+    except ProviderUnavailable as exc:
+        return str(exc)
+    return ""
 
 
 def _st_backend_rows(args: argparse.Namespace, common: dict[str, Any], st_model: str | None,

@@ -121,13 +121,14 @@ def _load(backend: str, precision: str, a: dict[str, Any], texts: list[str]) -> 
     out = _copy(src, work / "st-openvino-int8")
     calib = work / "st-calibration"  # a local dataset of the benchmark's own chunks
     calib.mkdir(parents=True, exist_ok=True)
+    sample = texts[:: max(1, len(texts) // 300)][:300]
     with open(calib / "train.jsonl", "w", encoding="utf-8") as f:
-        for t in texts[:: max(1, len(texts) // 300)][:300]:
+        for t in sample:
             f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
     model = SentenceTransformer(str(out), device="cpu", backend="openvino")
     model.save_pretrained(str(out))
     export_static_quantized_openvino_model(
-        model, OVQuantizationConfig(num_samples=300), str(out), dataset_name=str(calib),
+        model, OVQuantizationConfig(num_samples=len(sample)), str(out), dataset_name=str(calib),
         dataset_config_name="default", dataset_split="train", column_name="text")
     return SentenceTransformer(str(out), device="cpu", backend="openvino",
                                model_kwargs={"file_name": "openvino/openvino_model_qint8_quantized.xml"})
