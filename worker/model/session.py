@@ -3,25 +3,36 @@
 This is the only module that imports onnxruntime. Sessions are created lazily in the process
 that uses them (never before a Celery prefork), and what the session really runs on is read
 back from ``get_providers()``: a CUDA request that fell back to CPU is logged as a warning and
-kept in ``LoadedModel.fallback`` so metrics can show it.
+kept in ``LoadedModel.fallback`` so metrics can show it. The OpenVINO EP is the same: a provider
+ONNX Runtime lists but cannot create (bad options, missing plugin) is dropped with only a log
+line from ORT, so the loader compares what it asked for with what it got.
+
+bf16 is a runtime precision of the fp32 graph: the OpenVINO EP's ``precision`` option accepts
+only FP32/ACCURACY on CPU, so the hint goes through ``load_config``, a JSON *string* of
+per-device OpenVINO properties (a file path is rejected with a JSON parse error).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from worker.model.batching import Batch, batch_budget, batches_by_tokens, encode
-from storage.bundle import Bundle, load_bundle
+from storage.bundle import RUNTIME_PRECISIONS, Bundle, load_bundle
 from worker.errors import BundleError, InferenceError
 from worker.model.pooling import FloatArray, l2_normalize, pool
 from worker.contract import Device, default_precision
-from worker.model.providers import CPU, CUDA, provider_names, select_providers
+from worker.model.providers import (
+    CPU, CUDA, OPENVINO, Choice, CpuProvider, choose_cpu_runtime, parse_cpu_flags,
+    provider_names, select_providers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +61,9 @@ class LoadedModel:
 
     @property
     def fallback(self) -> bool:
-        """True when CUDA was asked for and the session runs on CPU."""
-        return CUDA in self.requested_providers and CUDA not in self.active_providers
+        """True when CUDA or OpenVINO was asked for and the session runs on the CPU EP."""
+        return any(p in self.requested_providers and p not in self.active_providers
+                   for p in (CUDA, OPENVINO))
 
     def run(self, batch: Batch) -> FloatArray:
         """Embed one padded batch: session, pool, normalise. Rows follow ``batch.positions``."""
@@ -94,6 +106,22 @@ class LoadedModel:
         return binding.copy_outputs_to_cpu()[0]
 
 
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+@lru_cache(maxsize=1)
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """This machine's CPU flags, read once (empty where there is no /proc/cpuinfo)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return parse_cpu_flags(f.read())
+    except OSError:
+        return frozenset()
+
+
 def load_model(
     bundle: Bundle | str | os.PathLike[str],
     *,
@@ -103,12 +131,18 @@ def load_model(
     device_id: int = 0,
     tensorrt: bool = False,
     strict: bool = False,
+    cpu_provider: CpuProvider | str = CpuProvider.AUTO,
+    choice: Choice | None = None,
 ) -> LoadedModel:
     """Build a session for the bundle on ``device`` (``cpu``, ``gpu``, ``auto``).
 
+    On CPU, ``choice`` (from ``worker.model.probe``, which measures) names the provider and
+    precision; without it they follow ``choose_cpu_runtime`` with no measurements (an explicit
+    precision, else the CPU EP default).
+
     Raises:
         BundleError: a missing variant or an ONNX file that does not load.
-        ProviderUnavailable: ``strict`` and no CUDA.
+        ProviderUnavailable: ``strict`` and no CUDA; bf16 or openvino asked for and impossible.
     """
     import onnxruntime as ort
 
@@ -120,8 +154,16 @@ def load_model(
     # Precision follows the device that will really run: a GPU request on a machine without
     # CUDA gets the CPU default (recorded as a fallback), not an fp16 graph on the CPU.
     on_gpu = CUDA in provider_names(providers) and CUDA in available
-    prec = default_precision(Device.GPU if on_gpu else Device.CPU, bundle.variants, precision)
-    path = bundle.onnx_path(prec)
+    if on_gpu:
+        prec = default_precision(Device.GPU, bundle.variants, precision)
+    else:
+        if choice is None:
+            choice = choose_cpu_runtime(available, cpu_flags(), bundle.variants,
+                                        override=cpu_provider, precision=precision)
+        prec = choice.precision
+        if choice.provider == OPENVINO:
+            providers = [_openvino(prec, threads)] + [p for p in providers if p == CPU]
+    path = bundle.graph_path(prec)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -140,6 +182,10 @@ def load_model(
     except Exception as exc:
         raise BundleError(f"{path}: ONNX Runtime cannot load this model ({exc})") from exc
     active = session.get_providers()
+    if OPENVINO in requested and OPENVINO not in active:
+        log.warning("OPENVINO EP LISTED BUT FAILED TO CREATE: %s runs on %s at fp32 instead of "
+                    "%s (ONNX Runtime's log above says why).", path.name, ", ".join(active), prec)
+        prec = RUNTIME_PRECISIONS.get(prec, prec)
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     if "input_ids" not in inputs:
@@ -151,9 +197,9 @@ def load_model(
         pad_id=pad_token_id(tok), device=Device(device).value, requested_providers=requested,
         active_providers=list(active), input_names=inputs,
         output_name="sentence_embedding" if pooled else outputs[0], pooled_output=pooled,
-        fingerprint=bundle.fingerprint(prec),
+        fingerprint=bundle.fingerprint(prec, provider=active[0] if active else None),
     )
-    if model.fallback:
+    if CUDA in requested and CUDA not in active:
         log.warning(
             "CUDA REQUESTED BUT NOT AVAILABLE: %s runs on %s (available providers: %s). "
             "Embeddings are correct but slow; install onnxruntime-gpu and CUDA to use the GPU.",
@@ -161,6 +207,16 @@ def load_model(
         )
     log.info("loaded %s (%s) on %s, %d threads", path, prec, ", ".join(active), threads or 0)
     return model
+
+
+def _openvino(precision: str, threads: int | None) -> tuple[str, dict[str, str]]:
+    """OpenVINO EP options: the precision hint as a load_config JSON string, CPU threads."""
+    hint = "bf16" if precision == "bf16" else "f32"
+    opts = {"device_type": "CPU",
+            "load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": hint}})}
+    if threads:
+        opts["num_of_threads"] = str(int(threads))
+    return (OPENVINO, opts)
 
 
 def pad_token_id(tokenizer: Any) -> int:

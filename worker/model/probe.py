@@ -1,0 +1,177 @@
+"""Stage 5a (edge): measure the CPU candidates once at worker start; cache the choice on disk.
+
+CPU flags say whether bf16 can be fast, not which of CPU-EP int8, OpenVINO fp32 and OpenVINO
+bf16 is fastest for this model on this machine (issue 14: on a Xeon with AMX, OpenVINO bf16 ran
+2x the CPU EP's int8; the OpenVINO EP on the dynamic-int8 graph was slower than the CPU EP). So
+the first worker process to load a bundle variant runs the bundle's multilingual gate sample
+through each candidate (a warm-up and a few seconds each), checks cosine against CPU-EP fp32,
+and writes the figures to ``EMBED_HOME/runtime/<key>.json``, keyed by the bundle's fingerprint
+and the machine (CPU model, flags, core count, threads, ONNX Runtime version and providers).
+Other processes wait on a file lock and read it. The pure decision (``choose_cpu_runtime``) is
+re-applied to the cached figures, so ``EMBED_CPU_PROVIDER`` and ``--precision`` still override.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storage.atomic import write_bytes_atomic
+from storage.bundle import Bundle, load_bundle
+from worker.model.providers import (
+    CPU, OPENVINO, Candidate, Choice, CpuProvider, Measured, choose_cpu_runtime, cpu_candidates,
+)
+
+log = logging.getLogger(__name__)
+
+PROBE_VERSION = 1
+"""Bump to re-measure everywhere when what is measured changes."""
+PROBE_SECONDS = 1.5
+"""Timed seconds per candidate after its warm-up (the whole probe: a few seconds)."""
+
+
+def cpu_choice(bundle: Bundle | str | os.PathLike[str], *, precision: str = "auto",
+               override: CpuProvider | str = CpuProvider.AUTO, threads: int | None = None,
+               home: Path, load: Callable[..., Any] | None = None) -> Choice:
+    """The provider and precision for this bundle on this machine, measured once and cached.
+
+    Measures only when it matters: ``precision`` auto and the OpenVINO EP is available.
+    """
+    from worker.model import session
+
+    load = load or session.load_model
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    available, flags = session.available_providers(), session.cpu_flags()
+    measure = (precision == "auto" and OPENVINO in available
+               and CpuProvider(override) is not CpuProvider.CPU)
+    measured: dict[Candidate, Measured] | None = None
+    if measure:
+        cands = cpu_candidates(available, flags, bundle.variants)
+        path = home / "runtime" / f"{machine_key(bundle, available, flags, threads)}.json"
+        measured = _cached_or_measured(path, bundle, cands, threads, load)
+    choice = choose_cpu_runtime(available, flags, bundle.variants, measured,
+                                override=override, precision=precision)
+    if measured is not None:
+        failed = [m for m in measured.values() if m.error]
+        for m in failed:
+            log.warning("CPU RUNTIME PROBE: %s could not run (%s); not used", m.candidate.label,
+                        m.error)
+        log.warning("CPU RUNTIME CHOICE for %s: %s/%s (%s)", bundle.path.name, choice.provider,
+                    choice.precision, choice.reason)
+    return choice
+
+
+def machine_key(bundle: Bundle, available: Sequence[str], flags: frozenset[str],
+                threads: int | None) -> str:
+    """What makes a measurement valid: the bundle and this machine's CPU and runtime."""
+    ident = {"version": PROBE_VERSION, "bundle": bundle.fingerprint("fp32"),
+             "variants": {v: bundle.fingerprint(v) for v in bundle.variants},
+             "cpu": _cpu_model(), "flags": sorted(flags), "cores": os.cpu_count(),
+             "threads": threads, "ort": _ort_version(), "providers": sorted(available)}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _ort_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        for dist in ("onnxruntime-openvino", "onnxruntime", "onnxruntime-gpu"):
+            try:
+                return f"{dist}=={version(dist)}"
+            except Exception:  # noqa: BLE001 - not installed under this name
+                continue
+    except ImportError:  # pragma: no cover
+        pass
+    return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _cached_or_measured(path: Path, bundle: Bundle, cands: Sequence[Candidate],
+                        threads: int | None, load: Callable[..., Any]
+                        ) -> dict[Candidate, Measured]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others read its figures
+        cached = _read(path)
+        if cached is not None and all(c in cached for c in cands):
+            return cached
+        measured = measure(bundle, cands, threads, load)
+        rows = [{"provider": m.candidate.provider, "precision": m.candidate.precision,
+                 "tokens_per_s": m.tokens_per_s, "cos_min": m.cos_min, "error": m.error}
+                for m in measured.values()]
+        write_bytes_atomic(path, json.dumps({"version": PROBE_VERSION, "bundle": str(bundle.path),
+                                             "measured_at": time.time(), "rows": rows},
+                                            indent=1).encode())
+        return measured
+
+
+def measure(bundle: Bundle, cands: Sequence[Candidate], threads: int | None,
+            load: Callable[..., Any]) -> dict[Candidate, Measured]:
+    """Run the gate sample through each candidate: tokens/s and min cosine vs CPU-EP fp32."""
+    from worker.export.samples import SAMPLE_TEXTS
+
+    texts = list(SAMPLE_TEXTS)
+    out: dict[Candidate, Measured] = {}
+    reference: np.ndarray | None = None
+    for c in cands:
+        try:
+            model = load(bundle, device="cpu", threads=threads,
+                         choice=Choice(c.provider, c.precision, "probe"))
+            if model.provider != c.provider:
+                raise RuntimeError(f"listed but failed to create: the session runs on "
+                                   f"{model.provider}")
+            vecs, tps = _timed(model, texts)
+        except Exception as exc:  # noqa: BLE001 - a candidate that fails is one bad row
+            out[c] = Measured(c, error=f"{type(exc).__name__}: {exc}"[:300])
+            continue
+        if c == Candidate(CPU, "fp32"):
+            reference = vecs
+        cos = None if reference is None else float((vecs * reference).sum(axis=1).min())
+        out[c] = Measured(c, tokens_per_s=round(tps, 1),
+                          cos_min=None if cos is None else round(cos, 6))
+        log.info("CPU runtime probe: %s %.0f tok/s, min cosine vs fp32 %s", c.label, tps, cos)
+    return out
+
+
+def _timed(model: Any, texts: list[str]) -> tuple[np.ndarray, float]:
+    vecs = model.embed(texts)  # warm-up: OpenVINO compiles per input shape
+    n_tokens = sum(len(e.ids) for e in model.tokenizer.encode_batch(texts))
+    t0, reps = time.perf_counter(), 0
+    while reps < 2 or time.perf_counter() - t0 < PROBE_SECONDS:
+        model.embed(texts)
+        reps += 1
+        if reps >= 20:
+            break
+    return vecs, n_tokens * reps / (time.perf_counter() - t0)
+
+
+def _read(path: Path) -> dict[Candidate, Measured] | None:
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("version") != PROBE_VERSION:
+            return None
+        return {Candidate(r["provider"], r["precision"]): Measured(
+            Candidate(r["provider"], r["precision"]), float(r["tokens_per_s"]), r["cos_min"],
+            r["error"]) for r in raw["rows"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
