@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
+	@# The three ONNX Runtime distributions share one module: clear any other one first, so an
+	@# old venv that had plain onnxruntime switches cleanly to the cpu extra's (OpenVINO on x86-64).
+	$(PIP) uninstall -y -q onnxruntime onnxruntime-openvino onnxruntime-gpu >/dev/null 2>&1 || true
 	$(PIP) install -q -e ".[cpu,export,dev,pg]"
 	touch $(STAMP)
 
