@@ -120,6 +120,9 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Padded tokens per inference batch (default: the worker's; 4096 on CPU, 32768 on GPU)."),
         click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
                      help="Deliveries of one shard before it is marked failed."),
+        click.option("--outputs", default="dense", show_default=True,
+                     help="Comma-separated: dense, sparse, colbert (sparse and colbert need a "
+                     "BGE-M3 bundle; dense is always written)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -129,7 +132,7 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _submit_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     keys = ("job_id", "model", "precision", "queue", "text_field", "id_field", "max_tokens",
             "overlap", "prefix", "max_line_bytes", "shard_tokens", "max_batch_tokens",
-            "max_attempts")
+            "max_attempts", "outputs")
     return {k: kw[k] for k in keys}
 
 
