@@ -12,12 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from producer.errors import UsageError
 from storage.bundle import OUTPUTS, BundleConfig
-from storage.errors import EmbedfleetError
-
-
-class OutputsError(EmbedfleetError, ValueError):
-    """An unknown output, or one the bundle cannot produce; the message names it."""
 
 
 def parse_outputs(value: str | Sequence[str] | None, config: BundleConfig, bundle: str
@@ -25,17 +21,17 @@ def parse_outputs(value: str | Sequence[str] | None, config: BundleConfig, bundl
     """The canonical output set (dense first) for ``--outputs``.
 
     Raises:
-        OutputsError: an unknown name, or one the bundle at ``bundle`` cannot produce.
+        UsageError: an unknown name, or one the bundle at ``bundle`` cannot produce.
     """
     raw = value.split(",") if isinstance(value, str) else list(value or ["dense"])
     names = [n.strip().lower() for n in raw if n.strip()]
     unknown = [n for n in names if n not in OUTPUTS]
     if unknown:
-        raise OutputsError(f"--outputs {','.join(unknown)}: unknown output; valid: "
+        raise UsageError(f"--outputs {','.join(unknown)}: unknown output; valid: "
                            f"{', '.join(OUTPUTS)}")
     missing = [n for n in names if n not in config.outputs]
     if missing:
-        raise OutputsError(
+        raise UsageError(
             f"--outputs {','.join(missing)}: the bundle {bundle} cannot produce it (it has: "
             f"{', '.join(config.outputs)}); export a BGE-M3 directory with colbert_linear.pt "
             "and sparse_linear.pt to get sparse and colbert")
