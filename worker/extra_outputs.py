@@ -64,7 +64,10 @@ class ShardOutputs:
 
     def bind(self, model: Any) -> Any:
         """The model as the pipeline calls it: ``run(batch)`` -> dense vectors."""
-        return model if self.dense_only else _MultiOutputRun(model, self)
+        if self.dense_only:
+            return model
+        self.colbert_dim = model.bundle.config.colbert_dim
+        return _MultiOutputRun(model, self)
 
     def nbytes(self, positions: Sequence[int], dim: int) -> int:
         """Raw bytes of the outputs of ``positions`` (the metrics' ``output_bytes``)."""

@@ -35,6 +35,7 @@ class FakeCache:
 
 class FakeModel:
     pad_id = 1
+    bundle = SimpleNamespace(config=SimpleNamespace(colbert_dim=3))
 
     def run(self, batch):  # type: ignore[no-untyped-def]
         raise AssertionError("a multi-output job must not call run")
@@ -59,10 +60,10 @@ def test_dense_only_job_is_the_old_path() -> None:
 
 
 def test_multi_output_run_collects_rows_by_position_and_round_trips_the_cache() -> None:
-    out = ShardOutputs.for_job({"outputs": list(M3)}, 4, colbert_dim=3)
+    out = ShardOutputs.for_job({"outputs": list(M3)}, 4, colbert_dim=0)
     assert out.keys("fp", ["aa"]) == ["emb:v1:fp+dense,sparse,colbert:aa"]
     model = out.bind(FakeModel())
-    assert model.pad_id == 1  # everything else comes from the wrapped model
+    assert model.pad_id == 1 and out.colbert_dim == 3  # the rest comes from the wrapped model
     dense = model.run(SimpleNamespace(positions=[3, 1]))
     assert dense.shape == (2, 2)
     assert out.extra["sparse"][3][0].tolist() == [3] and out.extra["sparse"][0] is None
