@@ -19,6 +19,7 @@ import numpy as np
 from storage.bundle import CONFIG_NAME, VARIANT_FILES
 from worker.errors import BundleError
 from worker.export.samples import SAMPLE_TEXTS
+from worker.model.pooling import cosine_rows
 
 Log = Callable[[str], Any]
 Embed = Callable[[Path, str, Sequence[str]], np.ndarray]
@@ -195,9 +196,3 @@ def _gate_line(prec: str, res: dict[str, Any]) -> str:
     return (f"gate {prec:4} vs fp32 on {res['texts']} texts: dense mean {res['mean']:.4f} "
             f"min {res['min']:.4f} (needs {res['thresholds']['mean']}/"
             f"{res['thresholds']['min']}){extra} {'pass' if res['passed'] else 'FAIL'}")
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two equally shaped matrices."""
-    na = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.maximum(na, 1e-12)
