@@ -125,6 +125,9 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      "CPU, 32768 on GPU)."),
         click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
                      help="Deliveries of one shard before it is marked failed."),
+        click.option("--outputs", default="dense", show_default=True,
+                     help="Comma-separated: dense, sparse, colbert (sparse and colbert need a "
+                     "BGE-M3 bundle; dense is always written)."),
     ]
     for opt in reversed(opts):
         f = opt(f)

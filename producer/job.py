@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +27,7 @@ from storage.jobdir import JobDir
 from storage.metrics import metrics_totals
 from storage.readers import read_matrix, read_table
 from producer.models import embedfleet_home, resolve_model
+from producer.outputs import parse_outputs
 from storage.bundle import load_bundle
 from worker.settings import DEFAULT_BROKER_URL, env_broker, mask_url
 
@@ -205,6 +206,7 @@ def submit(
     shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS,
     max_batch_tokens: int | None = None,
     max_attempts: int = 3,
+    outputs: str | Sequence[str] = "dense",
     cpu_queue: str = "cpu",
     gpu_queue: str = "gpu",
     home: str | os.PathLike[str] | None = None,
@@ -227,6 +229,7 @@ def submit(
     queue = choose_queue(app, queue, cpu_queue=cpu_queue, gpu_queue=gpu_queue, log=say)
     bundle = load_bundle(resolve_model(model, Path(home) if home else embedfleet_home()))
     cfg = bundle.config
+    wanted = parse_outputs(outputs, cfg, str(bundle.path))  # before anything is staged
     pfx = prefix_text(prefix, cfg.passage_prefix, cfg.query_prefix)
     chunking = chunking_settings(max_length=cfg.max_length, max_tokens=max_tokens,
                                  overlap=overlap, prefix=pfx, text_field=text_field,
@@ -257,6 +260,7 @@ def submit(
                   "max_length": cfg.max_length, "pooling": cfg.pooling.value,
                   "normalize": cfg.normalize,
                   "fingerprints": {p: bundle.fingerprint(p) for p in bundle.variants}},
+        "outputs": list(wanted), "colbert_dim": cfg.colbert_dim if "colbert" in wanted else 0,
         "precision": precision, "queue": queue, "broker_hint": mask_url(broker),
         "chunking": chunking, "made_by": made_by,
         "max_batch_tokens": max_batch_tokens, "max_attempts": max_attempts,

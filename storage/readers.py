@@ -2,6 +2,8 @@
 
 Nothing here is needed to read the output: ``pandas.read_parquet``, ``polars.read_parquet``,
 DuckDB's ``read_parquet('OUT/job/embeddings/*.parquet')`` and ``pyarrow.dataset`` all work.
+BGE-M3 jobs (``--outputs dense,sparse,colbert``) add ``read_sparse`` and ``iter_colbert``; the
+scores to rerank with them are in storage/scoring.py.
 """
 
 from __future__ import annotations
@@ -71,3 +73,53 @@ def read_matrix(path: str | os.PathLike[str], **kw: bool) -> tuple[Ids, np.ndarr
         ids.extend(i)
         mats.append(m)
     return ids, (np.concatenate(mats) if mats else np.zeros((0, 0), np.float32))
+
+
+def read_sparse(path: str | os.PathLike[str], *, require_success: bool = True
+                ) -> tuple[Ids, list[tuple[np.ndarray, np.ndarray]]]:
+    """``(ids, [(token_ids int32, weights float32), ...])`` of a job run with the sparse output.
+
+    Raises:
+        ValueError: the job's shards have no sparse columns (run without ``--outputs sparse``).
+    """
+    job = open_job(path, require_success=require_success)
+    ids: Ids = []
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
+    for p in _shards(job):
+        t = _read_columns(p, ["doc_id", "chunk_index", "sparse_ids", "sparse_weights"], "sparse")
+        ids.extend(zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist()))
+        tok, wts = t["sparse_ids"].combine_chunks(), t["sparse_weights"].combine_chunks()
+        flat_t = tok.values.to_numpy(zero_copy_only=False)
+        flat_w = wts.values.to_numpy(zero_copy_only=False)
+        off = tok.offsets.to_numpy()
+        rows.extend((flat_t[a:b].astype(np.int32), flat_w[a:b].astype(np.float32))
+                    for a, b in zip(off[:-1], off[1:]))
+    return ids, rows
+
+
+def iter_colbert(path: str | os.PathLike[str], *, require_success: bool = True
+                 ) -> Iterator[tuple[tuple[str, int], np.ndarray]]:
+    """Yield ``((doc_id, chunk_index), (n_tokens - 1, dim) float32 matrix)`` chunk by chunk,
+    reading one shard at a time (ColBERT output is n_tokens x dim floats per chunk).
+
+    Raises:
+        ValueError: the job's shards have no colbert column (run without ``--outputs colbert``).
+    """
+    job = open_job(path, require_success=require_success)
+    for p in _shards(job):
+        t = _read_columns(p, ["doc_id", "chunk_index", "colbert"], "colbert")
+        col = t["colbert"].combine_chunks()
+        dim = col.type.value_type.list_size
+        flat = col.values.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        off = col.offsets.to_numpy()
+        for key, a, b in zip(zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist()),
+                             off[:-1], off[1:]):
+            yield key, flat[a:b]
+
+
+def _read_columns(path: Path, columns: list[str], output: str) -> pa.Table:
+    names = pq.read_schema(path).names
+    if columns[-1] not in names:
+        raise ValueError(f"{path}: no {output} output in this shard; submit the job with "
+                         f"--outputs dense,{output} (a bundle exported from BGE-M3)")
+    return pq.read_table(path, columns=columns)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
 
 INPUT_SCHEMA = pa.schema([
@@ -17,8 +19,15 @@ INPUT_SCHEMA = pa.schema([
 ])
 
 
-def embeddings_schema(dim: int) -> pa.Schema:
-    return pa.schema([
+def embeddings_schema(dim: int, outputs: Sequence[str] = ("dense",),
+                      colbert_dim: int = 0) -> pa.Schema:
+    """The output shard schema; a dense-only job's is the same as before outputs existed.
+
+    BGE-M3 outputs add, after ``embedding``: ``sparse_ids`` list<int32> and ``sparse_weights``
+    list<float32> (sorted by id, max weight per id, special tokens left out), and ``colbert``
+    list<fixed_size_list<float32>[colbert_dim]> (``n_tokens - 1`` unit vectors: CLS dropped).
+    """
+    fields = [
         pa.field("doc_id", pa.string()),
         pa.field("chunk_index", pa.int32()),
         pa.field("char_start", pa.int64()),
@@ -26,8 +35,13 @@ def embeddings_schema(dim: int) -> pa.Schema:
         pa.field("n_tokens", pa.int32()),
         pa.field("text_sha256", pa.string()),
         pa.field("embedding", pa.list_(pa.float32(), dim)),
-        pa.field("cached", pa.bool_()),
-    ])
+    ]
+    if "sparse" in outputs:
+        fields += [pa.field("sparse_ids", pa.list_(pa.int32())),
+                   pa.field("sparse_weights", pa.list_(pa.float32()))]
+    if "colbert" in outputs:
+        fields.append(pa.field("colbert", pa.list_(pa.list_(pa.float32(), colbert_dim))))
+    return pa.schema([*fields, pa.field("cached", pa.bool_())])
 
 
 METRICS_SCHEMA = pa.schema([
@@ -47,6 +61,7 @@ METRICS_SCHEMA = pa.schema([
     pa.field("total_ms", pa.float64()),
     pa.field("tokens_per_s", pa.float64()),
     pa.field("rss_mb", pa.float64()),
+    pa.field("output_bytes", pa.int64()),     # raw bytes of the batch's outputs (all columns)
     pa.field("attempt", pa.int32()),
     pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
 ])

@@ -17,6 +17,9 @@ import pyarrow.parquet as pq
 from storage.atomic import write_atomic
 from storage.schema import INPUT_SCHEMA, METRICS_SCHEMA, embeddings_schema
 
+Sparse = tuple[np.ndarray, np.ndarray]
+"""``(token ids, weights)`` of one chunk, sorted by id."""
+
 META_PREFIX = b"embedfleet."
 
 
@@ -62,9 +65,17 @@ def input_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 
 
 def embeddings_table(inputs: pa.Table, vectors: np.ndarray, cached: np.ndarray,
-                     keep: np.ndarray | None = None) -> pa.Table:
-    """The embeddings shard: input columns + vectors + cached flag (rows in ``keep`` only)."""
+                     keep: np.ndarray | None = None, *,
+                     sparse: Sequence[Sparse | None] | None = None,
+                     colbert: Sequence[np.ndarray | None] | None = None,
+                     colbert_dim: int = 0) -> pa.Table:
+    """The embeddings shard: input columns + vectors + cached flag (rows in ``keep`` only).
+
+    ``sparse`` (``(ids, weights)`` per row) and ``colbert`` (a matrix per row) add the BGE-M3
+    columns (storage/schema.py); rows not in ``keep`` may hold ``None``.
+    """
     dim = int(vectors.shape[1])
+    rows = np.arange(len(vectors)) if keep is None else np.flatnonzero(keep)
     if keep is not None:
         inputs = inputs.filter(pa.array(keep))
         vectors, cached = vectors[keep], cached[keep]
@@ -74,9 +85,36 @@ def embeddings_table(inputs: pa.Table, vectors: np.ndarray, cached: np.ndarray,
         "char_start": inputs["char_start"], "char_end": inputs["char_end"],
         "n_tokens": inputs["n_tokens"], "text_sha256": inputs["text_sha256"],
         "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-        "cached": pa.array(cached, type=pa.bool_()),
     }
-    return pa.Table.from_pydict(cols, schema=embeddings_schema(dim))
+    outputs = ["dense"]
+    if sparse is not None:
+        outputs.append("sparse")
+        picked = [sparse[i] for i in rows]
+        cols["sparse_ids"] = _lists([p[0] for p in picked], pa.int32())  # type: ignore[index]
+        cols["sparse_weights"] = _lists([p[1] for p in picked], pa.float32())  # type: ignore
+    if colbert is not None:
+        outputs.append("colbert")
+        cols["colbert"] = _colbert_array([colbert[i] for i in rows], colbert_dim)  # type: ignore
+    cols["cached"] = pa.array(cached, type=pa.bool_())
+    return pa.Table.from_pydict(cols, schema=embeddings_schema(dim, outputs, colbert_dim))
+
+
+def _lists(values: Sequence[np.ndarray], typ: pa.DataType) -> pa.Array:
+    """A list<typ> column from one numpy array per row, without a Python loop per element."""
+    lengths = np.array([len(v) for v in values], dtype=np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.concatenate(values) if values else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=typ))
+
+
+def _colbert_array(mats: Sequence[np.ndarray], dim: int) -> pa.Array:
+    """list<fixed_size_list<float32>[dim]>: one (n_vectors, dim) matrix per row."""
+    inner = [np.ascontiguousarray(m, dtype=np.float32).reshape(-1, dim) for m in mats]
+    lengths = np.array([len(m) for m in inner], dtype=np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.concatenate(inner).reshape(-1) if inner else np.zeros(0, np.float32)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dim)
+    return pa.ListArray.from_arrays(pa.array(offsets), vectors)
 
 
 def metrics_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:

@@ -13,7 +13,7 @@ import pytest
 from tests.procs import ROOT, RedisServer, Worker
 
 try:  # the model fixtures live with the export code's tests
-    from tests.model_fixtures import minilm_bundle, xlmr_bundle  # noqa: F401
+    from tests.model_fixtures import m3_bundle, minilm_bundle, xlmr_bundle  # noqa: F401
 except ImportError:  # pragma: no cover
     pass
 

@@ -2,7 +2,8 @@
 
 ``minilm_bundle``: the built-in all-MiniLM-L6-v2 with all three variants (about 20 s once,
 then reused). ``xlmr_bundle``: a tiny random-weight XLM-RoBERTa with an 8,192-token window,
-CLS pooling and Normalize, to test long inputs without a large model. Both live under
+CLS pooling and Normalize, to test long inputs without a large model. ``m3_bundle``: the same
+XLM-R with random BGE-M3 heads (``colbert_linear.pt``, ``sparse_linear.pt``). All live under
 ``$EMBED_TEST_CACHE`` (default ``<repo>/.embedfleet/test-models``) and are re-exported when
 the export code changes (a key over worker/export/*.py).
 """
@@ -39,6 +40,33 @@ def xlmr_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return export_bundle(src, out, precisions=("fp32",))
 
     return _cached("tiny-xlm-roberta", build)
+
+
+@pytest.fixture(scope="session")
+def m3_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny XLM-R with random BGE-M3 heads, exported with all three outputs (fp32 only)."""
+    from worker.export import export_bundle
+
+    def build(out: Path) -> Path:
+        src = make_tiny_m3(tmp_path_factory.mktemp("tiny-m3-src"))
+        return export_bundle(src, out, precisions=("fp32",))
+
+    return _cached("tiny-bge-m3", build)
+
+
+def make_tiny_m3(root: Path) -> Path:
+    """make_tiny_xlmr plus random heads saved the way FlagEmbedding saves them
+    (``torch.save(linear.state_dict())``): colbert hidden -> hidden, sparse hidden -> 1."""
+    import torch
+
+    make_tiny_xlmr(root)
+    torch.manual_seed(1)
+    colbert, sparse = torch.nn.Linear(XLMR_DIM, XLMR_DIM), torch.nn.Linear(XLMR_DIM, 1)
+    with torch.no_grad():
+        sparse.bias.fill_(0.05)  # about half the random token weights come out above zero
+    torch.save(colbert.state_dict(), root / "colbert_linear.pt")
+    torch.save(sparse.state_dict(), root / "sparse_linear.pt")
+    return root
 
 
 def make_tiny_xlmr(root: Path) -> Path:

@@ -7,7 +7,8 @@ The numbers are the README's stage table (stages 1-4 run in the producer):
     9  cache lookup: one MGET for the whole shard; hits skip stages 6-8
     6  tokenise the misses once, sort by tokens, cut batches under the token budget
     7  run ONNX Runtime; a failing batch is split down to single chunks
-    8  pool and normalise (inside ``model.run``: worker/model/session.py → pooling.py)
+    8  pool and normalise (inside ``model.run``: worker/model/session.py → pooling.py); a job
+       with BGE-M3 outputs also keeps sparse and ColBERT rows (worker/extra_outputs.py)
     9  cache store: pipelined SET of the new vectors
     10 write rejects, metrics and embeddings shards; the last shard finalises the job
 
@@ -23,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -34,13 +35,13 @@ import pyarrow.parquet as pq
 from billiard.exceptions import SoftTimeLimitExceeded
 
 from storage.atomic import write_bytes_atomic
-from storage.hashing import content_key
 from storage.jobdir import JobDir
 from storage.metrics import rss_mb
 from storage.shards import embeddings_table, metrics_table, shard_is_valid, write_table
 from worker import attempts
 from worker import faults as failpoints
 from worker.errors import InferenceError
+from worker.extra_outputs import DENSE, ShardOutputs
 from worker.model.batching import Batch, encode, pad_rows, plan_batches
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,20 @@ class ShardRows:
     cached: np.ndarray
     ok: np.ndarray
     rejects: list[dict[str, Any]] = field(default_factory=list)
+    outputs: ShardOutputs = field(default_factory=lambda: ShardOutputs(DENSE, 0))
 
     @classmethod
-    def read(cls, path: os.PathLike[str] | str, dim: int) -> ShardRows:
+    def read(cls, path: os.PathLike[str] | str, dim: int,
+             outputs: Sequence[str] = DENSE) -> ShardRows:
         inputs = pq.read_table(path)
         n = inputs.num_rows
         return cls(inputs, inputs["text"].to_pylist(), np.zeros((n, dim), dtype=np.float32),
-                   np.zeros(n, dtype=bool), np.ones(n, dtype=bool))
+                   np.zeros(n, dtype=bool), np.ones(n, dtype=bool),
+                   outputs=ShardOutputs(outputs, n))
+
+    def output_bytes(self, positions: Sequence[int]) -> int:
+        """Raw bytes of what these positions write (rejected ones write nothing)."""
+        return self.outputs.nbytes([i for i in positions if self.ok[i]], self.vectors.shape[1])
 
     def todo(self) -> list[int]:
         """Positions still to embed: not cached, not rejected."""
@@ -126,12 +134,14 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
             return _give_up(ctx, attempt.cap_reason(), attempt.number - 1, attempt.number)
         # 5. The model (one session per process) and the staged chunks.
         model = ctx.load_model()
-        rows = ShardRows.read(job.input_path(shard), model.bundle.config.dim)
+        cfg = model.bundle.config
+        rows = ShardRows.read(job.input_path(shard), cfg.dim, job.manifest.get("outputs") or DENSE)
+        model = rows.outputs.bind(model)  # BGE-M3 outputs come from the same session run
         base = _metric_base(ctx, model, attempt.number)
-        # 9. One MGET for the whole shard.
-        cache = ctx.cache_for(model.bundle.config.dim)
-        keys = [content_key(model.fingerprint, h) for h in rows.inputs["text_sha256"].to_pylist()]
-        metrics = _fill_from_cache(rows, cache.get_many(keys), base)
+        # 9. One MGET for the whole shard (keys name the output set).
+        cache = ctx.cache_for(cfg.dim)
+        keys = rows.outputs.keys(model.fingerprint, rows.inputs["text_sha256"].to_pylist())
+        metrics = _fill_from_cache(rows, rows.outputs.lookup(cache, keys), base)
         for i in sorted(attempt.poison & set(rows.todo())):
             rows.reject(i, attempt.poison_reason())
         # 6. Tokenise the misses once; suspects alone and first, the rest by token budget.
@@ -147,9 +157,10 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
                 mark(group)
                 done, inf_ms = _embed_group(model, rows, group, ids, faults)
                 fresh += done
-                metrics.append(_batch_metric(base, b, group, ids, tok_ms_per_chunk, inf_ms))
+                metrics.append(_batch_metric(base, b, group, ids, tok_ms_per_chunk, inf_ms,
+                                             rows.output_bytes(group)))
             # 9. Store the new vectors (a Redis outage only costs future hits).
-            cache.put_many([(keys[i], rows.vectors[i]) for i in fresh])
+            rows.outputs.store(cache, keys, rows.vectors, fresh)
             # 10. Rejects first, metrics, the embeddings last (their presence means "done").
             _write_shards(job, shard, model, rows, metrics)
         return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())
@@ -181,7 +192,8 @@ def _fill_from_cache(rows: ShardRows, hits: list[np.ndarray | None],
         return []
     n = int(rows.cached.sum())
     tokens = int(sum(t for t, c in zip(rows.inputs["n_tokens"].to_pylist(), rows.cached) if c))
-    return [_metric(base, -1, n, tokens, 0, n, 0.0, 0.0)]
+    hit_bytes = rows.output_bytes([int(i) for i in np.flatnonzero(rows.cached)])
+    return [_metric(base, -1, n, tokens, 0, n, 0.0, 0.0, hit_bytes)]
 
 
 def _embed_group(model: Any, rows: ShardRows, group: list[int], ids: dict[int, list[int]],
@@ -235,7 +247,8 @@ def _write_shards(job: JobDir, shard: int, model: Any, rows: ShardRows,
             "rejected": int((~rows.ok).sum()), "source": model.bundle.config.source}
     write_table(job.metrics_path(shard), metrics_table(metrics), meta)
     write_table(job.embeddings_path(shard),
-                embeddings_table(rows.inputs, rows.vectors, rows.cached, rows.ok), meta)
+                embeddings_table(rows.inputs, rows.vectors, rows.cached, rows.ok,
+                                 **rows.outputs.table_columns()), meta)
 
 
 def _done(ctx: ShardContext, model: Any, attempt: int, rows: ShardRows, t0: float,
@@ -263,18 +276,20 @@ def _metric_base(ctx: ShardContext, model: Any, attempt: int) -> dict[str, Any]:
 
 
 def _batch_metric(base: dict[str, Any], b: int, group: list[int], ids: dict[int, list[int]],
-                  tok_ms_per_chunk: float, inf_ms: float) -> dict[str, Any]:
-    """One metric row per batch: real tokens, padded tokens (rows × longest), times."""
+                  tok_ms_per_chunk: float, inf_ms: float, out_bytes: int) -> dict[str, Any]:
+    """One metric row per batch: real tokens, padded tokens (rows × longest), times, bytes."""
     real = sum(len(ids[i]) for i in group)
     padded = max(len(ids[i]) for i in group) * len(group)
-    return _metric(base, b, len(group), real, padded, 0, tok_ms_per_chunk * len(group), inf_ms)
+    return _metric(base, b, len(group), real, padded, 0, tok_ms_per_chunk * len(group), inf_ms,
+                   out_bytes)
 
 
 def _metric(base: dict[str, Any], b: int, chunks: int, real: int, padded: int, hits: int,
-            tok_ms: float, inf_ms: float) -> dict[str, Any]:
+            tok_ms: float, inf_ms: float, out_bytes: int = 0) -> dict[str, Any]:
     total_ms = tok_ms + inf_ms
     return {**base, "batch_index": b, "chunks": chunks, "real_tokens": real,
             "padded_tokens": padded, "cache_hits": hits, "tokenize_ms": round(tok_ms, 3),
             "inference_ms": round(inf_ms, 3), "total_ms": round(total_ms, 3),
             "tokens_per_s": round(real / (total_ms / 1000), 1) if total_ms > 0 else 0.0,
-            "rss_mb": rss_mb(), "timestamp": datetime.now(timezone.utc)}
+            "rss_mb": rss_mb(), "output_bytes": out_bytes,
+            "timestamp": datetime.now(timezone.utc)}

@@ -213,3 +213,51 @@ def test_no_url_always_misses(url):
 def test_unknown_dtype_is_a_setup_error():
     with pytest.raises(ValueError, match="float16, float32"):
         EmbeddingCache(None, DIM, dtype="bfloat16")
+
+
+# --- BGE-M3 multi-output entries --------------------------------------------------------------
+
+
+def m3_entry(seed: int, n_sparse: int = 5, n_tokens: int = 7, cdim: int = 16) -> dict:
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(1000, n_sparse, replace=False)).astype(np.int32)
+    return {"dense": unit_vectors(1, seed=seed)[0],
+            "sparse": (ids, rng.random(n_sparse).astype(np.float32)),
+            "colbert": unit_vectors(n_tokens, dim=cdim, seed=seed + 100)}
+
+
+def test_multi_output_entries_round_trip(cache_url):
+    cache = EmbeddingCache.from_url(cache_url, DIM)  # float16 dense and ColBERT
+    keys = [content_key("fp", text_sha256(f"t{i}"), ("dense", "sparse", "colbert"))
+            for i in range(3)]
+    entries = [m3_entry(i, n_sparse=i * 3, n_tokens=2 + i) for i in range(3)]
+    assert cache.put_entries(list(zip(keys, entries))) == 3
+    got = cache.get_entries(keys + [keys[0] + "x"])
+    assert got[-1] is None
+    for g, e in zip(got, entries):
+        np.testing.assert_array_equal(g["sparse"][0], e["sparse"][0])
+        np.testing.assert_array_equal(g["sparse"][1], e["sparse"][1])  # float32: exact
+        np.testing.assert_allclose(g["colbert"], e["colbert"], atol=1e-3)
+        np.testing.assert_allclose(g["dense"], e["dense"], atol=1e-3)
+    only_sparse = {k: v for k, v in entries[0].items() if k != "colbert"}
+    cache.put_entries([("k-sparse", only_sparse)])
+    assert set(cache.get_entries(["k-sparse"])[0]) == {"dense", "sparse"}
+
+
+def test_dense_entry_is_not_a_hit_for_a_job_that_also_wants_sparse(cache_url):
+    cache = EmbeddingCache.from_url(cache_url, DIM)
+    sha = text_sha256("same text")
+    cache.put_many([(content_key("fp", sha), unit_vectors(1)[0])])
+    m3_key = content_key("fp", sha, ("dense", "sparse"))
+    assert m3_key != content_key("fp", sha)
+    assert cache.get_entries([m3_key]) == [None]
+
+
+def test_corrupt_or_unstorable_multi_output_values_are_misses(cache_url, client):
+    cache = EmbeddingCache.from_url(cache_url, DIM)
+    client.set("short", b"\x00" * 10)
+    client.set("vector", unit_vectors(1)[0].astype("<f2").tobytes())  # a dense-only value
+    assert cache.get_entries(["short", "vector"]) == [None, None]
+    bad = m3_entry(0)
+    bad["colbert"][0, 0] = np.inf
+    assert cache.put_entries([("bad", bad)]) == 0 and client.get("bad") is None

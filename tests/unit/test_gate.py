@@ -17,7 +17,6 @@ from worker.errors import BundleError
 from worker.export.gate import (
     GATE_THRESHOLDS,
     check_width,
-    cosine_rows,
     gate_limits,
     judge,
     quality_gate,
@@ -49,12 +48,6 @@ def tilted(cos: Sequence[float]) -> np.ndarray:
         v[(i + 1) % 4] = np.sqrt(max(0.0, 1 - c * c))
         rows.append(v)
     return np.stack(rows)
-
-
-def test_cosine_rows() -> None:
-    np.testing.assert_allclose(cosine_rows(REF, tilted([1.0, 0.5, 0.0, 0.9])),
-                               [1.0, 0.5, 0.0, 0.9], atol=1e-6)
-    assert cosine_rows(np.zeros((1, 3)), np.ones((1, 3)))[0] == 0.0  # no division by zero
 
 
 @pytest.mark.parametrize(("cos", "passed"), [

@@ -219,3 +219,36 @@ def test_hostile_doc_ids_never_reach_a_file_name(tmp_path):
     assert job.finalize() is True
     assert all_files(out) - before == {"hostile/embeddings/part-00000.parquet",
                                        "hostile/rejects.jsonl", "hostile/_SUCCESS"}
+
+
+# --- BGE-M3 output columns ------------------------------------------------------------------
+
+
+def test_dense_only_schema_is_unchanged() -> None:
+    from storage.schema import embeddings_schema
+
+    assert embeddings_schema(8).names == ["doc_id", "chunk_index", "char_start", "char_end",
+                                          "n_tokens", "text_sha256", "embedding", "cached"]
+
+
+def test_m3_columns_round_trip_and_skip_rejected_rows(tmp_path: Path) -> None:
+    from storage.shards import embeddings_table, input_table
+
+    rows = [{"line": i + 1, "doc_id": f"d{i}", "chunk_index": 0, "chunk_count": 1,
+             "char_start": 0, "char_end": 3, "n_tokens": 3 + i, "text": "abc",
+             "text_sha256": "0" * 64} for i in range(3)]
+    vectors = np.eye(3, 4, dtype=np.float32)
+    sparse = [(np.array([5, 9], np.int32), np.array([0.5, 0.25], np.float32)), None,
+              (np.zeros(0, np.int32), np.zeros(0, np.float32))]
+    colbert = [np.ones((2, 6), np.float32), None, np.full((4, 6), 0.5, np.float32)]
+    keep = np.array([True, False, True])
+    t = embeddings_table(input_table(rows), vectors, np.zeros(3, bool), keep, sparse=sparse,
+                         colbert=colbert, colbert_dim=6)
+    assert t.schema.field("sparse_ids").type == pa.list_(pa.int32())
+    assert t.schema.field("sparse_weights").type == pa.list_(pa.float32())
+    assert t.schema.field("colbert").type == pa.list_(pa.list_(pa.float32(), 6))
+    assert t["doc_id"].to_pylist() == ["d0", "d2"]
+    assert t["sparse_ids"].to_pylist() == [[5, 9], []]
+    assert t["sparse_weights"].to_pylist() == [[0.5, 0.25], []]
+    got = t["colbert"].to_pylist()
+    assert [len(c) for c in got] == [2, 4] and got[1][0] == [0.5] * 6

@@ -86,3 +86,29 @@ def test_int8_reports_the_last_failure_when_no_recipe_passes(tmp_path: Path) -> 
     ffn_graph(tmp_path / "model.onnx")
     res = int8_until_gate(tmp_path, lambda s: None, lambda r, p: {"passed": False, "why": p})
     assert res["passed"] is False and res["recipe"]["keep_fp32"] == INT8_KEEP_FP32[-1]
+
+
+def test_bge_m3_head_matmuls_stay_fp32(tmp_path: Path) -> None:
+    """The MatMuls feeding sparse_weights (through Add, Relu) and colbert_vectors are found."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from worker.export.variants import _head_matmuls
+
+    w = {n: numpy_helper.from_array(np.ones(s, np.float32), n)
+         for n, s in (("w_enc", (4, 4)), ("w_sp", (4, 1)), ("b_sp", (1,)), ("w_cb", (4, 4)))}
+    nodes = [helper.make_node("MatMul", ["x", "w_enc"], ["h"], name="enc"),
+             helper.make_node("MatMul", ["h", "w_sp"], ["sp0"], name="sparse_mm"),
+             helper.make_node("Add", ["sp0", "b_sp"], ["sp1"], name="sparse_add"),
+             helper.make_node("Relu", ["sp1"], ["sparse_weights"], name="sparse_relu"),
+             helper.make_node("MatMul", ["h", "w_cb"], ["colbert_vectors"], name="colbert_mm")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+            for n in ("h", "sparse_weights", "colbert_vectors")]
+    graph = helper.make_graph(nodes, "m3", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["n", 4])], outs, list(w.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert _head_matmuls(model) == ["sparse_mm", "colbert_mm"]
+    assert _head_matmuls(onnx.load(str(ffn_graph(tmp_path / "m.onnx")))) == []
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "m3.onnx"))
+    quantize_int8(tmp_path / "m3.onnx", tmp_path / "q.onnx", "none")
+    assert float_matmuls(tmp_path / "q.onnx") == ["sparse_mm", "colbert_mm"]

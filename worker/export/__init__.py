@@ -3,9 +3,10 @@
 Not a stage of the job flow: it runs once per model (``producer export``, or on first use of
 the built-in default, producer/models.py) and writes the bundle that storage/bundle.py
 describes. The steps, one module each: read the configs (st_config.py), export and check the
-fp32 graph (onnx.py), derive fp16/int8 (variants.py), keep only the variants that pass the
-quality gate (gate.py, on samples.py). Everything is written to a temp directory next to
-``out`` and renamed into place at the end, so a failed export never leaves half a bundle.
+fp32 graph (onnx.py; a BGE-M3 directory adds its sparse and ColBERT heads, m3.py), derive
+fp16/int8 (variants.py), keep only the variants that pass the quality gate on every output
+(gate.py, on samples.py). Everything is written to a temp directory next to ``out`` and
+renamed into place at the end, so a failed export never leaves half a bundle.
 
 Needs the ``export`` extra (torch, transformers, onnx, onnxscript); heavy imports happen inside
 the functions that use them.
@@ -26,6 +27,7 @@ from typing import Any
 from storage.bundle import CONFIG_NAME, TOKENIZER_NAME, VARIANT_FILES, BundleConfig
 from worker.errors import BundleError
 from worker.export.gate import Embed, check_width, quality_gate, session_embed
+from worker.export.m3 import find_heads, load_heads, with_m3_outputs
 from worker.export.metric_gate import MetricGate, metric_gate
 from worker.export.onnx import DEFAULT_OPSET, VERIFY_ATOL, export_onnx
 from worker.export.st_config import copy_tokenizer, read_model_config, resolve_source
@@ -78,6 +80,7 @@ def export_bundle(
     wanted = _check_precisions(precisions)
     model_dir, source = resolve_source(src)
     config = read_model_config(model_dir, source, pooling=pooling, max_length=max_length)
+    head_files = find_heads(model_dir, source)
     out = Path(out).expanduser().resolve()
     if out.exists() and not (out / CONFIG_NAME).is_file() and any(out.iterdir()):
         raise BundleError(f"{out}: exists and is not a bundle; refusing to overwrite it")
@@ -91,8 +94,15 @@ def export_bundle(
         copy_tokenizer(model_dir, tmp / TOKENIZER_NAME)
         _write_config(tmp, config, opset, gate=None)
         fp32 = tmp / VARIANT_FILES["fp32"]
+        heads = None
+        if head_files:
+            heads = load_heads(model_dir, config.dim)
+            config = with_m3_outputs(config, heads, head_files[0].parent)
+            _write_config(tmp, config, opset, gate=None)
+            log(f"BGE-M3 heads: outputs {', '.join(config.outputs)}, "
+                f"colbert_dim={heads.colbert_dim}, sparse skips ids {list(heads.skip_ids)}")
         log(f"exporting fp32 (dynamo, opset {opset}) ...")
-        err = export_onnx(model_dir, fp32, opset=opset, window=config.max_length)
+        err = export_onnx(model_dir, fp32, opset=opset, window=config.max_length, heads=heads)
         check_width(tmp, config.dim, embed)
         log(f"fp32: |onnx - torch| max {err:.2e} on real tokens (limit {VERIFY_ATOL:g}), "
             f"{fp32.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s")

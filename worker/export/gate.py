@@ -19,22 +19,32 @@ import numpy as np
 from storage.bundle import CONFIG_NAME, VARIANT_FILES
 from worker.errors import BundleError
 from worker.export.samples import SAMPLE_TEXTS
+from worker.model.pooling import cosine_rows
 
 Log = Callable[[str], Any]
 Embed = Callable[[Path, str, Sequence[str]], np.ndarray]
 """``embed(bundle_dir, precision, texts)`` -> one row per text."""
 GATE_THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp16": {"mean": 0.999, "min": 0.995},
-    "int8": {"mean": 0.99, "min": 0.97},
+    "fp16": {"mean": 0.999, "min": 0.995, "sparse_topk": 0.9, "sparse_err": 0.01,
+             "colbert_mean": 0.999, "colbert_min": 0.99},
+    "int8": {"mean": 0.99, "min": 0.97, "sparse_topk": 0.8, "sparse_err": 0.05,
+             "colbert_mean": 0.99, "colbert_min": 0.95},
 }
-"""Cosine vs the fp32 ONNX model on SAMPLE_TEXTS that a variant must reach to be written."""
+"""What a variant must reach vs the fp32 ONNX model on SAMPLE_TEXTS to be written. Dense:
+cosine per text, mean and worst. BGE-M3 sparse: per text, the share of fp32's top-SPARSE_TOP_K
+ids the variant also has in its top k (worst text), and the largest weight difference relative
+to the text's largest fp32 weight. ColBERT: cosine per token vector, mean and worst."""
+SPARSE_TOP_K = 10
 
 
 def session_embed(bundle_path: Path, precision: str, texts: Sequence[str]) -> np.ndarray:
     """Embed ``texts`` with the bundle's variant on the CPU, the way a worker does."""
     from worker.model.session import load_model  # onnxruntime only when a gate really runs
 
-    return load_model(bundle_path, device="cpu", precision=precision).embed(texts)
+    model = load_model(bundle_path, device="cpu", precision=precision)
+    if model.bundle.config.outputs == ("dense",):
+        return model.embed(texts)
+    return model.encode(texts, model.bundle.config.outputs)  # type: ignore[return-value]
 
 
 def quality_gate(
@@ -72,11 +82,11 @@ def quality_gate(
             results[prec] = {"passed": False, "thresholds": dict(lim), "reason": str(exc)}
             log(f"gate {prec}: FAIL, does not load ({exc})")
             continue
-        cos = cosine_rows(ref, vecs)
-        results[prec] = judge(cos, lim)
-        ok = results[prec]["passed"]
-        log(f"gate {prec:4} vs fp32 on {len(texts)} texts: mean {cos.mean():.4f} "
-            f"min {cos.min():.4f} (needs {lim['mean']}/{lim['min']}) {'pass' if ok else 'FAIL'}")
+        if isinstance(ref, dict):  # a BGE-M3 bundle: every output has its own gate
+            results[prec] = judge_outputs(ref, vecs, lim)  # type: ignore[arg-type]
+        else:
+            results[prec] = judge(cosine_rows(ref, vecs), lim)
+        log(_gate_line(prec, results[prec]))
     return results
 
 
@@ -102,6 +112,69 @@ def judge(cos: np.ndarray, lim: dict[str, float]) -> dict[str, Any]:
     return res
 
 
+def judge_outputs(ref: dict[str, Any], got: dict[str, Any], lim: dict[str, float]
+                  ) -> dict[str, Any]:
+    """The gate on every output of a BGE-M3 variant: passes only when each output passes."""
+    res = judge(cosine_rows(ref["dense"], got["dense"]), lim)
+    parts = {"sparse": judge_sparse, "colbert": judge_colbert}
+    for name, fn in parts.items():
+        if name in ref:
+            res[name] = fn(ref[name], got[name], {**GATE_THRESHOLDS["int8"], **lim})
+    failed = [n for n in parts if n in res and not res[n]["passed"]]
+    if failed:
+        res["passed"] = False
+        res["reason"] = "; ".join([res.get("reason", "dense ok")]
+                                  + [f"{n}: {res[n]['reason']}" for n in failed])
+    return res
+
+
+def judge_sparse(ref: list[Any], got: list[Any], lim: dict[str, float]) -> dict[str, Any]:
+    """Top-k id agreement (worst text) and largest relative weight error of sparse outputs.
+
+    >>> a = [(np.array([1, 5, 9]), np.array([0.5, 1.0, 0.2]))]
+    >>> r = judge_sparse(a, [(np.array([1, 5]), np.array([0.5, 0.99]))], GATE_THRESHOLDS["int8"])
+    >>> r["topk_min"], r["max_rel_err"], r["passed"]
+    (0.666667, 0.2, False)
+    """
+    overlap, err = [], 0.0
+    for (ri, rw), (gi, gw) in zip(ref, got, strict=True):
+        k = min(SPARSE_TOP_K, len(ri))
+        top_r = set(np.asarray(ri)[np.argsort(-np.asarray(rw), kind="stable")[:k]].tolist())
+        top_g = set(np.asarray(gi)[np.argsort(-np.asarray(gw), kind="stable")[:k]].tolist())
+        overlap.append(len(top_r & top_g) / k if k else float(len(gi) == 0))
+        rd = dict(zip(np.asarray(ri).tolist(), np.asarray(rw, dtype=float).tolist()))
+        gd = dict(zip(np.asarray(gi).tolist(), np.asarray(gw, dtype=float).tolist()))
+        scale = max(rd.values(), default=1.0) or 1.0
+        err = max([err, *(abs(rd.get(t, 0.0) - gd.get(t, 0.0)) / scale for t in rd.keys() | gd)])
+    worst = min(overlap, default=1.0)
+    ok = bool(worst >= lim["sparse_topk"] and err <= lim["sparse_err"])
+    res: dict[str, Any] = {"topk_min": round(worst, 6), "max_rel_err": round(err, 6),
+                           "passed": ok,
+                           "summary": f"top-{SPARSE_TOP_K} ids {worst:.3f}, weight err {err:.4f}"}
+    if not ok:
+        res["reason"] = (f"needs top-k >= {lim['sparse_topk']} and weight err <= "
+                         f"{lim['sparse_err']}")
+    return res
+
+
+def judge_colbert(ref: list[np.ndarray], got: list[np.ndarray], lim: dict[str, float]
+                  ) -> dict[str, Any]:
+    """Per-token cosine of ColBERT vectors; a text with a different vector count fails."""
+    counts = [len(r) == len(g) for r, g in zip(ref, got, strict=True)]
+    if not all(counts):
+        return {"passed": False, "summary": "vector counts differ",
+                "reason": f"{counts.count(False)} texts have a different number of vectors"}
+    cos = cosine_rows(np.concatenate(ref), np.concatenate(got))
+    ok = bool(np.isfinite(cos).all() and cos.mean() >= lim["colbert_mean"]
+              and cos.min() >= lim["colbert_min"])
+    res: dict[str, Any] = {"mean": round(float(cos.mean()), 6), "min": round(float(cos.min()), 6),
+                           "tokens": len(cos), "passed": ok,
+                           "summary": f"token cos mean {cos.mean():.4f} min {cos.min():.4f}"}
+    if not ok:
+        res["reason"] = f"needs mean >= {lim['colbert_mean']} and min >= {lim['colbert_min']}"
+    return res
+
+
 def check_width(root: Path, dim: int, embed: Embed = session_embed) -> None:
     """Embed two texts through the worker's own path: catches a ``dim`` the graph does not
     produce (e.g. a pooling config that disagrees with the hidden size)."""
@@ -110,11 +183,16 @@ def check_width(root: Path, dim: int, embed: Embed = session_embed) -> None:
     except ValueError as exc:  # numpy cannot fit the rows into (n, dim)
         raise BundleError(
             f"{root / CONFIG_NAME}: dim {dim} does not match the model ({exc})") from exc
-    if not np.isfinite(vecs).all():
+    if isinstance(vecs, dict):  # BGE-M3: every output must be finite
+        arrays = [vecs["dense"], *(w for _, w in vecs.get("sparse", [])), *vecs.get("colbert", [])]
+    else:
+        arrays = [vecs]
+    if not all(np.isfinite(a).all() for a in arrays):
         raise BundleError(f"{root / VARIANT_FILES['fp32']}: non-finite embeddings")
 
 
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two equally shaped matrices."""
-    na = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.maximum(na, 1e-12)
+def _gate_line(prec: str, res: dict[str, Any]) -> str:
+    extra = "".join(f"; {o} {res[o]['summary']}" for o in ("sparse", "colbert") if o in res)
+    return (f"gate {prec:4} vs fp32 on {res['texts']} texts: dense mean {res['mean']:.4f} "
+            f"min {res['min']:.4f} (needs {res['thresholds']['mean']}/"
+            f"{res['thresholds']['min']}){extra} {'pass' if res['passed'] else 'FAIL'}")

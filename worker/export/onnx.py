@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from storage.bundle import TOKENIZER_NAME
+from storage.bundle import GRAPH_OUTPUTS, OUTPUTS, TOKENIZER_NAME
 from worker.errors import BundleError
+from worker.export.m3 import wrap as with_m3_heads
 from worker.export.samples import SAMPLE_TEXTS
 
 DEFAULT_OPSET = 18
@@ -34,11 +35,14 @@ TWO_GB = 2 * 1024**3
 
 
 def export_onnx(model_dir: Path, path: Path, *, opset: int = DEFAULT_OPSET,
-                window: int = 512) -> float:
+                window: int = 512, heads: Any = None) -> float:
     """Export the transformer's ``last_hidden_state`` to ``path`` and check it against torch.
 
     ``path``'s directory must hold the tokenizer.json: the example and check batches are real
     text, right-padded. Models over 2 GB are saved with external data (``model.onnx.data``).
+
+    With ``heads`` (m3.M3Heads) the graph also returns the BGE-M3 ``sparse_weights`` and
+    ``colbert_vectors`` (m3.py), and every output is checked.
 
     Returns:
         The largest absolute difference to torch on real tokens (texts cut at ``window``).
@@ -49,13 +53,16 @@ def export_onnx(model_dir: Path, path: Path, *, opset: int = DEFAULT_OPSET,
     import torch
 
     model, inputs = _load_torch(model_dir)
-    wrapper = _hidden_states(model)
+    if heads is None:
+        wrapper, outputs = _hidden_states(model), [GRAPH_OUTPUTS["dense"]]
+    else:
+        wrapper, outputs = with_m3_heads(model, heads), [GRAPH_OUTPUTS[o] for o in OUTPUTS]
     example = _example_batch(path.parent / TOKENIZER_NAME, inputs, SAMPLE_TEXTS[:4], 24)
-    axes = {name: {0: "batch", 1: "sequence"} for name in [*inputs, "last_hidden_state"]}
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*inputs, *outputs]}
     with quiet():
         program = torch.onnx.export(
             wrapper, tuple(torch.from_numpy(example[n]) for n in inputs), None, dynamo=True,
-            opset_version=opset, input_names=list(inputs), output_names=["last_hidden_state"],
+            opset_version=opset, input_names=list(inputs), output_names=outputs,
             dynamic_axes=axes, verbose=False,
         )
     program.save(str(path))  # inlined below 2 GB, else external data beside it
@@ -179,8 +186,9 @@ def _max_error(wrapper: Any, path: Path, batches: list[dict[str, np.ndarray]]) -
     err = 0.0
     for feeds in batches:
         with torch.no_grad():
-            ref = wrapper(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-        got = sess.run(None, feeds)[0]
+            refs = wrapper(*(torch.from_numpy(v) for v in feeds.values()))
+        refs = refs if isinstance(refs, tuple) else (refs,)
         real = feeds["attention_mask"].astype(bool)
-        err = max(err, float(np.abs(ref[real] - got[real]).max()))
+        for ref, got in zip(refs, sess.run(None, feeds), strict=True):  # every output
+            err = max(err, float(np.abs(ref.numpy()[real] - got[real]).max()))
     return err

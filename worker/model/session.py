@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from worker.model.batching import Batch, batch_budget, batches_by_tokens, encode
-from storage.bundle import RUNTIME_PRECISIONS, Bundle, load_bundle
+from storage.bundle import GRAPH_OUTPUTS, OUTPUTS, RUNTIME_PRECISIONS, Bundle, load_bundle
 from worker.errors import BundleError, InferenceError
+from worker.model.heads import colbert_rows, sparse_rows
 from worker.model.pooling import FloatArray, l2_normalize, pool
 from worker.contract import Device, default_precision
 from worker.model.providers import (
@@ -67,16 +68,7 @@ class LoadedModel:
 
     def run(self, batch: Batch) -> FloatArray:
         """Embed one padded batch: session, pool, normalise. Rows follow ``batch.positions``."""
-        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                 "token_type_ids": batch.token_type_ids}
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-        try:
-            if CUDA in self.active_providers:
-                out = self._run_io_binding(feeds)
-            else:
-                out = self.session.run([self.output_name], feeds)[0]
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+        out = self._infer(batch, [self.output_name])[0]
         if self.pooled_output:
             vecs = out.astype(np.float32)
             return l2_normalize(vecs) if self.bundle.config.normalize else vecs
@@ -93,7 +85,58 @@ class LoadedModel:
             out[batch.positions] = self.run(batch)
         return out
 
-    def _run_io_binding(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def run_outputs(self, batch: Batch, outputs: Sequence[str]) -> dict[str, Any]:
+        """Dense vectors plus the requested BGE-M3 outputs of one batch, from one session run.
+
+        Returns ``{"dense": matrix, "sparse": [(ids, weights)], "colbert": [matrix]}`` (only
+        the outputs asked for), rows following ``batch.positions``.
+        """
+        cfg = self.bundle.config
+        missing = [o for o in outputs if o not in cfg.outputs]
+        if missing:
+            raise BundleError(f"{self.bundle.path}: the bundle cannot produce {missing} "
+                              f"(outputs: {', '.join(cfg.outputs)})")
+        wanted = [o for o in OUTPUTS if o in outputs or o == "dense"]
+        got = dict(zip(wanted, self._infer(batch, [GRAPH_OUTPUTS[o] for o in wanted])))
+        res: dict[str, Any] = {"dense": pool(cfg.pooling.value, got["dense"],
+                                             batch.attention_mask, cfg.normalize)}
+        if "sparse" in got:
+            res["sparse"] = sparse_rows(got["sparse"], batch.input_ids, batch.attention_mask,
+                                        cfg.sparse_skip_ids)
+        if "colbert" in got:
+            res["colbert"] = colbert_rows(got["colbert"], batch.attention_mask)
+        return res
+
+    def encode(self, texts: Sequence[str], outputs: Sequence[str],
+               max_batch_tokens: int | None = None) -> dict[str, Any]:
+        """``run_outputs`` over texts in length-sorted batches; rows come back in input order."""
+        ids = encode(self.tokenizer, texts)
+        res: dict[str, Any] = {"dense": np.zeros((len(texts), self.bundle.config.dim),
+                                                 dtype=np.float32)}
+        res.update({o: [None] * len(texts) for o in outputs if o != "dense"})
+        budget = batch_budget(Device.GPU if CUDA in self.active_providers else Device.CPU,
+                              max_batch_tokens)
+        for batch in batches_by_tokens(ids, self.pad_id, budget):
+            got = self.run_outputs(batch, outputs)
+            res["dense"][batch.positions] = got.pop("dense")
+            for name, rows in got.items():
+                for pos, row in zip(batch.positions, rows):
+                    res[name][pos] = row
+        return res
+
+    def _infer(self, batch: Batch, names: list[str]) -> list[np.ndarray]:
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                 "token_type_ids": batch.token_type_ids}
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        try:
+            if CUDA in self.active_providers:
+                return self._run_io_binding(feeds, names)
+            return list(self.session.run(names, feeds))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _run_io_binding(self, feeds: dict[str, np.ndarray], names: list[str]
+                        ) -> list[np.ndarray]:
         # IO binding keeps the output on the device until one copy at the end; inputs are tiny
         # int64 arrays, so binding them from host memory is enough.
         import onnxruntime as ort
@@ -101,9 +144,10 @@ class LoadedModel:
         binding = self.session.io_binding()
         for name, arr in feeds.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0))
-        binding.bind_output(self.output_name, "cuda")
+        for name in names:
+            binding.bind_output(name, "cuda")
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return list(binding.copy_outputs_to_cpu())
 
 
 def available_providers() -> list[str]:
