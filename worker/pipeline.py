@@ -151,10 +151,10 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
         tok_ms_per_chunk = (time.perf_counter() - t_tok) * 1000 / max(1, len(todo))
         groups = plan_groups(ids, attempt.suspects, ctx.max_batch_tokens)
         faults, fresh = failpoints.parse(ctx.faults), []
-        with attempt.inflight() as mark:
+        with attempt.inflight(groups) as mark:
             # 7-8. Run, pool, normalise; a failing batch is split down to single chunks.
             for b, group in enumerate(groups):
-                mark(group)
+                mark(b)
                 done, inf_ms = _embed_group(model, rows, group, ids, faults)
                 fresh += done
                 metrics.append(_batch_metric(base, b, group, ids, tok_ms_per_chunk, inf_ms,

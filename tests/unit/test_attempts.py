@@ -59,12 +59,30 @@ def test_poison_is_only_a_chunk_in_flight_at_two_crashes_once_alone(tmp_path: Pa
     assert Attempt(None, 0, 3, 3, [{1, 2}, {5}]).suspects == {1, 2, 5}  # type: ignore[arg-type]
 
 
+def test_marker_names_the_batch_running_and_a_torn_one_is_ignored(job) -> None:
+    a = attempts.begin(job, 0, 3, {})
+    groups = [[4], [0, 1], [2, 5, 6]]
+    with a.inflight(groups) as mark:
+        mark(0)
+        assert attempts.crashed_inflight(job, 0, a.number + 1) == [{4}]
+        mark(2)
+        assert attempts.crashed_inflight(job, 0, a.number + 1) == [{2, 5, 6}]
+        assert attempts.crashed_inflight(job, 0, a.number) == []  # only earlier attempts count
+    assert markers(job) == []
+    d = job.state_dir / "inflight"
+    (d / "00000.7").write_bytes(b"000000003\n[[1], [2]]")  # index past the batches
+    (d / "00000.8").write_bytes(b"garbage")
+    (d / "00000.x").write_bytes(b"000000000\n[[1]]")
+    (d / "00001.1").write_bytes(b"000000000\n[[9]]")  # another shard
+    assert attempts.crashed_inflight(job, 0, 99) == []
+
+
 def test_marker_left_by_a_crashed_attempt_makes_its_chunks_run_alone_first(job) -> None:
     model = FakeModel()
     ctx = context(job, model, max_batch_tokens=1000)  # one batch holds the whole shard
     crash(ctx)
     assert markers(job) == ["00000.1"]
-    suspects = set(json.loads((job.state_dir / "inflight" / "00000.1").read_text()))
+    [suspects] = attempts.crashed_inflight(job, 0, 2)
     assert 3 in suspects and len(suspects) == 10
 
     res = embed_shard(ctx)
@@ -81,7 +99,7 @@ def test_suspects_run_before_the_other_batches(tmp_path: Path) -> None:
     model = FakeModel()
     ctx = context(job, model, max_batch_tokens=12)  # batches of 2: the crash takes one of them
     crash(ctx)
-    suspects = set(json.loads((job.state_dir / "inflight" / "00000.1").read_text()))
+    [suspects] = attempts.crashed_inflight(job, 0, 2)
     assert 0 in suspects and 1 < len(suspects) < 12
 
     assert embed_shard(ctx).status == "done"
@@ -97,7 +115,7 @@ def test_chunk_in_flight_at_two_crashes_alone_becomes_a_quarantined_reject(job) 
     crash(ctx)  # the whole batch in flight
     crash(ctx)  # the suspects alone: the poison one dies alone
     assert markers(job) == ["00000.1", "00000.2"]
-    assert json.loads((job.state_dir / "inflight" / "00000.2").read_text()) == [3]
+    assert sorted(attempts.crashed_inflight(job, 0, 3), key=len) == [{3}, set(range(10))]
 
     ctx.faults = "raise_if_text=poison"  # still bad (raising, not killing the test runner)
     res = embed_shard(ctx)
