@@ -38,15 +38,30 @@ from producer.tools.evaldata import TASKS
 @click.option("--min-metric-drop", type=click.FloatRange(0, 1), default=None,
               help="Largest absolute loss of the --eval-data metric (accuracy, Spearman, "
               "nDCG@10) a written variant may have (default: metric_gate.DEFAULT_MAX_DROP, 0.01).")
+@click.option("--dim", type=click.IntRange(4, 8192), default=None,
+              help="Only with SRC=hashing: width of the feature-hashing test bundle.")
 def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
            max_length: int | None, eval_data: str | None, task: str | None,
-           min_metric_drop: float | None) -> None:
-    """Export SRC (a local sentence-transformers dir, or all-MiniLM-L6-v2) to an ONNX bundle."""
+           min_metric_drop: float | None, dim: int | None) -> None:
+    """Export SRC (a local sentence-transformers dir, or all-MiniLM-L6-v2) to an ONNX bundle.
+
+    SRC ``hashing`` with ``--dim D`` writes a deterministic feature-hashing bundle for smoke and
+    load tests of the plumbing (vectors without meaning; a local model directory called
+    ``hashing`` is ``./hashing``).
+    """
+    if (src == "hashing") != (dim is not None):
+        raise UsageError("--dim goes with SRC hashing, and SRC hashing needs --dim "
+                         "(`producer export hashing --dim 64 --out DIR`)")
     try:
         from worker.export import MetricGate, export_bundle
+        from worker.export.hashing import export_hashing_bundle
     except ImportError as exc:
         raise UsageError(f"export needs the `export` extra (pip install "
                          f"'embedfleet[export]'): {exc}") from None
+    if dim is not None:
+        path = export_hashing_bundle(out, dim, max_length=max_length, log=click.echo)
+        click.echo(f"bundle written to {path}")
+        return
     if min_metric_drop is not None and not eval_data:
         raise UsageError("--min-metric-drop needs --eval-data (the data the metric is taken on)")
     gate = None
