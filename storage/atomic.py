@@ -8,6 +8,7 @@ name their writer (host and pid), so clean-up removes only the files of writers 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -18,7 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from storage.errors import DiskFull
+
 TMP_SUFFIX = ".tmp"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 DEFAULT_TMP_MAX_AGE_S = 3600
 """A temporary file untouched this long is garbage even if its writer's liveness is unknown
 (another host): far above the task time limit, and a live writer keeps touching its file."""
@@ -37,6 +41,9 @@ def write_atomic(final: Path, write: Callable[[Path], None], *, durable: bool = 
     ``durable=False`` skips both fsyncs: still all-or-nothing for readers and for a killed
     writer, but not across a power loss. For files that only have to outlive a process (the
     in-flight markers): an fsync costs ~20 ms on a busy disk, the rename alone ~1 ms.
+
+    Raises:
+        DiskFull: no space left (ENOSPC/EDQUOT), naming ``final``; nothing is left behind.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(final)
@@ -49,8 +56,12 @@ def write_atomic(final: Path, write: Callable[[Path], None], *, durable: bool = 
             finally:
                 os.close(fd)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE and not isinstance(exc, DiskFull):
+            raise DiskFull(exc.errno, "no space left on device writing this file (free space "
+                           "on its filesystem, then `producer resume` the job)", str(final)
+                           ) from exc
         raise
     if durable:
         fsync_dir(final.parent)

@@ -4,6 +4,7 @@
     └── StorageError                job directories, shards and bundles on disk
         ├── InvalidJobId            a job id that is not a safe directory name
         ├── JobNotFound             a directory without manifest.json
+        ├── DiskFull                a write found no space left (ENOSPC, EDQUOT); names the file
         ├── BundleError             a model bundle is missing a file or has an invalid one
         ├── CorruptFile             a job file that cannot be read (names it and what to do)
         ├── CompactError            ``compact`` cannot write its output (target not empty)
@@ -67,3 +68,12 @@ class LoadConflict(LoadError):
 class CorruptFile(StorageError, ValueError):
     """A job file (manifest, input, metrics shard) that cannot be read; the message names the
     file and says what to do."""
+
+
+class DiskFull(StorageError, OSError):
+    """A write found no space left on its filesystem (ENOSPC or EDQUOT); names the file.
+
+    Nothing partial is left behind (the temporary file is removed). Not the data's fault: the
+    worker leaves the shard pending instead of failing it, and ``producer resume`` finishes
+    the job once there is space again.
+    """

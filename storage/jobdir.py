@@ -24,8 +24,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from storage.atomic import remove_stale_tmp, write_bytes_atomic, write_json_atomic
-from storage.errors import InvalidJobId, JobNotFound
+from storage.atomic import NO_SPACE, remove_stale_tmp, write_bytes_atomic, write_json_atomic
+from storage.errors import DiskFull, InvalidJobId, JobNotFound
 from storage.integrity import read_manifest
 from storage.metrics import metrics_totals
 from storage.shards import shard_is_valid, shard_name
@@ -138,9 +138,20 @@ class JobDir:
             except FileExistsError:
                 n += 1
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(info, f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(info, f)
+            except BaseException as exc:  # an attempt that could not be recorded is not counted
+                self.drop_attempt(shard, n)
+                if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+                    raise DiskFull(exc.errno, "no space left on device writing this file",
+                                   str(d / f"{shard:05d}.{n}")) from exc
+                raise
             return n
+
+    def drop_attempt(self, shard: int, n: int) -> None:
+        """Un-count attempt ``n`` (one that found no space: not the shard's fault)."""
+        (self.state_dir / "attempts" / f"{shard:05d}.{n}").unlink(missing_ok=True)
 
     def attempts(self, shard: int) -> list[dict[str, Any]]:
         out = []

@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from billiard.exceptions import SoftTimeLimitExceeded
 
-from storage.atomic import write_bytes_atomic
+from storage.atomic import NO_SPACE, write_bytes_atomic
 from storage.jobdir import JobDir
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,20 @@ def _index(b: int) -> bytes:
 
 
 def after_error(job: JobDir, shard: int, exc: BaseException, max_attempts: int,
-                soft_time_limit: float) -> str:
-    """The give-up reason when ``exc`` ended the last allowed attempt; else raise RetryShard."""
+                soft_time_limit: float, attempt: int | None = None) -> str:
+    """The give-up reason when ``exc`` ended the last allowed attempt; else raise RetryShard.
+
+    A full disk is not the shard's fault, and nothing could be written to fail it: the attempt
+    is un-counted, ``exc`` itself is raised (the task ends, no retry loop against a full disk)
+    and the shard stays pending until ``producer resume`` once there is space.
+    """
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        if attempt is not None:
+            job.drop_attempt(shard, attempt)
+        log.error("shard %s of %s: %s; left pending, not counted as an attempt (a full disk is "
+                  "not the shard's fault): free space, then `producer resume %s`",
+                  shard, job.root, exc, job.root)
+        raise exc
     attempts = len(job.attempts(shard))
     soft = isinstance(exc, SoftTimeLimitExceeded)
     if attempts >= max_attempts:

@@ -124,7 +124,7 @@ class ShardRows:
 def embed_shard(ctx: ShardContext) -> ShardResult:
     """Stages 5-10 for one shard; an error either retries the shard or gives it up."""
     t0 = time.perf_counter()
-    job, shard = ctx.job, ctx.shard
+    job, shard, attempt = ctx.job, ctx.shard, None
     try:
         if shard_is_valid(job.embeddings_path(shard), job.expected_chunks(shard)):
             return ShardResult(shard, "already done", finalized=job.finalize())
@@ -165,7 +165,8 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
             _write_shards(job, shard, model, rows, metrics)
         return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())
     except Exception as exc:  # attempts decides: RetryShard propagates, or the shard fails
-        reason = attempts.after_error(job, shard, exc, ctx.max_attempts, ctx.soft_time_limit)
+        reason = attempts.after_error(job, shard, exc, ctx.max_attempts, ctx.soft_time_limit,
+                                      attempt.number if attempt else None)
         n = len(job.attempts(shard))
         return _give_up(ctx, reason, n, n)
 

@@ -212,3 +212,19 @@ def test_no_other_module_marks_a_shard_failed() -> None:
                if re.search(r"\bmark_failed\(", p.read_text())]
     assert writers == ["attempts.py"]
     assert "SoftTimeLimitExceeded" not in (root / "tasks.py").read_text()
+
+
+def test_a_full_disk_leaves_the_shard_pending_and_uncounted(job, give_ups) -> None:
+    from storage.errors import DiskFull
+
+    def full() -> None:
+        raise DiskFull(28, "no space left on device writing this file", "/mnt/x/part.parquet")
+
+    ctx = context(job, FakeModel(), max_attempts=1, load_model=full)
+    for _ in range(3):  # never retried in a loop, never failed, never uses up the attempts
+        with pytest.raises(DiskFull, match="no space left.*/mnt/x/part.parquet"):
+            embed_shard(ctx)
+    assert give_ups == [] and not job.failed_path(0).exists() and job.attempts(0) == []
+    assert [s.state for s in job.shard_states()] == ["pending"]
+    ctx.load_model = lambda: FakeModel()  # space again
+    assert embed_shard(ctx).status == "done"
