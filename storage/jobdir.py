@@ -222,9 +222,9 @@ class JobDir:
         manifest["failed_shards"] = failed_shards
         manifest["status"] = status
         self.write_manifest(manifest)
-        remove_stale_tmp(self.root)
-        if not failed:
+        if not failed:  # right after the manifest: a reader that saw "succeeded" finds it
             write_bytes_atomic(self.success_path, b"")
+        remove_stale_tmp(self.root)
         return True
 
     def _all_shards_present(self, manifest: dict[str, Any]) -> bool:
