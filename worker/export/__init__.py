@@ -81,12 +81,7 @@ def export_bundle(
     model_dir, source = resolve_source(src)
     config = read_model_config(model_dir, source, pooling=pooling, max_length=max_length)
     head_files = find_heads(model_dir, source)
-    out = Path(out).expanduser().resolve()
-    if out.exists() and not (out / CONFIG_NAME).is_file() and any(out.iterdir()):
-        raise BundleError(f"{out}: exists and is not a bundle; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it 0700; workers may run as another user
+    out, tmp = _temp_bundle_dir(out)
     try:
         t0 = time.perf_counter()
         log(f"source {source} ({model_dir}): pooling={config.pooling.value} "
@@ -151,6 +146,21 @@ def _write_config(root: Path, config: BundleConfig, opset: int, gate: dict[str, 
         d["quality_gate"] = gate
     (root / CONFIG_NAME).write_text(json.dumps(d, indent=2, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
+
+
+def _temp_bundle_dir(out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``out`` resolved, and a new temp directory beside it to build the bundle in.
+
+    Raises:
+        BundleError: ``out`` exists and is something other than a bundle.
+    """
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not (out / CONFIG_NAME).is_file() and any(out.iterdir()):
+        raise BundleError(f"{out}: exists and is not a bundle; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; workers may run as another user
+    return out, tmp
 
 
 def _move_into_place(tmp: Path, out: Path, log: Log) -> None:

@@ -18,17 +18,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from storage.bundle import CONFIG_NAME, DEFAULT_MODEL, TOKENIZER_NAME, VARIANT_FILES
+from storage.bundle import DEFAULT_MODEL, TOKENIZER_NAME, VARIANT_FILES
 from storage.bundle import BundleConfig, Pooling
 from worker.errors import BundleError
-from worker.export import _move_into_place, _write_config
+from worker.export import _move_into_place, _temp_bundle_dir, _write_config
 from worker.export.st_config import copy_tokenizer, read_model_config, resolve_source
 
 HASHES = 4
@@ -145,12 +144,7 @@ def export_hashing_bundle(out: str | os.PathLike[str], dim: int, *,
                           max_length=window, dim=dim,
                           extra={"embedder": "hashing", "hashes": HASHES,
                                  "tokenizer_from": source})
-    out = Path(out).expanduser().resolve()
-    if out.exists() and not (out / CONFIG_NAME).is_file() and any(out.iterdir()):
-        raise BundleError(f"{out}: exists and is not a bundle; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it 0700; workers may run as another user
+    out, tmp = _temp_bundle_dir(out)
     try:
         model = hashing_graph(dim)
         onnx.checker.check_model(model)
