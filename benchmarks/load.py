@@ -1,26 +1,24 @@
 """Load benchmark: the pipeline with the model cost removed (the ``hashing`` bundle).
 
-    python benchmarks/load.py                          # 1,000,000 chunks, then 8 jobs at once
-    python benchmarks/load.py --docs 100000 --jobs 8 --job-docs 5000 --workdir /tmp/load
+    python benchmarks/load.py          # 1,000,000 chunks, then 8 jobs at once (--docs, --jobs)
 
-Real parts only: a throwaway redis-server as broker and another as cache (free ports), real
-``celery -A worker worker`` processes, ``producer submit`` as a subprocess, Parquet shards on
-disk. The hashing bundle (worker/export/hashing.py) makes inference nearly free, so what is
-measured is the ceiling the pipeline itself puts on any model.
+Real parts only: throwaway redis-servers (broker, cache), real ``celery -A worker worker``
+processes, ``producer submit`` subprocesses, Parquet on disk. The hashing bundle makes inference
+nearly free: what is measured is the ceiling the pipeline itself puts on any model.
 
 Phase 1, one job: ``producer submit`` stages the corpus while no worker runs (staging
 chunks/s = chunks / (submitted_at - created_at) from the manifest), then the workers start and
 drain the queue (fleet chunks/s = chunks / (finished_at - first task start)). Per task: wall time
 from the workers' ``succeeded in`` log lines; inference and tokenise time from the metrics
 shards; overhead = task wall - inference; gap = worker-seconds not spent in a task, per task.
-Broker memory: redis ``INFO memory`` used_memory, sampled every 0.5 s (peak) and with the whole
-queue waiting. Files: everything under the job directory.
+Broker memory: ``INFO memory`` used_memory, sampled every 0.5 s and with the queue full.
 
 Phase 2: ``--jobs`` corpora submitted at once by as many ``producer submit`` processes while
 the workers run; every job is checked chunk by chunk (tests/checker.py: lost = duplicated =
 unexpected = 0) and the report says how the fleet's task time was shared between the jobs.
 
-Figures depend on what else the machine does: the JSON records the load average.
+``--profile-shards N`` (after a normal run) profiles the pipeline in process instead. Figures
+depend on what else the machine does: the JSON records the load average.
 """
 
 from __future__ import annotations
@@ -146,8 +144,7 @@ def many_jobs(parts: list[Path], out: Path, bundle: Path, broker: RedisServer,
         [PY, "-m", "producer", "submit", str(p), "--out", str(out), "--model", str(bundle),
          "--broker", broker.url(0), "--job-id", f"many-{int(t0)}-{k}", "--precision", "fp32"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for k, p in enumerate(parts)]
-    outputs = [p.communicate()[0].decode(errors="replace") for p in procs]
-    for p, o in zip(procs, outputs):
+    for p, o in zip(procs, [p.communicate()[0].decode(errors="replace") for p in procs]):
         if p.returncode != 0:
             raise RuntimeError(f"producer submit failed ({p.returncode}):\n{o}")
     dirs = [out / f"many-{int(t0)}-{k}" for k in range(len(parts))]
@@ -242,12 +239,9 @@ def corpus(path: Path, docs: int, seed: int, env: dict[str, str]) -> Path:
 
 def split(path: Path, k: int, work: Path) -> list[Path]:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    step = -(-len(lines) // k)
-    parts = []
-    for i in range(k):
-        p = work / f"{path.stem}-part{i}.jsonl"
+    step, parts = -(-len(lines) // k), [work / f"{path.stem}-part{i}.jsonl" for i in range(k)]
+    for i, p in enumerate(parts):
         p.write_text("".join(lines[i * step:(i + 1) * step]), encoding="utf-8")
-        parts.append(p)
     return parts
 
 
@@ -298,9 +292,8 @@ def redelivered(job_dir: Path) -> int:
 
 
 def print_table(title: str, res: dict[str, Any]) -> None:
-    print(f"\n{title}")
-    for k, v in res.items():
-        print(f"  {k:45} {v:,}" if isinstance(v, (int, float)) else f"  {k:45} {v}")
+    print(f"\n{title}\n" + "\n".join(f"  {k:45} {v:,}" if isinstance(v, (int, float))
+                                      else f"  {k:45} {v}" for k, v in res.items()))
 
 
 if __name__ == "__main__":
