@@ -120,6 +120,12 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Padded tokens per inference batch (default: the worker's; 4096 on CPU, 32768 on GPU)."),
         click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
                      help="Deliveries of one shard before it is marked failed."),
+        click.option("--stage-procs", type=click.IntRange(1, 256), default=None,
+                     envvar="EMBED_STAGE_PROCS",
+                     help="Processes that read and chunk the corpus (default: the cores)."),
+        click.option("--split-bytes", type=click.IntRange(4096, None), default=16 * 2**20,
+                     envvar="EMBED_SPLIT_BYTES", show_default=True,
+                     help="Input bytes per split (the unit of parallel and resumable staging)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -129,7 +135,7 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _submit_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     keys = ("job_id", "model", "precision", "queue", "text_field", "id_field", "max_tokens",
             "overlap", "prefix", "max_line_bytes", "shard_tokens", "max_batch_tokens",
-            "max_attempts")
+            "max_attempts", "stage_procs", "split_bytes")
     return {k: kw[k] for k in keys}
 
 
@@ -162,8 +168,11 @@ BROKER_ENV = ["EMBED_BROKER_URL", "CELERY_BROKER_URL"]
               "chunks the cache already holds. Submits nothing.")
 @click.option("--cache-url", envvar="EMBED_CACHE_URL", default=None,
               help="Redis holding the embedding cache (for --dry-run); default: the broker.")
+@click.option("--stage-on", type=click.Choice(["producer", "fleet"]), default="producer",
+              show_default=True, help="fleet: cut splits here, workers consuming the `stage` "
+              "queue chunk them (they must be able to read CORPUS at the same path).")
 def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
-           cache_url: str | None, **kw: Any) -> None:
+           cache_url: str | None, stage_on: str, **kw: Any) -> None:
     """Stream, chunk and stage CORPUS (.jsonl, .jsonl.gz, .parquet), then send its tasks."""
     if dry_run:
         from producer.dryrun import dry_run as run_dry
@@ -172,7 +181,8 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
         return
     from producer.job import submit as submit_job
 
-    job = submit_job(corpus, out, broker=broker, log=click.echo, **_submit_kwargs(kw))
+    job = submit_job(corpus, out, broker=broker, log=click.echo, progress=wait,
+                     stage_on=stage_on, **_submit_kwargs(kw))
     click.echo(f"job {job.path.name}\n{job.path}")
     if wait:
         _finish(job, progress=True)
@@ -210,7 +220,7 @@ def run(corpus: str, out: str, workers: int | None, threads: int | None, broker:
             click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
             kw = dict(kw, queue="cpu" if kw["queue"] == "auto" else kw["queue"])
             job = submit_job(corpus, out, broker=broker_url, log=click.echo,
-                             home=home_path, **_submit_kwargs(kw))
+                             home=home_path, progress=True, **_submit_kwargs(kw))
             fleet.wait_ready()
             _finish(job, progress=True)
     except KeyboardInterrupt:
@@ -228,8 +238,8 @@ def _finish(job: Any, progress: bool) -> None:
 
 def _print_summary(job: Any, st: Any) -> None:
     m = job.dir.reload()
-    res = m.get("result", {})
-    tot = m.get("totals", {})
+    res = m.result or {}
+    tot = m.totals
     wall = res.get("wall_s", st.elapsed_s)
     hits = res.get("cache_hits", st.cache_hits)
     chunks = res.get("embedded_chunks", st.chunks_done)
@@ -282,12 +292,19 @@ def status(job_dir: str, as_json: bool) -> None:
 @click.option("--broker", envvar=BROKER_ENV, default=DEFAULT_BROKER_URL, show_default=True,
               help="Celery broker URL.")
 @click.option("--wait/--no-wait", default=False, help="Wait for the job to finish.")
-def resume(job_dir: str, broker: str, wait: bool) -> None:
-    """Re-send every shard of JOB_DIR without valid output; safe to run any number of times."""
+@click.option("--stage-procs", type=click.IntRange(1, 256), default=None,
+              envvar="EMBED_STAGE_PROCS",
+              help="Processes that stage what is left of the corpus (default: the cores).")
+def resume(job_dir: str, broker: str, wait: bool, stage_procs: int | None) -> None:
+    """Finish staging JOB_DIR if its producer stopped, re-send every shard without valid
+    output; safe to run any number of times."""
     from producer.job import Job
+    from producer.progress import Progress
 
     job = Job(job_dir, broker=broker)
-    n = job.resume()
+    bar = Progress(enabled=wait)
+    n = job.resume(stage_procs=stage_procs, progress=bar)
+    bar.close()
     click.echo(f"re-sent {n} shard(s)" if n else "nothing to resume: every shard is done")
     if wait and n:
         _finish(job, progress=True)

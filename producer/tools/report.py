@@ -40,7 +40,7 @@ def load_job(job_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]],
     embeddings shards written so far.
     """
     job = JobDir.open(job_dir)
-    manifest = dict(job.manifest)
+    manifest = job.manifest.to_dict()
     manifest["_rejects_so_far"] = _count_lines(job.ingest_rejects_path) + sum(
         _count_lines(p) for p in (job.state_dir / "rejects").glob("*.jsonl"))
     manifest["_evaluation"] = bundle_evaluation(manifest.get("model") or {})
