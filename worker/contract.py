@@ -25,7 +25,6 @@ class ShardTask:
         return asdict(self)
 
 
-<<<<<<< HEAD
 class Device(str, Enum):
     """Where a shard runs: the queue names it (``cpu``/``gpu``); ``auto`` = GPU when present.
 
@@ -54,7 +53,8 @@ def default_precision(device: Device | str, variants: Sequence[str],
     if Device(device) is Device.GPU:
         return "fp16" if "fp16" in variants else "fp32"
     return "int8" if "int8" in variants else "fp32"
-=======
+
+
 STAGE_TASK_NAME = "embedfleet.stage_split"
 STAGE_QUEUE = "stage"
 """Queue of stage tasks (``--stage-on fleet``): workers that can read the corpus consume it."""
@@ -70,4 +70,3 @@ class StageTask:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
->>>>>>> 84a580a (Streaming, resumable, parallel staging (issue 13) and the typed Manifest (issue 12))

@@ -130,36 +130,7 @@ def register(app: Celery) -> None:
     @app.task(name=TASK_NAME, bind=True, base=ModelTask, acks_late=True,
               reject_on_worker_lost=True, max_retries=None)
     def embed_shard(self: ModelTask, payload: dict[str, Any]) -> dict[str, Any]:
-<<<<<<< HEAD
         ctx = shard_context(self, read_payload(payload))
-=======
-        from worker.pipeline import ShardContext, embed_shard as run_pipeline
-
-        job_dir = Path(str(payload["job_dir"]))
-        validate_job_id(str(payload["job_id"]))
-        if job_dir.name != payload["job_id"]:
-            raise ValueError(f"job_dir {job_dir} does not end in job id {payload['job_id']!r}")
-        shard = int(payload["shard"])
-        job = JobDir.open(job_dir)
-        info = self.request.delivery_info or {}
-        queue = info.get("routing_key") or info.get("queue") or self.settings.cpu_queue
-        device = device_for_queue(self.settings, queue)
-        manifest = job.manifest
-        precision = manifest.precision
-        if precision == "auto":
-            precision = self.settings.precision
-        ctx = ShardContext(
-            job=job, shard=shard, queue=queue,
-            hostname=self.request.hostname or socket.gethostname(),
-            max_attempts=int(manifest.max_attempts or self.settings.max_attempts),
-            max_batch_tokens=int(manifest.max_batch_tokens
-                                 or self.settings.max_batch_tokens
-                                 or DEFAULT_MAX_BATCH_TOKENS[device if device == "gpu" else "cpu"]),
-            load_model=lambda: self.model_for(manifest.bundle_path, device, precision),
-            cache_for=self.cache_for,
-            faults=self.settings.faults,
-        )
->>>>>>> 84a580a (Streaming, resumable, parallel staging (issue 13) and the typed Manifest (issue 12))
         try:
             return run_pipeline(ctx).to_dict()
         except RetryShard as r:  # the pipeline asked worker/attempts.py; Celery re-sends

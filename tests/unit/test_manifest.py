@@ -31,3 +31,9 @@ def test_unknown_keys_survive_and_new_fields_are_added():
 def test_a_minimal_manifest_gets_defaults():
     m = Manifest.from_dict({"staged": False})
     assert (m.status, m.shards, m.result, m.finished) == ("staging", [], None, False)
+
+
+def test_the_mapping_view_reads_like_the_json():
+    m = Manifest.from_dict(OLD)
+    assert m["shards"] == OLD["shards"] and m.get("model") == {"bundle_path": "/b"}
+    assert dict(m) == OLD and "result" not in m and m.get("result", 1) == 1
