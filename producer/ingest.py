@@ -10,13 +10,13 @@ into the manifest's shard list and totals and sets ``staged``; only then may the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from producer import faults
 from producer.corpus import Record, Reject
-from producer.splits import Split, plan_splits
+from producer.splits import Planner, Split, plan_splits
 from producer.staging import StageConfig, stage_split
 from producer.streaming import stage_splits
 from producer.submit import send_shards
@@ -55,8 +55,16 @@ def run_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
         tok = _tokenizer(cfg)
         stage_split(((i, r) for i, r in enumerate(records)), tok, cfg, split=0, end=0,
                     root=job.root, on_shard=on_shard)
+    elif m.splits is None:  # a fresh job: stage while the plan is being made, then record it
+        planner = Planner(m.input["path"], int((m.staging or {})["split_bytes"]))
+        planned: list[Split] = []
+        stage_splits(Path(m.input["path"]), _recorded(planner, planned), cfg, root=job.root,
+                     procs=procs, on_shard=on_shard)
+        m = job.reload()
+        m.splits, m.input["sha256"] = [s.to_dict() for s in planned], planner.digest
+        job.write_manifest(m)
     else:
-        splits = [Split.from_dict(d) for d in m.splits or []]
+        splits = [Split.from_dict(d) for d in m.splits]
         stage_splits(Path(m.input["path"]), splits, cfg, root=job.root, procs=procs,
                      on_shard=on_shard)
     complete_staging(job)
@@ -111,7 +119,7 @@ def stage_one_split(job: JobDir, split: int, app: Any) -> int:
 def continue_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None) -> int:
     """Finish staging a job whose producer stopped; return the shard tasks re-sent."""
     m = job.manifest
-    if not m.splits:
+    if m.input.get("path") == "<iterable>":
         raise CorpusError(f"{job.root}: staged from a Python iterable, which cannot be read "
                            "again; submit it as a new job")
     path = Path(m.input["path"])
@@ -120,7 +128,11 @@ def continue_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = N
         splits, digest = plan_splits(path, split_bytes)
     except OSError as exc:
         raise CorpusError(f"{job.root}: cannot read its corpus {path}: {exc}") from None
-    if digest != m.input.get("sha256") or [s.to_dict() for s in splits] != m.splits:
+    if m.splits is None:  # the producer died before its plan was recorded: record it now
+        _check_ledger(job, splits, path)
+        m.splits, m.input["sha256"] = [s.to_dict() for s in splits], digest
+        job.write_manifest(m)
+    elif digest != m.input.get("sha256") or [s.to_dict() for s in splits] != m.splits:
         raise CorpusError(f"{path} changed since {job.root} was submitted (checksum "
                            "differs); submit it as a new job")
     pending = [s.shard for s in job.shard_states() if s.state == "pending"]
@@ -130,6 +142,23 @@ def continue_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = N
         send_stage_tasks(app, job)  # redelivery usually does this; a lost message does not
         return len(pending)
     return len(pending) + run_staging(job, app, procs=procs, tick=tick)
+
+
+def _recorded(splits: Iterable[Split], into: list[Split]) -> Iterator[Split]:
+    for s in splits:
+        into.append(s)
+        yield s
+
+
+def _check_ledger(job: JobDir, splits: list[Split], path: Path) -> None:
+    """Without a recorded checksum, at least every staged split must still be in the plan and
+    its last checkpoint inside it (the file's size and line starts unchanged there)."""
+    by_index = {s.index: s for s in splits}
+    for i, cps in ledger.read_all(job.root).items():
+        s = by_index.get(i)
+        if s is None or not all(s.start <= cp.pos <= s.end for cp in cps):
+            raise CorpusError(f"{path} changed since {job.root} was submitted (split {i} "
+                              "no longer matches); submit it as a new job")
 
 
 def complete_staging(job: JobDir) -> None:

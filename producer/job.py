@@ -229,8 +229,10 @@ def submit(
     records = None
     splits: list[dict[str, Any]] | None = None
     if isinstance(corpus, (str, os.PathLike)):
-        plan, digest = plan_splits(corpus, split_bytes)
-        splits = [sp.to_dict() for sp in plan]
+        digest = ""  # on the producer, the plan and checksum are made while staging runs
+        if stage_on == "fleet":
+            plan, digest = plan_splits(corpus, split_bytes)
+            splits = [sp.to_dict() for sp in plan]
         source = {"path": str(Path(corpus).resolve()), "sha256": digest,
                   "bytes": os.path.getsize(corpus)}
     elif stage_on == "fleet":
@@ -260,8 +262,8 @@ def submit(
                  "config": asdict(stage)},
     )
     job.write_manifest(manifest)  # a valid job from here on: `producer resume` finishes it
-    say(f"staging {source['path']} into {job.root} ({len(splits or [0])} split(s), "
-        f"{procs} staging process(es)); tasks go to queue {queue!r} as shards land")
+    say(f"staging {source['path']} into {job.root} ({procs} staging process(es)); "
+        f"tasks go to queue {queue!r} as shards land")
     handle = Job(job.root, broker=broker)
     from producer.ingest import run_staging, send_stage_tasks
     from producer.progress import Progress

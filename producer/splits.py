@@ -69,12 +69,12 @@ def plan_splits(path: str | Path, split_bytes: int = DEFAULT_SPLIT_BYTES
     path = Path(path)
     kind = corpus_kind(path)
     if kind == "jsonl":
-        with path.open("rb") as f:
-            return _plan_lines(f, split_bytes, "jsonl")
+        planner = Planner(path, split_bytes)
+        return list(planner), planner.digest
     if kind == "gzip":
         with gzip.open(path, "rb") as f:
             try:
-                return _plan_lines(f, split_bytes, "gzip")[0], _sha256(path)
+                return list(_plan_lines(f, split_bytes, "gzip", hashlib.sha256())), _sha256(path)
             except EOFError as exc:
                 raise OSError(f"{path}: compressed stream is truncated ({exc})") from exc
     return _plan_parquet(path, split_bytes), _sha256(path)
@@ -128,11 +128,32 @@ def iter_split(path: Path, split: Split, pos: int, line: int, *, text_field: str
             raise OSError(f"{path}: compressed stream is truncated ({exc})") from exc
 
 
-def _plan_lines(f: Any, split_bytes: int, kind: str) -> tuple[list[Split], str]:
-    digest = hashlib.sha256()
-    bounds = [(0, 1)]  # (offset of a split's first byte, its first line number)
+class Planner:
+    """The plan as an iterator: each split is yielded as soon as its end is found (the first
+    after reading ``split_bytes``), so staging starts before the whole file is read;
+    ``digest`` (SHA-256 of the file) is set once the iterator is exhausted."""
+
+    def __init__(self, path: str | Path, split_bytes: int = DEFAULT_SPLIT_BYTES) -> None:
+        self.path, self.split_bytes = Path(path), split_bytes
+        self.digest = ""
+
+    def __iter__(self) -> Iterator[Split]:
+        kind = corpus_kind(self.path)
+        if kind != "jsonl":
+            splits, self.digest = plan_splits(self.path, self.split_bytes)
+            yield from splits
+            return
+        digest = hashlib.sha256()
+        with self.path.open("rb") as f:
+            yield from _plan_lines(f, self.split_bytes, kind, digest)
+        self.digest = digest.hexdigest()
+
+
+def _plan_lines(f: Any, split_bytes: int, kind: str, digest: Any) -> Iterator[Split]:
+    start, line = 0, 1  # the open split: its first byte and first line number
     pos = newlines = 0
     target = split_bytes
+    k = 0
     for block in iter(lambda: f.read(_BLOCK), b""):
         digest.update(block)
         j = max(0, target - pos)
@@ -141,16 +162,14 @@ def _plan_lines(f: Any, split_bytes: int, kind: str) -> tuple[list[Split], str]:
             if i < 0:
                 break
             cut = pos + i + 1
-            bounds.append((cut, newlines + block.count(b"\n", 0, i + 1) + 1))
+            yield Split(k, kind, start, cut, line)
+            k, start, line = k + 1, cut, newlines + block.count(b"\n", 0, i + 1) + 1
             target = cut + split_bytes
             j = max(i + 1, target - pos)
         newlines += block.count(b"\n")
         pos += len(block)
-    if len(bounds) > 1 and bounds[-1][0] >= pos:
-        bounds.pop()  # a cut at the very end would give an empty split
-    ends = [b[0] for b in bounds[1:]] + [pos]
-    return [Split(k, kind, a, e, line)
-            for k, ((a, line), e) in enumerate(zip(bounds, ends, strict=True))], digest.hexdigest()
+    if pos > start or k == 0:  # the rest (a cut at the very end leaves nothing)
+        yield Split(k, kind, start, pos, line)
 
 
 def _plan_parquet(path: Path, split_bytes: int) -> list[Split]:

@@ -9,11 +9,12 @@ die with the producer (``PR_SET_PDEATHSIG``), so a resumed producer is never rac
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,17 @@ def default_procs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def stage_splits(path: Path, splits: list[Split], cfg: StageConfig, *, root: Path | None,
+def stage_splits(path: Path, splits: Iterable[Split], cfg: StageConfig, *, root: Path | None,
                  procs: int, on_shard: OnShard, lookup: dict[str, Any] | None = None
                  ) -> tuple[list[Checkpoint], int]:
     """Stage every split of ``splits`` not yet done in ``root``'s ledger; return the new
-    checkpoints and the cache hits (dry run: ``lookup`` = ``{cache_url, fingerprint, dim}``)."""
-    todo = [(s, _last(root, s.index)) for s in splits]
-    todo = [(s, cp) for s, cp in todo if cp is None or not cp.done]
-    if procs <= 1 or len(todo) <= 1:
+    checkpoints and the cache hits (dry run: ``lookup`` = ``{cache_url, fingerprint, dim}``).
+    ``splits`` may be a lazy plan (``Planner``): staging starts on the first split while the
+    rest of the file is still being planned."""
+    it = iter(splits)
+    head = list(itertools.islice(it, 2))
+    todo = _unfinished(root, itertools.chain(head, it))
+    if procs <= 1 or len(head) <= 1:
         tok = _tokenizer(cfg)
         out: list[Checkpoint] = []
         hits = 0
@@ -51,7 +55,16 @@ def stage_splits(path: Path, splits: list[Split], cfg: StageConfig, *, root: Pat
                            lookup=lookup)
 
 
-def _stage_parallel(path: Path, todo: list[tuple[Split, Checkpoint | None]], cfg: StageConfig,
+def _unfinished(root: Path | None, splits: Iterator[Split]
+                ) -> Iterator[tuple[Split, Checkpoint | None]]:
+    for s in splits:
+        cp = _last(root, s.index)
+        if cp is None or not cp.done:
+            yield s, cp
+
+
+def _stage_parallel(path: Path, todo: Iterator[tuple[Split, Checkpoint | None]],
+                    cfg: StageConfig,
                     *, root: Path | None, procs: int, on_shard: OnShard,
                     lookup: dict[str, Any] | None) -> tuple[list[Checkpoint], int]:
     ctx = mp.get_context("spawn")  # no fork of a process holding broker sockets and threads
@@ -59,7 +72,7 @@ def _stage_parallel(path: Path, todo: list[tuple[Split, Checkpoint | None]], cfg
     os.environ["EMBED_STAGE_PARENT"] = str(os.getpid())
     out: list[Checkpoint] = []
     hits = 0
-    with ctx.Pool(min(procs, len(todo)), initializer=_init_child,
+    with ctx.Pool(procs, initializer=_init_child,
                   initargs=(cfg, events, root, lookup)) as pool:
         pending: list[Any] = []
         expected = [0]  # checkpoints the finished staging processes reported
@@ -85,18 +98,30 @@ def _stage_parallel(path: Path, todo: list[tuple[Split, Checkpoint | None]], cfg
                                                            cp and asdict(cp), data)))
             if data is not None:
                 drain(2 * procs)  # gzip: bounded bytes in flight
+            while True:  # shards that landed while this split was being planned
+                try:
+                    cp = Checkpoint(**events.get_nowait())
+                except queue_mod.Empty:
+                    break
+                out.append(cp)
+                on_shard(cp)
         drain(0)
     return out, hits
 
 
-def _with_data(path: Path, todo: list[tuple[Split, Checkpoint | None]]
+def _with_data(path: Path, todo: Iterator[tuple[Split, Checkpoint | None]]
                ) -> Iterator[tuple[Split, Checkpoint | None, bytes | None]]:
     """Gzip splits come with their bytes (one reader decompresses once); others read alone."""
-    if not todo or todo[0][0].kind != "gzip":
+    first = next(todo, None)
+    if first is None:
+        return
+    if first[0].kind != "gzip":
+        yield first[0], first[1], None
         yield from ((s, cp, None) for s, cp in todo)
         return
-    cps = {s.index: cp for s, cp in todo}
-    for s, data in gzip_blocks(path, [s for s, _ in todo]):
+    items = [first, *todo]
+    cps = {s.index: cp for s, cp in items}
+    for s, data in gzip_blocks(path, [s for s, _ in items]):
         yield s, cps[s.index], data
 
 

@@ -6,6 +6,7 @@ the kill points are the producer's failpoints (``producer/faults.py``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -110,6 +111,9 @@ def test_killed_producer_resumes_to_the_uninterrupted_output(
         res = check_job(out / job_id)
         assert res.clean and res.ok == res.expected, (fault, res.describe())
         assert_same(contents(out / job_id), ref)
+        m = json.loads((out / job_id / "manifest.json").read_text())
+        assert m["input"]["sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+        assert m["splits"] == json.loads((out / "ref" / "manifest.json").read_text())["splits"]
 
 
 def test_status_shows_staging_progress_and_workers_start_before_staging_ends(
