@@ -19,7 +19,7 @@ from producer.corpus import Record, Reject
 from producer.splits import Planner, Split, plan_splits
 from producer.staging import StageConfig, stage_split
 from producer.streaming import stage_splits
-from producer.submit import send_shards
+from producer.broker import send_shards
 from storage import ledger
 from producer.errors import CorpusError
 from storage.jobdir import JobDir
