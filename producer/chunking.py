@@ -185,9 +185,8 @@ def chunk_document(
 
 
 def count_tokens(texts: list[str], tokenizer: Tokenizer, prefix: str = "") -> list[int]:
-    """Tokens the model sees for each text (prefix and special tokens included), in one
-    ``encode_batch`` call: for a batch of short documents this is most of staging's work, and
-    one call per 64 documents costs about half of 64 ``encode`` calls (no offsets either)."""
+    """Tokens the model sees for each text (prefix, special tokens included): one
+    ``encode_batch`` call (no offsets) for a batch of short documents, most of staging's work."""
     encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     return [len(e.ids) for e in encode_batch([prefix + t for t in texts])]
 

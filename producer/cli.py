@@ -82,6 +82,10 @@ class _Main(click.Group):
             ctx.exit(code)
 
 
+STAGE_PROCS = click.option("--stage-procs", type=click.IntRange(1, 256), envvar="EMBED_STAGE_PROCS",
+                           help="Processes that read and chunk the corpus (default: cores).")
+
+
 def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by ``submit`` and ``run``."""
     opts = [
@@ -120,12 +124,9 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Padded tokens per inference batch (default: the worker's; 4096 on CPU, 32768 on GPU)."),
         click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
                      help="Deliveries of one shard before it is marked failed."),
-        click.option("--stage-procs", type=click.IntRange(1, 256), default=None,
-                     envvar="EMBED_STAGE_PROCS",
-                     help="Processes that read and chunk the corpus (default: the cores)."),
+        STAGE_PROCS,
         click.option("--split-bytes", type=click.IntRange(4096, None), default=16 * 2**20,
-                     envvar="EMBED_SPLIT_BYTES", show_default=True,
-                     help="Input bytes per split (the unit of parallel and resumable staging)."),
+                     envvar="EMBED_SPLIT_BYTES", help="Input bytes per split (16 MiB)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -169,8 +170,7 @@ BROKER_ENV = ["EMBED_BROKER_URL", "CELERY_BROKER_URL"]
 @click.option("--cache-url", envvar="EMBED_CACHE_URL", default=None,
               help="Redis holding the embedding cache (for --dry-run); default: the broker.")
 @click.option("--stage-on", type=click.Choice(["producer", "fleet"]), default="producer",
-              show_default=True, help="fleet: cut splits here, workers consuming the `stage` "
-              "queue chunk them (they must be able to read CORPUS at the same path).")
+              help="fleet: workers on the `stage` queue chunk CORPUS (same path for them).")
 def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
            cache_url: str | None, stage_on: str, **kw: Any) -> None:
     """Stream, chunk and stage CORPUS (.jsonl, .jsonl.gz, .parquet), then send its tasks."""
@@ -292,12 +292,9 @@ def status(job_dir: str, as_json: bool) -> None:
 @click.option("--broker", envvar=BROKER_ENV, default=DEFAULT_BROKER_URL, show_default=True,
               help="Celery broker URL.")
 @click.option("--wait/--no-wait", default=False, help="Wait for the job to finish.")
-@click.option("--stage-procs", type=click.IntRange(1, 256), default=None,
-              envvar="EMBED_STAGE_PROCS",
-              help="Processes that stage what is left of the corpus (default: the cores).")
+@STAGE_PROCS
 def resume(job_dir: str, broker: str, wait: bool, stage_procs: int | None) -> None:
-    """Finish staging JOB_DIR if its producer stopped, re-send every shard without valid
-    output; safe to run any number of times."""
+    """Finish staging JOB_DIR, re-send every shard without valid output; safe to repeat."""
     from producer.job import Job
     from producer.progress import Progress
 

@@ -28,8 +28,7 @@ DEFAULT_MAX_LINE_BYTES = 64 * 2**20
 MAX_INT_DIGITS = 4300
 """Longest integer literal parsed (Python's own default limit for int(str))."""
 
-PARQUET_BATCH_ROWS = 1024
-"""Rows per record batch when reading Parquet."""
+PARQUET_BATCH_ROWS = 1024  # rows per record batch when reading Parquet
 
 _SKIP_BLOCK = 1 << 16  # bytes read at a time while skipping the rest of an over-cap line
 _BOM = b"\xef\xbb\xbf"
@@ -150,8 +149,8 @@ def _iter_lines(stream: _LineReader, cap: int, *, first_line: int = 1, start: in
     """Yield ``(line_no, content, size, offset)``; content is None for a line over ``cap`` bytes.
 
     Content has the line terminator (LF or CRLF) and a leading BOM removed; at most ``cap + 2``
-    bytes of a line are held. ``offset``: where the line starts, the stream being at ``start``.
-    Lines starting at or after ``end`` are not read.
+    bytes of a line are held. ``offset``: where the line starts (the stream is at ``start``);
+    lines starting at or after ``end`` are not read.
     """
     line_no, pos = first_line - 1, start
     while end is None or pos < end:
@@ -266,30 +265,15 @@ def _text(obj: dict[str, Any], text_field: str, doc_id: str) -> str:
     return text
 
 
-def _size(text: str | bytes) -> int:
-    return len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
-
-
 def _json_type(value: Any) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def judge_line(line_no: int, data: bytes | None, size: int, cap: int, text_field: str,
-               id_field: str) -> Record | Reject | None:
-    """One JSONL line (from ``_iter_lines``) as a Record or Reject; None for a blank line."""
-    if data is None:
-        return Reject(line_no, None, f"line is {size} bytes, over the cap of {cap} bytes")
-    if not data.strip():
-        return None
-    return _judge(line_no, partial(_parse_line, data), text_field, id_field)
 
 
 def iter_parquet_rows(
     path: Path, text_field: str, id_field: str, cap: int, *,
     row_groups: list[int] | None = None, first_row: int = 0,
 ) -> Iterator[tuple[int, Record | Reject]]:
-    """Yield ``(row_index, record)`` for ``row_groups`` (default all) whose first row is
-    ``first_row`` (0-based), so row numbers in rejects stay exact."""
+    """``(row_index, record)`` for ``row_groups`` (default all) starting at ``first_row``."""
     import pyarrow.parquet as pq  # keep the JSONL path free of the pyarrow import
 
     pf = pq.ParquetFile(path)
@@ -304,9 +288,12 @@ def iter_parquet_rows(
         ids = batch.column(id_field).to_pylist() if id_field in columns else [None] * len(texts)
         for text, doc_id in zip(texts, ids, strict=True):
             row += 1
-            size = _size(text) if isinstance(text, str | bytes) and len(text) > cap // 4 else 0
+            size = 0
+            if isinstance(text, str | bytes) and len(text) > cap // 4:  # else surely under
+                size = len(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
             if size > cap:  # same policy as a JSONL line: no document over the cap
-                yield row - 1, Reject(row, None, f"text is {size} bytes, over the cap of {cap} bytes")
+                reason = f"text is {size} bytes, over the cap of {cap} bytes"
+                yield row - 1, Reject(row, None, reason)
                 continue
             row_obj: partial[dict[str, Any]] = partial(dict, {text_field: text, id_field: doc_id})
             yield row - 1, _judge(row, row_obj, text_field, id_field)

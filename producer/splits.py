@@ -19,10 +19,12 @@ import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from producer.corpus import Record, Reject, _iter_lines, iter_parquet_rows, judge_line
+from producer.corpus import (Record, Reject, _iter_lines, _judge, _parse_line, file_checksum,
+                             iter_parquet_rows)
 
 DEFAULT_SPLIT_BYTES = 16 * 2**20
 """Input bytes per split: 16 MB is ~10 s of staging per process, so splits balance across
@@ -74,10 +76,11 @@ def plan_splits(path: str | Path, split_bytes: int = DEFAULT_SPLIT_BYTES
     if kind == "gzip":
         with gzip.open(path, "rb") as f:
             try:
-                return list(_plan_lines(f, split_bytes, "gzip", hashlib.sha256())), _sha256(path)
+                plan = list(_plan_lines(f, split_bytes, "gzip", hashlib.sha256()))
+                return plan, file_checksum(path)
             except EOFError as exc:
                 raise OSError(f"{path}: compressed stream is truncated ({exc})") from exc
-    return _plan_parquet(path, split_bytes), _sha256(path)
+    return _plan_parquet(path, split_bytes), file_checksum(path)
 
 
 def gzip_blocks(path: Path, splits: list[Split]) -> Iterator[tuple[Split, bytes]]:
@@ -121,7 +124,7 @@ def iter_split(path: Path, split: Split, pos: int, line: int, *, text_field: str
             end = split.end
             for no, data, size, off in _iter_lines(f, max_line_bytes, first_line=line,
                                                    start=pos, end=end):
-                rec = judge_line(no, data, size, max_line_bytes, text_field, id_field)
+                rec = _judge_line(no, data, size, max_line_bytes, text_field, id_field)
                 if rec is not None:
                     yield off, rec
         except EOFError as exc:  # gzip raises EOFError, not OSError, for a cut-off stream
@@ -190,17 +193,19 @@ def _plan_parquet(path: Path, split_bytes: int) -> list[Split]:
     return splits or [Split(0, "parquet", 0, 0, 1)]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _skip(stream: Any, n: int) -> None:
     while n > 0:
         data = stream.read(min(n, _BLOCK))
         if not data:
             return
         n -= len(data)
+
+
+def _judge_line(line_no: int, data: bytes | None, size: int, cap: int, text_field: str,
+               id_field: str) -> Record | Reject | None:
+    """One JSONL line (from ``_iter_lines``) as a Record or Reject; None for a blank line."""
+    if data is None:
+        return Reject(line_no, None, f"line is {size} bytes, over the cap of {cap} bytes")
+    if not data.strip():
+        return None
+    return _judge(line_no, partial(_parse_line, data), text_field, id_field)
