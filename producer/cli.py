@@ -237,9 +237,10 @@ def _finish(job: Any, progress: bool) -> None:
 
 
 def _print_summary(job: Any, st: Any) -> None:
+    from storage.integrity import damaged_inputs
+
     m = job.dir.reload()
-    res = m.result or {}
-    tot = m.totals
+    res, tot = m.result or {}, m.totals
     wall = res.get("wall_s", st.elapsed_s)
     hits = res.get("cache_hits", st.cache_hits)
     chunks = res.get("embedded_chunks", st.chunks_done)
