@@ -1,8 +1,8 @@
 """``producer``: submit corpora to the embedding fleet, run it locally, watch and resume jobs.
 
 The job commands live here; the tools (export, bench, report) in ``producer/tools/cli.py``.
-Commands raise; ``EXIT_CODES`` below is the one place that turns an error type into a message
-and an exit code (listed in ``producer --help`` and the README).
+Commands raise; ``EXIT_CODES`` (``producer/exitcodes.py``) is the one place that turns an
+error type into a message and an exit code (listed in ``producer --help`` and the README).
 """
 
 from __future__ import annotations
@@ -15,51 +15,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from producer.errors import (BrokerUnreachable, CorpusError, FleetError, Interrupted,
-                             JobConflict, JobFailed, UsageError)
+from producer.errors import Interrupted, JobFailed, UsageError
+from producer.exitcodes import EXIT_CODES, USAGE_EXIT, _exit_code_help, exit_code  # noqa: F401
 from producer.tools.cli import register as register_tools
-from storage.errors import (BundleError, CompactError, DatabaseUnreachable, EmbedfleetError,
-                            InvalidJobId, InvalidTableName, JobNotFound, LoadConflict,
-                            TableMismatch)
 from storage.jobdir import JobDir
 from worker.settings import DEFAULT_BROKER_URL, mask_url
-
-USAGE_EXIT = 3
-EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
-    ((BrokerUnreachable, DatabaseUnreachable), 1, "the broker (or load's database) cannot be "
-     "reached"),
-    ((JobFailed,), 2, "the job finished with failed shards"),
-    ((UsageError, InvalidJobId, InvalidTableName, click.UsageError), USAGE_EXIT,
-     "a bad option or value (the message names it)"),
-    ((JobConflict, CompactError), 4, "OUT/JOB (or compact's --out) holds files this command "
-     "must not touch"),
-    ((CorpusError,), 5, "the corpus cannot be read with these options"),
-    ((BundleError,), 6, "the model bundle is missing a file or has an invalid one"),
-    ((JobNotFound,), 7, "not a job directory (no manifest.json)"),
-    ((FleetError,), 8, "the private fleet of `producer run` did not start"),
-    ((TableMismatch, LoadConflict), 9, "load: the table holds another dimension, vector type "
-     "or model, is missing (no --create), or has these (doc_id, chunk_index) from another job"),
-    ((Interrupted, KeyboardInterrupt), 130, "interrupted (Ctrl-C)"),
-    ((EmbedfleetError, OSError, ValueError), 1, "any other error (file, value)"),
-)
-"""(error types, exit code, meaning), first match wins; 0 means done or nothing to do."""
-
-
-def exit_code(exc: BaseException) -> int | None:
-    """The exit code for ``exc`` from ``EXIT_CODES``; None for a bug (shown as a traceback).
-
-    >>> exit_code(UsageError("--overlap 300: ...")), exit_code(BrokerUnreachable("x"))
-    (3, 1)
-    """
-    for types, code, _ in EXIT_CODES:
-        if isinstance(exc, types):
-            return code
-    return None
-
-
-def _exit_code_help() -> str:
-    rows = "\n".join(f"  {code:<4} {what}" for _, code, what in EXIT_CODES)
-    return f"\b\nExit codes:\n  0    done, or nothing to do\n{rows}"
 
 
 class _Main(click.Group):
@@ -82,6 +42,10 @@ class _Main(click.Group):
             else:
                 click.echo(f"Error: {exc}", err=True)
             ctx.exit(code)
+
+
+STAGE_PROCS = click.option("--stage-procs", type=click.IntRange(1, 256), envvar="EMBED_STAGE_PROCS",
+                           help="Processes that read and chunk the corpus (default: cores).")
 
 
 def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -128,6 +92,9 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--outputs", default="dense", show_default=True,
                      help="Comma-separated: dense, sparse, colbert (sparse and colbert need a "
                      "BGE-M3 bundle; dense is always written)."),
+        STAGE_PROCS,
+        click.option("--split-bytes", type=click.IntRange(4096, None), default=16 * 2**20,
+                     envvar="EMBED_SPLIT_BYTES", help="Input bytes per split (16 MiB)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -164,8 +131,10 @@ BROKER_ENV = ["EMBED_BROKER_URL", "CELERY_BROKER_URL"]
               "chunks the cache already holds. Submits nothing.")
 @click.option("--cache-url", envvar="EMBED_CACHE_URL", default=None,
               help="Redis holding the embedding cache (for --dry-run); default: the broker.")
+@click.option("--stage-on", type=click.Choice(["producer", "fleet"]), default="producer",
+              help="fleet: workers on the `stage` queue chunk CORPUS (same path for them).")
 def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
-           cache_url: str | None, **kw: Any) -> None:
+           cache_url: str | None, stage_on: str, **kw: Any) -> None:
     """Stream, chunk and stage CORPUS (.jsonl, .jsonl.gz, .parquet), then send its tasks."""
     if dry_run:
         from producer.dryrun import dry_run as run_dry
@@ -178,7 +147,8 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
 
     bar = fleet_progress(connect(broker), "cpu" if kw["queue"] == "auto" else kw["queue"],
                          mask_url(broker), warn=lambda w: click.echo(w, err=True))
-    job = submit_job(corpus, out, broker=broker, log=click.echo, **kw)
+    job = submit_job(corpus, out, broker=broker, log=click.echo, progress=wait,
+                     stage_on=stage_on, **kw)
     click.echo(f"job {job.path.name}\n{job.path}")
     if wait:
         _finish(job, progress=bar)
@@ -274,8 +244,9 @@ def status(job_dir: str, as_json: bool) -> None:
               help="Celery broker URL (default: the one the job was submitted to, from its "
               "manifest; a URL whose password was masked there must be given again).")
 @click.option("--wait/--no-wait", default=False, help="Wait for the job to finish.")
-def resume(job_dir: str, broker: str | None, wait: bool) -> None:
-    """Re-send every shard of JOB_DIR without valid output; safe to run any number of times.
+@STAGE_PROCS
+def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None) -> None:
+    """Finish staging JOB_DIR and re-send every shard without valid output; safe to repeat.
 
     A job made by `producer run` is continued with `producer run --resume JOB_DIR` instead.
     """
@@ -288,11 +259,10 @@ def resume(job_dir: str, broker: str | None, wait: bool) -> None:
     refuse_run_job(jd)
     url = fleet_broker(jd, broker)
     job = Job(job_dir, broker=url)
-    bar = None
-    if any(s.state == "pending" for s in jd.shard_states()):
-        bar = fleet_progress(connect(url), jd.manifest["queue"], mask_url(url),
-                             warn=lambda w: click.echo(w, err=True))
-    n = job.resume()
+    bar = fleet_progress(connect(url), jd.manifest.queue, mask_url(url),
+                         warn=lambda w: click.echo(w, err=True))
+    bar.enabled = wait
+    n = job.resume(stage_procs=stage_procs, progress=bar)
     click.echo(f"re-sent {n} shard(s)" if n else "nothing to resume: every shard is done")
     if wait and n:
         _finish(job, progress=bar or True)

@@ -28,8 +28,7 @@ DEFAULT_MAX_LINE_BYTES = 64 * 2**20
 MAX_INT_DIGITS = 4300
 """Longest integer literal parsed (Python's own default limit for int(str))."""
 
-PARQUET_BATCH_ROWS = 1024
-"""Rows per record batch when reading Parquet."""
+PARQUET_BATCH_ROWS = 1024  # rows per record batch when reading Parquet
 
 _SKIP_BLOCK = 1 << 16  # bytes read at a time while skipping the rest of an over-cap line
 _BOM = b"\xef\xbb\xbf"
@@ -105,7 +104,7 @@ def iter_records(
     with path.open("rb") as raw:
         magic = raw.read(4)
     if path.suffix == ".parquet" or magic == _PARQUET_MAGIC:
-        yield from _iter_parquet(path, text_field, id_field, max_line_bytes)
+        yield from (r for _, r in iter_parquet_rows(path, text_field, id_field, max_line_bytes))
         return
     for item in iter_objects(path, max_line_bytes=max_line_bytes):
         yield item if isinstance(item, Reject) else judge_object(*item, text_field, id_field)
@@ -123,7 +122,7 @@ def iter_objects(
     opener = gzip.open if path.suffix == ".gz" or magic == _GZIP_MAGIC else open
     with opener(path, "rb") as stream:
         try:
-            for line_no, data, size in _iter_lines(stream, max_line_bytes):
+            for line_no, data, size, _ in _iter_lines(stream, max_line_bytes):
                 if data is None:
                     reason = f"line is {size} bytes, over the cap of {max_line_bytes} bytes"
                     yield Reject(line_no, None, reason)
@@ -145,40 +144,41 @@ def file_checksum(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _iter_lines(stream: _LineReader, cap: int) -> Iterator[tuple[int, bytes | None, int]]:
-    """Yield ``(line_no, content, size)``; content is None for a line over ``cap`` bytes.
+def _iter_lines(stream: _LineReader, cap: int, *, first_line: int = 1, start: int = 0,
+                end: int | None = None) -> Iterator[tuple[int, bytes | None, int, int]]:
+    """Yield ``(line_no, content, size, offset)``; content is None for a line over ``cap`` bytes.
 
-    Content has the line terminator (LF or CRLF) and a leading BOM removed. At most
-    ``cap + 2`` bytes of one line are ever held.
+    Content has the line terminator (LF or CRLF) and a leading BOM removed; at most ``cap + 2``
+    bytes of a line are held. ``offset``: where the line starts (the stream is at ``start``);
+    lines starting at or after ``end`` are not read.
     """
-    line_no = 0
-    while True:
+    line_no, pos = first_line - 1, start
+    while end is None or pos < end:
         data = stream.readline(cap + 2)
         if not data:
             return
         line_no += 1
-        if line_no == 1 and data.startswith(_BOM):
+        offset, pos = pos, pos + len(data)
+        if offset == 0 and data.startswith(_BOM):
             data = data[len(_BOM) :]
         if not data.endswith(b"\n") and len(data) == cap + 2:
-            size, end = len(data), data[-2:]  # over the cap for sure: count the rest, keep none
-            while not end.endswith(b"\n"):
+            size, tail = len(data), data[-2:]  # over the cap for sure: count the rest, keep none
+            while not tail.endswith(b"\n"):
                 data = stream.readline(_SKIP_BLOCK)
                 if not data:
                     break
-                size, end = size + len(data), (end + data)[-2:]
-            yield line_no, None, size - _terminator_len(end)
+                size, tail, pos = size + len(data), (tail + data)[-2:], pos + len(data)
+            yield line_no, None, size - _terminator_len(tail), offset
             continue
         content = data[: len(data) - _terminator_len(data)]
         if len(content) > cap:
-            yield line_no, None, len(content)
+            yield line_no, None, len(content), offset
         else:
-            yield line_no, content, len(content)
+            yield line_no, content, len(content), offset
 
 
 def _terminator_len(data: bytes) -> int:
-    if data.endswith(b"\r\n"):
-        return 2
-    return 1 if data.endswith((b"\n", b"\r")) else 0
+    return 2 if data.endswith(b"\r\n") else 1 if data.endswith((b"\n", b"\r")) else 0
 
 
 def _parse_line(data: bytes) -> Any:
@@ -265,17 +265,15 @@ def _text(obj: dict[str, Any], text_field: str, doc_id: str) -> str:
     return text
 
 
-def _size(text: str | bytes) -> int:
-    return len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
-
-
 def _json_type(value: Any) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def _iter_parquet(
-    path: Path, text_field: str, id_field: str, cap: int
-) -> Iterator[Record | Reject]:
+def iter_parquet_rows(
+    path: Path, text_field: str, id_field: str, cap: int, *,
+    row_groups: list[int] | None = None, first_row: int = 0,
+) -> Iterator[tuple[int, Record | Reject]]:
+    """``(row_index, record)`` for ``row_groups`` (default all) starting at ``first_row``."""
     import pyarrow.parquet as pq  # keep the JSONL path free of the pyarrow import
 
     pf = pq.ParquetFile(path)
@@ -283,15 +281,19 @@ def _iter_parquet(
     if text_field not in names:
         raise CorpusError(f"{path} has no column {text_field!r}; columns: {names}")
     columns = [text_field] + ([id_field] if id_field in names and id_field != text_field else [])
-    row = 0
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+    row = first_row
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns,
+                                 row_groups=row_groups):
         texts = batch.column(text_field).to_pylist()
         ids = batch.column(id_field).to_pylist() if id_field in columns else [None] * len(texts)
         for text, doc_id in zip(texts, ids, strict=True):
             row += 1
-            size = _size(text) if isinstance(text, str | bytes) and len(text) > cap // 4 else 0
+            size = 0
+            if isinstance(text, str | bytes) and len(text) > cap // 4:  # else surely under
+                size = len(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
             if size > cap:  # same policy as a JSONL line: no document over the cap
-                yield Reject(row, None, f"text is {size} bytes, over the cap of {cap} bytes")
+                reason = f"text is {size} bytes, over the cap of {cap} bytes"
+                yield row - 1, Reject(row, None, reason)
                 continue
             row_obj: partial[dict[str, Any]] = partial(dict, {text_field: text, id_field: doc_id})
-            yield _judge(row, row_obj, text_field, id_field)
+            yield row - 1, _judge(row, row_obj, text_field, id_field)

@@ -14,51 +14,26 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from producer.corpus import Record, Reject, judge_object
 from producer.errors import JobConflict, UsageError
-from producer.corpus import Record, Reject, file_checksum, iter_records, judge_object
-from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, stage_corpus
 from producer.broker import broker_backlog, connect, send_shards
-from storage.jobdir import JobDir
-from storage.metrics import metrics_totals
-from storage.readers import read_matrix, read_table
 from producer.models import embedfleet_home, resolve_model
 from producer.outputs import parse_outputs
+from producer.progress import JobStatus, staging_progress
+from producer.splits import DEFAULT_SPLIT_BYTES, plan_splits
+from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, StageConfig
+from producer.streaming import default_procs
 from storage.bundle import load_bundle
+from storage.jobdir import JobDir
+from storage.manifest import Manifest
+from storage.metrics import metrics_totals
+from storage.readers import read_matrix, read_table
 from worker.settings import DEFAULT_BROKER_URL, env_broker, mask_url
-
-
-@dataclass
-class JobStatus:
-    job_dir: str
-    status: str  # staging, running, succeeded, failed
-    shards: int
-    done: int
-    failed: int
-    chunks: int
-    chunks_done: int
-    tokens: int
-    tokens_done: int
-    rejects: int
-    cache_hits: int
-    elapsed_s: float
-    failed_shards: list[dict[str, Any]] = field(default_factory=list)
-    duplicate_ids: int = 0
-    duplicate_examples: list[str] = field(default_factory=list)
-    reject_examples: list[dict[str, Any]] = field(default_factory=list)
-    """Chunks the workers quarantined or could not embed (line, doc_id, chunk_index, reason)."""
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("succeeded", "failed")
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
 class Job:
@@ -67,7 +42,7 @@ class Job:
     def __init__(self, path: str | os.PathLike[str], broker: str | None = None) -> None:
         self.dir = JobDir.open(path)
         self.broker = broker or env_broker(os.environ) or _usable_hint(
-            self.dir.manifest.get("broker_hint"))
+            self.dir.manifest.broker_hint)
         self._done: dict[int, tuple[int, int]] = {}  # shard -> (tokens, cache hits)
 
     @property
@@ -77,35 +52,35 @@ class Job:
     def status(self) -> JobStatus:
         """Progress from the job directory; finalises a job whose shards are all done."""
         m = self.dir.reload()
-        if m.get("staged") and not self.dir.success_path.exists() and m.get("status") not in (
-                "succeeded", "failed"):
+        if m.staged and not self.dir.success_path.exists() and not m.finished:
             if self.dir.finalize():
                 m = self.dir.reload()
-        states = self.dir.shard_states(set(self._done)) if m.get("staged") else []
+        staging = staging_progress(self.dir, m)
+        states = self.dir.shard_states(set(self._done))
         for s in states:
             if s.state == "done" and s.shard not in self._done:
                 hits = metrics_totals([self.dir.metrics_path(s.shard)]).cache_hits
                 self._done[s.shard] = (s.tokens, hits)
         done = [s for s in states if s.state == "done"]
         failed = [s for s in states if s.state == "failed"]
-        totals = m.get("totals", {})
+        totals = m.totals if m.staged else staging
         rejects = totals.get("rejected", 0)
-        result = m.get("result")
-        if result:
-            rejects = result.get("rejects", rejects)
-        status = m.get("status") or ("running" if m.get("staged") else "staging")
-        end = (result or {}).get("finished_at") or time.time()
+        if m.result:
+            rejects = m.result.get("rejects", rejects)
+        status = m.status or ("running" if m.staged else "staging")
+        end = (m.result or {}).get("finished_at") or time.time()
+        start = float(m.submitted_at or m.created_at or end)
         return JobStatus(
             job_dir=str(self.path), status=status, shards=len(states), done=len(done),
             failed=len(failed), chunks=totals.get("chunks", 0),
             chunks_done=sum(s.chunks for s in done), tokens=totals.get("tokens", 0),
             tokens_done=sum(self._done[s.shard][0] for s in done),
             rejects=rejects, cache_hits=sum(self._done[s.shard][1] for s in done),
-            elapsed_s=max(0.0, end - float(m.get("submitted_at", end))),
+            elapsed_s=max(0.0, end - start),
             failed_shards=[{"shard": s.shard, "reason": s.reason} for s in failed],
             duplicate_ids=totals.get("duplicate_ids", 0),
             duplicate_examples=totals.get("duplicate_examples", []),
-            reject_examples=self._chunk_rejects(),
+            reject_examples=self._chunk_rejects(), staging=staging,
         )
 
     def _chunk_rejects(self, limit: int = 5) -> list[dict[str, Any]]:
@@ -126,12 +101,18 @@ class Job:
                     return out
         return out
 
-    def resume(self) -> int:
-        """Re-send every shard that has no valid output and is not failed; safe to repeat."""
+    def resume(self, *, stage_procs: int | None = None, progress: Any = None) -> int:
+        """Finish staging if it stopped, re-send every shard without valid output that is not
+        failed; return the tasks sent. Safe to repeat."""
+        if not self.dir.reload().staged:
+            from producer.ingest import continue_staging
+
+            tick = (lambda: progress.update(self.status())) if progress is not None else None
+            return continue_staging(self.dir, connect(self.broker), tick=tick,
+                                    procs=stage_procs or default_procs())
         pending = [s.shard for s in self.dir.shard_states() if s.state == "pending"]
         if pending:
-            app = connect(self.broker)
-            send_shards(app, self.dir, pending, self.dir.manifest["queue"])
+            send_shards(connect(self.broker), self.dir, pending, self.dir.manifest.queue)
         self.dir.finalize()
         return len(pending)
 
@@ -156,7 +137,7 @@ class Job:
             if st.done + st.failed != last_done:
                 last_done, last_change, idle_checks = st.done + st.failed, time.monotonic(), 0
             elif st.status == "running":
-                backlog = broker_backlog(self.broker, self.dir.manifest["queue"])
+                backlog = broker_backlog(self.broker, self.dir.manifest.queue)
                 idle_checks = idle_checks + 1 if backlog == 0 else 0
                 stalled = stall_s is not None and time.monotonic() - last_change > stall_s
                 if idle_checks >= 3 or stalled:
@@ -212,8 +193,17 @@ def submit(
     home: str | os.PathLike[str] | None = None,
     log: Any = None,
     made_by: str = "producer submit",
+    stage_procs: int | None = None,
+    split_bytes: int = DEFAULT_SPLIT_BYTES,
+    progress: bool = False,
+    stage_on: str = "producer",
 ) -> Job:
-    """Stream, chunk and stage ``corpus`` into ``out/<job_id>``, then send one task per shard.
+    """Stream, chunk and stage ``corpus`` into ``out/<job_id>``, sending each shard's task as
+    soon as the shard is durable (workers start within seconds, whatever the corpus size).
+
+    ``stage_procs``: staging processes (default: the cores of this machine).
+    ``stage_on="fleet"``: only cut splits here; workers consuming the ``stage`` queue stage
+    them (they must be able to read the corpus path).
 
     Raises:
         BrokerUnreachable: the broker cannot be reached (checked before anything is written).
@@ -245,42 +235,60 @@ def submit(
     if job.manifest_path.exists():
         raise JobConflict(f"{job.root} already holds a job; pick another --job-id "
                               f"or run `producer resume {job.root}`")
+    records = None
+    splits: list[dict[str, Any]] | None = None
     if isinstance(corpus, (str, os.PathLike)):
-        source = {"path": str(Path(corpus).resolve()), "sha256": file_checksum(corpus),
+        digest = ""  # on the producer, the plan and checksum are made while staging runs
+        if stage_on == "fleet":
+            plan, digest = plan_splits(corpus, split_bytes)
+            splits = [sp.to_dict() for sp in plan]
+        source = {"path": str(Path(corpus).resolve()), "sha256": digest,
                   "bytes": os.path.getsize(corpus)}
-        records: Iterable[Record | Reject] = iter_records(
-            corpus, text_field=text_field, id_field=id_field, max_line_bytes=max_line_bytes)
+    elif stage_on == "fleet":
+        raise UsageError("--stage-on fleet needs a corpus file the workers can read")
     else:
         source = {"path": "<iterable>", "sha256": "", "bytes": 0}
         records = _records_from_dicts(corpus, text_field, id_field)
-    manifest: dict[str, Any] = {
-        "format": 1, "job_id": job.root.name, "created_at": time.time(),
-        "created_by": socket.gethostname(), "input": source,
-        "model": {"source": cfg.source, "bundle_path": str(bundle.path), "dim": cfg.dim,
-                  "max_length": cfg.max_length, "pooling": cfg.pooling.value,
-                  "normalize": cfg.normalize,
-                  "fingerprints": {p: bundle.fingerprint(p) for p in bundle.variants}},
-        "outputs": list(wanted), "colbert_dim": cfg.colbert_dim if "colbert" in wanted else 0,
-        "precision": precision, "queue": queue, "broker_hint": mask_url(broker),
-        "chunking": chunking, "made_by": made_by,
-        "max_batch_tokens": max_batch_tokens, "max_attempts": max_attempts,
-        "staged": False, "status": "staging",
-    }
-    job.write_manifest(manifest)
-    say(f"staging {source['path']} into {job.root}")
-    stats = stage_corpus(records, tokenizer, job=job, max_tokens=window, overlap=overlap,
-                         prefix=pfx, shard_tokens=shard_tokens, shard_max_chunks=shard_max_chunks)
-    manifest.update(shards=stats.shards, totals=stats.totals(), staged=True, status="running",
-                    submitted_at=time.time())
-    job.write_manifest(manifest)
-    say(f"{stats.accepted} accepted, {stats.rejected} rejected, {stats.chunks} chunks, "
-        f"{stats.tokens} tokens in {len(stats.shards)} shards → queue {queue!r}")
-    if stats.duplicate_ids:
-        say(f"warning: {stats.duplicate_ids} duplicate ids (e.g. {stats.duplicate_examples}); "
-            "each record is embedded separately")
-    send_shards(app, job, [s["shard"] for s in stats.shards], queue)
-    job.finalize()  # an empty corpus (or all rejects) is finished right away
+    procs = stage_procs or default_procs()
+    stage = StageConfig(bundle_path=str(bundle.path), max_tokens=window, overlap=overlap,
+                      prefix=pfx, text_field=text_field, id_field=id_field,
+                      max_line_bytes=max_line_bytes, shard_tokens=shard_tokens,
+                      shard_max_chunks=shard_max_chunks)
+    now = time.time()
+    manifest = Manifest(
+        job_id=job.root.name, created_at=now, created_by=socket.gethostname(), input=source,
+        model={"source": cfg.source, "bundle_path": str(bundle.path), "dim": cfg.dim,
+               "max_length": cfg.max_length, "pooling": cfg.pooling.value,
+               "normalize": cfg.normalize,
+               "fingerprints": {p: bundle.fingerprint(p) for p in bundle.variants}},
+        precision=precision, queue=queue, broker_hint=mask_url(broker),
+        chunking=chunking, outputs=list(wanted),
+        colbert_dim=cfg.colbert_dim if "colbert" in wanted else 0, made_by=made_by,
+        max_batch_tokens=max_batch_tokens, max_attempts=max_attempts,
+        staged=False, status="staging", submitted_at=now, splits=splits,
+        staging={"procs": procs, "on": stage_on, "split_bytes": split_bytes,
+                 "config": asdict(stage)},
+    )
+    job.write_manifest(manifest)  # a valid job from here on: `producer resume` finishes it
+    say(f"staging {source['path']} into {job.root} ({procs} staging process(es)); "
+        f"tasks go to queue {queue!r} as shards land")
     handle = Job(job.root, broker=broker)
+    from producer.ingest import run_staging, send_stage_tasks
+    from producer.progress import Progress
+
+    if stage_on == "fleet":
+        say(f"sent {send_stage_tasks(app, job)} stage task(s) to the fleet")
+        return handle
+    bar = Progress(enabled=progress)
+    run_staging(job, app, procs=procs, records=records,
+                tick=(lambda: bar.update(handle.status())) if progress else None)
+    bar.close()
+    t = job.reload().totals
+    say(f"{t['accepted']} accepted, {t['rejected']} rejected, {t['chunks']} chunks, "
+        f"{t['tokens']} tokens in {len(job.manifest.shards)} shards → queue {queue!r}")
+    if t["duplicate_ids"]:
+        say(f"warning: {t['duplicate_ids']} duplicate ids (e.g. {t['duplicate_examples']}); "
+            "each record is embedded separately")
     return handle
 
 

@@ -1,5 +1,6 @@
-"""What a user sees of a running job: a progress line (chunks and tokens done, throughput,
-ETA, cache hit rate), the summary at the end, and the ``producer status`` lines.
+"""What a user sees of a job: one progress display for staging (input MB read of total, MB/s,
+ETA, shards staged) and embedding (shards done, tokens, tok/s, cache hits) side by side while
+both run, the summary at the end, and the ``producer status`` lines.
 
 Given ``no_worker`` (a callable asking the broker whether any worker consumes the job's queue),
 the line says "waiting for a worker" instead of showing 0 tok/s while no shard finishes; it
@@ -10,11 +11,80 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from storage import ledger
+from storage.jobdir import JobDir
+from storage.manifest import Manifest
+
 CHECK_S = 5.0
+
+
+@dataclass
+class JobStatus:
+    job_dir: str
+    status: str  # staging, running, succeeded, failed
+    shards: int
+    done: int
+    failed: int
+    chunks: int
+    chunks_done: int
+    tokens: int
+    tokens_done: int
+    rejects: int
+    cache_hits: int
+    elapsed_s: float
+    failed_shards: list[dict[str, Any]] = field(default_factory=list)
+    duplicate_ids: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
+    reject_examples: list[dict[str, Any]] = field(default_factory=list)
+    """Chunks the workers quarantined or could not embed (line, doc_id, chunk_index, reason)."""
+    staging: dict[str, Any] = field(default_factory=dict)
+    """Staging progress from the ledger: bytes (input read), bytes_total, records, chunks,
+    tokens, shards (staged), splits_done, splits, done (staging finished), mb_per_s."""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def staging_progress(job: JobDir, m: Manifest) -> dict[str, Any]:
+    """Staging figures from the ledger (cheap: one small file per split)."""
+    t = ledger.totals(ledger.read_all(job.root))
+    total = int(m.input.get("bytes", 0))
+    t.update(bytes_total=total, splits=len(m.splits or [0]), done=m.staged)
+    if m.staged:
+        t["bytes"] = total
+    end = (m.staging or {}).get("finished_at") or time.time()
+    wall = max(end - float(m.created_at or end), 1e-9)
+    t["mb_per_s"] = round(t["bytes"] / wall / 1e6, 2)
+    return t
+
+
+def describe(st: Any, rate: str | None = None) -> str:
+    """The one-line summary of a JobStatus (also the non-tty log line); ``rate`` replaces the
+    tok/s figure (e.g. "waiting for a worker")."""
+    parts = []
+    sg = st.staging or {}
+    if sg and not sg.get("done"):
+        total, read = sg.get("bytes_total", 0), sg.get("bytes", 0)
+        rate = sg.get("mb_per_s", 0.0)
+        eta = (total - read) / (rate * 1e6) if rate and total > read else 0.0
+        of = f"/{total / 1e6:,.1f}" if total else ""
+        parts.append(f"staging {read / 1e6:,.1f}{of} MB {rate:.1f} MB/s "
+                     f"eta {_clock(eta)}  staged {sg.get('shards', 0)} shards "
+                     f"{sg.get('records', 0):,} records")
+    hit = st.cache_hits / st.chunks_done if st.chunks_done else 0.0
+    parts.append(f"shards {st.done}/{st.shards}  chunks {st.chunks_done}/{st.chunks}  "
+                 f"{rate or f'{st.tokens_per_s:,.0f} tok/s'}  cache {hit:.0%}")
+    return "  |  ".join(parts)
 
 
 class Progress:
@@ -24,30 +94,34 @@ class Progress:
         self.no_worker = no_worker
         self.waiting = False
         self._checked: tuple[float, int] = (-CHECK_S, -1)
+        self._last: Any = None
+        self._last_t = 0.0
 
     def update(self, st: Any) -> None:
-        if not self.enabled or not st.chunks:
+        staging = bool(st.staging) and not st.staging.get("done")
+        if not self.enabled or not (st.chunks or staging):
             return
         self._check_workers(st.done + st.failed)
-        rate = "waiting for a worker" if self.waiting else f"{st.tokens_per_s:,.0f} tok/s"
-        hit = st.cache_hits / st.chunks_done if st.chunks_done else 0.0
+        wait = "waiting for a worker" if self.waiting else None
         if not sys.stderr.isatty():
-            # Logs and CI: one line per finished shard, not a redraw every second.
-            key = (st.done, st.failed, self.waiting)
-            if key != getattr(self, "_last", None):
-                self._last = key
-                sys.stderr.write(f"shards {st.done}/{st.shards}  chunks {st.chunks_done}/"
-                                 f"{st.chunks}  {rate}  cache {hit:.0%}\n")
+            # Logs and CI: a line per finished shard (at most one per 2 s while staging).
+            key = (st.done, st.failed, st.shards, self.waiting)
+            now = time.monotonic()
+            if key != self._last and (not staging or now - self._last_t >= 2):
+                self._last, self._last_t = key, now
+                sys.stderr.write(describe(st, wait) + "\n")
             return
         if self.bar is None:
             import click
 
-            self.bar = click.progressbar(length=st.chunks, label="embedding", file=sys.stderr,
-                                         show_eta=True, show_percent=True, width=30)
+            self.bar = click.progressbar(length=max(st.chunks, 1), label="embedding",
+                                         file=sys.stderr, show_eta=not staging,
+                                         show_percent=True, width=30)
             self.bar.__enter__()
+        self.bar.length = max(st.chunks, 1)  # grows while staging streams shards in
+        self.bar.show_eta = not staging
         self.bar.pos = 0
-        self.bar.label = (f"shards {st.done}/{st.shards}  tokens {st.tokens_done:,}  "
-                          f"{rate}  cache {hit:.0%}")
+        self.bar.label = describe(st, wait)
         self.bar.update(st.chunks_done)
 
     def _check_workers(self, finished: int) -> None:
@@ -126,3 +200,8 @@ def _failed_lines(st: Any) -> list[str]:
     shards = [f["shard"] for f in st.failed_shards]
     return ([f"failed shard {f['shard']}: {f['reason']}" for f in st.failed_shards]
             + [f"what to do: {line}" for line in damaged_inputs(Path(st.job_dir), shards)])
+
+
+def _clock(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

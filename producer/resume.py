@@ -2,8 +2,8 @@
 
 ``producer run --resume OUT/JOB`` (or ``producer run CORPUS`` onto an existing OUT/JOB) plans
 here: a staged job keeps its done shards and only the pending ones are sent to the restarted
-private fleet; a job whose staging was interrupted is staged again (nothing was sent before
-staging finished). A different corpus (checksum) or different chunking settings is a
+private fleet; a job whose staging was interrupted continues staging from the ledger's last
+durable point (``producer.ingest``: no record twice, none skipped). A different corpus (checksum) or different chunking settings is a
 ``JobConflict`` naming both values, never a silent mix. ``producer resume`` on a fleet uses the
 broker the manifest records (without a password: a masked one is never used to reconnect) and
 refuses a ``producer run`` job, whose private Redis is gone.
@@ -11,7 +11,6 @@ refuses a ``producer run`` job, whose private Redis is gone.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,6 @@ class RunPlan:
     options: dict[str, Any] = field(default_factory=dict)
     queue: str = "cpu"
     note: str = ""
-    restage: bool = False
     pending: int = -1
     """Shards to send (-1: not staged yet); 0 means no fleet is needed."""
 
@@ -47,14 +45,18 @@ class RunPlan:
         """Send the pending shards to ``broker``, or stage the corpus and send; the ``Job``."""
         from producer.job import Job, submit
 
-        if self.corpus is None:
+        from producer.progress import Progress
+
+        if self.corpus is None:  # staged shards pending, or staging to continue
             job = Job(self.root, broker=broker)
-            log(f"sent {job.resume()} pending shard(s)")
+            bar = Progress(enabled=self.pending < 0)
+            n = job.resume(stage_procs=self.options.get("stage_procs"), progress=bar)
+            bar.close()
+            log(f"sent {n} shard task(s)")
             return job
-        if self.restage and self.root.is_dir():
-            shutil.rmtree(self.root)  # an interrupted staging's input and manifest; none sent
         return submit(self.corpus, self.root.parent, broker=broker, log=log, home=home,
-                      made_by=RUN_MADE_BY, **dict(self.options, job_id=self.root.name))
+                      made_by=RUN_MADE_BY, progress=True,
+                      **dict(self.options, job_id=self.root.name))
 
 
 def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
@@ -88,17 +90,21 @@ def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
                        pending=pending, note=(
             f"resuming {job.root}: {done} of {len(states)} shard(s) done and kept, "
             f"{pending} pending"))
-    source = corpus or m["input"]["path"]
     if corpus is None:
-        check_same_corpus(job, source)
-    return RunPlan(job.root, source, options_from_manifest(job), queue=m["queue"], restage=True,
-                   note=f"resuming {job.root}: staging had not finished and nothing was sent; "
-                        "staging again from the start")
+        check_same_corpus(job, m["input"]["path"])
+    return RunPlan(job.root, None, {"model": m["model"]["bundle_path"],
+                                    "stage_procs": options.get("stage_procs")},
+                   queue=m["queue"], note=f"resuming {job.root}: staging continues from its "
+                   "last durable point; the shards staged so far are kept")
 
 
 def check_same_corpus(job: JobDir, corpus: str) -> None:
     """JobConflict unless ``corpus`` has the checksum the job recorded (names both)."""
     rec = job.manifest.get("input", {})
+    if not rec.get("sha256"):  # staging stopped before the checksum was recorded: by size,
+        size = Path(corpus).stat().st_size if Path(corpus).is_file() else -1  # the plan
+        if size == rec.get("bytes"):  # check in producer.ingest covers the rest
+            return
     try:
         sha = file_checksum(corpus)
     except OSError as exc:
@@ -135,24 +141,6 @@ def check_same_chunking(job: JobDir, requested: Mapping[str, Any],
                          f"asks for {requested.get(k)!r}" for k in diff)
         raise JobConflict(f"{job.root} was chunked with other settings ({both}); continue it "
                           "with the job's settings, or use another --job-id")
-
-
-def options_from_manifest(job: JobDir) -> dict[str, Any]:
-    """Submit options that stage the corpus again exactly as the job recorded them."""
-    from storage.bundle import load_bundle
-
-    m = job.manifest
-    c = m["chunking"]
-    cfg = load_bundle(m["model"]["bundle_path"]).config
-    prefix = next(p for p in ("passage", "query", "none")
-                  if prefix_text(p, cfg.passage_prefix, cfg.query_prefix) == c["prefix"])
-    return {"job_id": job.root.name, "model": m["model"]["bundle_path"],
-            "precision": m["precision"], "queue": m["queue"], "text_field": c["text_field"],
-            "id_field": c["id_field"], "max_tokens": c["max_tokens"], "overlap": c["overlap"],
-            "prefix": prefix, "shard_tokens": c["shard_tokens"],
-            "shard_max_chunks": c["shard_max_chunks"],
-            "max_batch_tokens": m.get("max_batch_tokens"), "max_attempts": m["max_attempts"],
-            "outputs": ",".join(m.get("outputs") or ["dense"])}
 
 
 def fleet_broker(job: JobDir, broker: str | None) -> str:

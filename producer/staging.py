@@ -1,155 +1,186 @@
-"""Stage 3: group chunks into shards under a token budget and write ``input/part-NNNNN.parquet``.
+"""Stage 3: chunk one split's records into shards under a token budget, each durably recorded.
 
-Streams: records come in one at a time, chunks are buffered only until a shard is full, rejects
-are appended to a file as they happen. Memory does not grow with the corpus (a set of 8-byte
-id digests is the only thing that does, to report duplicate ids).
+Streams: records come in one at a time, chunks are buffered only until a shard is full, so
+memory does not grow with the corpus or the split. Each flushed shard is written
+(``input/part-NNNNN.parquet``), then its segment is appended to the ledger
+(``storage.ledger``), then ``on_shard`` is told (the caller sends the shard's task). A staging
+process killed at any instant is continued from the last checkpoint with the same result:
+shard contents depend only on the records and the settings (rows sorted by length, stable).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from producer.chunking import chunk_document
+from producer import faults
+from producer.chunking import chunk_budget, chunk_document, count_tokens, is_short
 from producer.corpus import Record, Reject
-from storage.atomic import tmp_name
+from storage import ledger
 from storage.hashing import text_sha256
-from storage.jobdir import JobDir
-from storage.shards import input_table, write_table
+from storage.ledger import Checkpoint
+from storage.shards import input_table, shard_name, write_table
 
 DEFAULT_SHARD_TOKENS = 32768
 """Real tokens per task: small enough to finish in well under a minute on one CPU worker."""
 DEFAULT_SHARD_MAX_CHUNKS = 2048
-DUPLICATE_EXAMPLES = 5
+COUNT_BATCH = 64
+"""Short records counted per ``encode_batch`` call."""
 
 
-@dataclass
-class StageStats:
-    records: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    chunks: int = 0
-    tokens: int = 0
-    chars: int = 0
-    duplicate_ids: int = 0
-    duplicate_examples: list[str] = field(default_factory=list)
-    shards: list[dict[str, int]] = field(default_factory=list)
+@dataclass(frozen=True)
+class StageConfig:
+    """Everything a staging process needs (plain data: it crosses process boundaries)."""
 
-    def totals(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "shards"}
-        return d
+    bundle_path: str
+    max_tokens: int
+    overlap: int = 0
+    prefix: str = ""
+    text_field: str = "text"
+    id_field: str = "id"
+    max_line_bytes: int = 64 * 2**20
+    shard_tokens: int = DEFAULT_SHARD_TOKENS
+    shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS
 
 
-class ShardBuilder:
-    """Collects chunk rows and flushes a shard when its token or chunk budget is reached."""
+class _Segment:
+    """Counts and rejects of the records finished since the last checkpoint."""
 
-    def __init__(self, write: Callable[[int, list[dict[str, Any]]], None], shard_tokens: int,
-                 max_chunks: int) -> None:
-        self.write = write
-        self.shard_tokens = shard_tokens
-        self.max_chunks = max_chunks
-        self.rows: list[dict[str, Any]] = []
-        self.tokens = 0
-        self.shards: list[dict[str, int]] = []
+    def __init__(self, pos: int) -> None:
+        self.start = pos
+        self.records = self.accepted = self.rejected = self.chars = 0
+        self.rejects: list[bytes] = []
 
-    def add(self, row: dict[str, Any]) -> None:
-        if self.rows and (self.tokens + row["n_tokens"] > self.shard_tokens
-                          or len(self.rows) >= self.max_chunks):
-            self.flush()
-        self.rows.append(row)
-        self.tokens += row["n_tokens"]
-
-    def flush(self) -> None:
-        if not self.rows:
-            return
-        n = len(self.shards)
-        # Sorted by length inside a shard: the worker's batches then need almost no padding.
-        self.rows.sort(key=lambda r: r["n_tokens"])
-        self.write(n, self.rows)
-        self.shards.append({"shard": n, "chunks": len(self.rows), "tokens": self.tokens})
-        self.rows, self.tokens = [], 0
+    def reject(self, rec: Reject) -> None:
+        self.records += 1
+        self.rejected += 1
+        self.rejects.append(json.dumps({"line": rec.line, "doc_id": rec.doc_id,
+                                        "reason": rec.reason}, ensure_ascii=False).encode()
+                            + b"\n")
 
 
-def stage_corpus(
-    records: Iterable[Record | Reject],
+def stage_split(
+    records: Iterable[tuple[int, Record | Reject]],
     tokenizer: Any,
+    cfg: StageConfig,
     *,
-    job: JobDir | None,
-    max_tokens: int,
-    overlap: int = 0,
-    prefix: str = "",
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
-    shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS,
-    on_record: Callable[[StageStats], None] | None = None,
+    split: int,
+    end: int,
+    root: Path | None,
+    resume: Checkpoint | None = None,
+    start: int = 0,
+    on_shard: Callable[[Checkpoint], None] | None = None,
     on_chunk: Callable[[str], None] | None = None,
-) -> StageStats:
-    """Chunk every record and write shards into ``job`` (``job=None``: count only, dry run).
+    on_record: Callable[[Record], None] | None = None,
+) -> list[Checkpoint]:
+    """Stage ``records`` (``(position, record)`` from the split's resume point to ``end``).
 
-    ``on_chunk`` sees the exact text of every chunk (the dry run uses it to ask the cache).
+    ``root=None`` counts only (the dry run). ``resume`` is the split's last durable checkpoint:
+    its record's first ``skip`` chunks are already staged. Returns the new checkpoints; the
+    last one has ``done=True``.
     """
-    stats = StageStats()
-    seen: set[bytes] = set()
-    rejects_file = None
-    if job is not None:
-        final_rejects = job.ingest_rejects_path
-        final_rejects.parent.mkdir(parents=True, exist_ok=True)
-        tmp_rejects = tmp_name(final_rejects)
-        rejects_file = open(tmp_rejects, "wb")
+    seq = resume.seq + 1 if resume else 0
+    k = resume_shards(root, split) if resume else 0
+    skip = resume.skip if resume else 0
+    seg = _Segment(resume.pos if resume else start)
+    rows: list[dict[str, Any]] = []
+    tokens = 0
+    out: list[Checkpoint] = []
 
-    def write(n: int, rows: list[dict[str, Any]]) -> None:
-        if job is not None:
-            write_table(job.input_path(n), input_table(rows))
+    def flush(pos: int, line: int, skip_at: int, done: bool) -> None:
+        nonlocal seq, k, rows, tokens, seg
+        shard = None
+        if rows:
+            shard = ledger.shard_number(split, k)
+            rows.sort(key=lambda r: r["n_tokens"])  # the worker's batches then barely pad
+            if root is not None:
+                faults.hit("mid_shard_write", lambda: _partial_write(root, shard))
+                write_table(root / "input" / shard_name(shard), input_table(rows))
+            k += 1
+        cp = Checkpoint(split, seq, shard, pos, line, skip_at, done, seg.records, seg.accepted,
+                        seg.rejected, seg.chars, len(rows), tokens, pos - seg.start)
+        if root is not None:
+            ledger.append(root, cp, seg.rejects)
+            if shard is not None:
+                faults.hit("after_record")
+        if on_shard is not None:
+            on_shard(cp)
+        faults.pause("slow_shard")
+        out.append(cp)
+        seq += 1
+        rows, tokens, seg = [], 0, _Segment(pos)
 
-    builder = ShardBuilder(write, shard_tokens, shard_max_chunks)
-    try:
-        for rec in records:
-            stats.records += 1
-            if isinstance(rec, Record):
-                try:
-                    spans = chunk_document(rec.text, tokenizer, max_tokens=max_tokens,
-                                           overlap=overlap, prefix=prefix)
-                except ValueError as exc:  # e.g. one character that encodes past the window
-                    rec = Reject(rec.line, rec.doc_id, f"cannot chunk: {exc}")
-            if isinstance(rec, Reject):
-                stats.rejected += 1
-                if rejects_file is not None:
-                    rejects_file.write(json.dumps(
-                        {"line": rec.line, "doc_id": rec.doc_id, "reason": rec.reason},
-                        ensure_ascii=False).encode() + b"\n")
-                continue
-            stats.accepted += 1
-            stats.chars += len(rec.text)
-            digest = hashlib.blake2b(rec.doc_id.encode("utf-8", "surrogatepass"),
-                                     digest_size=8).digest()
-            if digest in seen:
-                stats.duplicate_ids += 1
-                if len(stats.duplicate_examples) < DUPLICATE_EXAMPLES:
-                    stats.duplicate_examples.append(rec.doc_id)
-            seen.add(digest)
-            for sp in spans:
-                text = prefix + rec.text[sp.char_start:sp.char_end]
-                if on_chunk is not None:
-                    on_chunk(text)
-                builder.add({
-                    "line": rec.line, "doc_id": rec.doc_id, "chunk_index": sp.index,
-                    "chunk_count": len(spans), "char_start": sp.char_start,
-                    "char_end": sp.char_end, "n_tokens": sp.n_tokens, "text": text,
-                    "text_sha256": text_sha256(text),
-                })
-                stats.chunks += 1
-                stats.tokens += sp.n_tokens
-            if on_record is not None:
-                on_record(stats)
-        builder.flush()
-    finally:
-        if rejects_file is not None:
-            rejects_file.flush()
-            os.fsync(rejects_file.fileno())
-            rejects_file.close()
-            os.replace(tmp_rejects, final_rejects)
-    stats.shards = builder.shards
-    return stats
+    budget = chunk_budget(tokenizer, cfg.max_tokens, None, cfg.prefix)
+    for pos, rec, whole in _counted(records, tokenizer, cfg):
+        if isinstance(rec, Record):
+            try:
+                spans = chunk_document(rec.text, tokenizer, max_tokens=cfg.max_tokens,
+                                       overlap=cfg.overlap, prefix=cfg.prefix, budget=budget,
+                                       whole=whole)
+            except ValueError as exc:  # e.g. one character that encodes past the window
+                rec = Reject(rec.line, rec.doc_id, f"cannot chunk: {exc}")
+        if isinstance(rec, Reject):
+            seg.reject(rec)
+            continue
+        if on_record is not None:
+            on_record(rec)
+        for sp in spans[skip:]:
+            if rows and (tokens + sp.n_tokens > cfg.shard_tokens
+                         or len(rows) >= cfg.shard_max_chunks):
+                flush(pos, rec.line, sp.index, False)
+            text = cfg.prefix + rec.text[sp.char_start:sp.char_end]
+            if on_chunk is not None:
+                on_chunk(text)
+            rows.append({
+                "line": rec.line, "doc_id": rec.doc_id, "chunk_index": sp.index,
+                "chunk_count": len(spans), "char_start": sp.char_start,
+                "char_end": sp.char_end, "n_tokens": sp.n_tokens, "text": text,
+                "text_sha256": text_sha256(text),
+            })
+            tokens += sp.n_tokens
+        skip = 0
+        seg.records += 1
+        seg.accepted += 1
+        seg.chars += len(rec.text)
+    flush(end if end >= 0 else seg.start, 0, 0, True)  # gzip: its end is not known ahead
+    return out
+
+
+def _counted(records: Iterable[tuple[int, Record | Reject]], tokenizer: Any, cfg: StageConfig
+             ) -> Iterator[tuple[int, Record | Reject, int | None]]:
+    """Records with the whole-text token count of the short ones, counted 64 at a time."""
+    group: list[tuple[int, Record | Reject]] = []
+    for item in records:
+        group.append(item)
+        if len(group) == COUNT_BATCH:
+            yield from _count_group(group, tokenizer, cfg)
+            group = []
+    yield from _count_group(group, tokenizer, cfg)
+
+
+def _count_group(group: list[tuple[int, Record | Reject]], tokenizer: Any, cfg: StageConfig
+                 ) -> Iterator[tuple[int, Record | Reject, int | None]]:
+    short = [i for i, (_, r) in enumerate(group)
+             if isinstance(r, Record) and is_short(r.text, cfg.max_tokens)]
+    counts = dict(zip(short, count_tokens([group[i][1].text for i in short],  # type: ignore[union-attr]
+                                          tokenizer, cfg.prefix), strict=True))
+    for i, (pos, rec) in enumerate(group):
+        yield pos, rec, counts.get(i)
+
+
+def resume_shards(root: Path | None, split: int) -> int:
+    """Shards the split's ledger already holds (the next one's number within the split)."""
+    if root is None:
+        return 0
+    return sum(cp.shard is not None for cp in ledger.read_split(root, split))
+
+
+def _partial_write(root: Path, shard: int) -> None:
+    """The failpoint's half-written shard: a temporary file, as a killed writer leaves it."""
+    from storage.atomic import tmp_name
+
+    final = root / "input" / shard_name(shard)
+    tmp_name(final).write_bytes(b"PAR1 half a shard")

@@ -1,8 +1,9 @@
 """The job directory: layout, manifest, per-shard state, and idempotent finalisation.
 
     OUT/<job_id>/
-      manifest.json             written before any task runs; updated when the job finishes
-      input/part-NNNNN.parquet  staged chunks (what a task reads)
+      manifest.json             written before any task runs; updated when staging and the job end
+      input/part-NNNNN.parquet  staged chunks (what a task reads), written while staging streams
+      _state/staging/           the staging ledger (storage.ledger): shards staged so far
       embeddings/part-NNNNN.parquet
       metrics/part-NNNNN.parquet
       rejects.jsonl             every record (or chunk) not embedded, with the reason
@@ -24,9 +25,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from storage import ledger
 from storage.atomic import NO_SPACE, remove_stale_tmp, write_bytes_atomic, write_json_atomic
 from storage.errors import DiskFull, InvalidJobId, JobNotFound
 from storage.integrity import read_manifest
+from storage.manifest import Manifest, ShardEntry
 from storage.metrics import metrics_totals
 from storage.shards import shard_is_valid, shard_name
 
@@ -58,7 +61,7 @@ class JobDir:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
-        self._manifest: dict[str, Any] | None = None
+        self._manifest: Manifest | None = None
 
     @classmethod
     def create(cls, out: str | os.PathLike[str], job_id: str) -> JobDir:
@@ -102,23 +105,42 @@ class JobDir:
 
     # -- manifest ------------------------------------------------------------------------
     @property
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         if self._manifest is None:
-            self._manifest = read_manifest(self.manifest_path)  # CorruptFile names it
+            # read_manifest raises CorruptFile naming the file
+            self._manifest = Manifest.from_dict(read_manifest(self.manifest_path))
         return self._manifest
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self) -> Manifest:
         self._manifest = None
         return self.manifest
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json_atomic(self.manifest_path, manifest)
+    def write_manifest(self, manifest: Manifest | dict[str, Any]) -> None:
+        """Write ``manifest`` (typed, or its JSON form) atomically."""
+        if isinstance(manifest, dict):
+            manifest = Manifest.from_dict(manifest)
+        write_json_atomic(self.manifest_path, manifest.to_dict())
         self._manifest = manifest
 
+    def shard_entries(self) -> list[ShardEntry]:
+        """Every shard staged so far: the manifest's list once staged, else the ledger's."""
+        m = self.manifest
+        if m.staged:
+            return m.shards
+        return sorted((ShardEntry(cp.shard, cp.chunks, cp.tokens)
+                       for cps in ledger.read_all(self.root).values() for cp in cps
+                       if cp.shard is not None), key=lambda e: e.shard)
+
     def expected_chunks(self, shard: int) -> int | None:
-        for s in self.manifest.get("shards", []):
-            if s["shard"] == shard:
-                return int(s["chunks"])
+        if self.manifest.staged:
+            entries = self.manifest.shards
+        else:  # only the ledger of the shard's own split
+            entries = [ShardEntry(cp.shard, cp.chunks, cp.tokens) for cp in
+                       ledger.read_split(self.root, shard // ledger.SHARDS_PER_SPLIT)
+                       if cp.shard is not None]
+        for s in entries:
+            if s.shard == shard:
+                return s.chunks
         return None
 
     # -- per-shard state -----------------------------------------------------------------
@@ -170,15 +192,15 @@ class JobDir:
                      ) -> list[ShardState]:
         """State of every expected shard; ``known_done`` skips re-validating those shards."""
         out = []
-        for s in self.manifest.get("shards", []):
-            n = int(s["shard"])
-            if n in known_done or shard_is_valid(self.embeddings_path(n), int(s["chunks"])):
-                out.append(ShardState(n, s["chunks"], s["tokens"], "done"))
+        for s in self.shard_entries():
+            n = s.shard
+            if n in known_done or shard_is_valid(self.embeddings_path(n), s.chunks):
+                out.append(ShardState(n, s.chunks, s.tokens, "done"))
             elif self.failed_path(n).is_file():
                 reason = json.loads(self.failed_path(n).read_text()).get("reason", "")
-                out.append(ShardState(n, s["chunks"], s["tokens"], "failed", reason))
+                out.append(ShardState(n, s.chunks, s.tokens, "failed", reason))
             else:
-                out.append(ShardState(n, s["chunks"], s["tokens"], "pending"))
+                out.append(ShardState(n, s.chunks, s.tokens, "pending"))
         return out
 
     # -- finalisation --------------------------------------------------------------------
@@ -191,7 +213,7 @@ class JobDir:
         if self.success_path.exists():
             return True
         manifest = self.reload()
-        if not manifest.get("staged"):
+        if not manifest.staged:  # a worker finishing a shard while staging goes on: not yet
             return False
         if not self._all_shards_present(manifest):
             return False  # cheap: two directory listings instead of a footer read per shard
@@ -201,8 +223,8 @@ class JobDir:
         failed = [s for s in states if s.state == "failed"]
         failed_shards = [{"shard": s.shard, "reason": s.reason} for s in failed]
         status = "failed" if failed else "succeeded"
-        if ("result" in manifest and manifest.get("status") == status
-                and manifest.get("failed_shards") == failed_shards):
+        if (manifest.result is not None and manifest.status == status
+                and manifest.failed_shards == failed_shards):
             # Already finalised with this outcome (by another process or an earlier call): keep
             # its result, so a late call never moves finished_at; only a missing _SUCCESS is
             # written (its finaliser may have died between the manifest and the marker).
@@ -212,26 +234,27 @@ class JobDir:
         lines: list[bytes] = []
         if self.ingest_rejects_path.is_file():
             lines.extend(x for x in self.ingest_rejects_path.read_bytes().splitlines() if x)
+        for p in ledger.reject_files(self.root):  # streamed staging: one file per segment
+            lines.extend(x for x in p.read_bytes().splitlines() if x)
         for s in states:
             p = self.shard_rejects_path(s.shard)
             if p.is_file():
                 lines.extend(x for x in p.read_bytes().splitlines() if x)
         write_bytes_atomic(self.rejects_path, b"".join(x + b"\n" for x in lines))
-        manifest = dict(manifest)
-        manifest["result"] = self._totals(states, len(lines))
-        manifest["failed_shards"] = failed_shards
-        manifest["status"] = status
+        manifest.result = self._totals(states, len(lines))
+        manifest.failed_shards = failed_shards
+        manifest.status = status
         self.write_manifest(manifest)
         if not failed:  # right after the manifest: a reader that saw "succeeded" finds it
             write_bytes_atomic(self.success_path, b"")
         remove_stale_tmp(self.root)
         return True
 
-    def _all_shards_present(self, manifest: dict[str, Any]) -> bool:
+    def _all_shards_present(self, manifest: Manifest) -> bool:
         names = {p.name for p in self.embeddings_dir.glob("part-*.parquet")}
         names |= {p.name.replace(".json", ".parquet")
                   for p in (self.state_dir / "failed").glob("part-*.json")}
-        return all(shard_name(int(s["shard"])) in names for s in manifest.get("shards", []))
+        return all(shard_name(s.shard) in names for s in manifest.shards)
 
     def _totals(self, states: list[ShardState], rejects: int) -> dict[str, Any]:
         rows = 0
@@ -240,7 +263,7 @@ class JobDir:
                 rows += pq.read_metadata(self.embeddings_path(s.shard)).num_rows
         m = metrics_totals(sorted(self.metrics_dir.glob("part-*.parquet"))).result_fields()
         finished = time.time()
-        wall = max(finished - float(self.manifest.get("submitted_at", finished)), 1e-9)
+        wall = max(finished - float(self.manifest.submitted_at or finished), 1e-9)
         return {
             "embedded_chunks": rows,
             "rejects": rejects,

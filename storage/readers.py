@@ -33,8 +33,8 @@ def open_job(path: str | os.PathLike[str], *, require_success: bool = True) -> J
 
 
 def _shards(job: JobDir) -> list[Path]:
-    return [job.embeddings_path(int(s["shard"])) for s in job.manifest.get("shards", [])
-            if job.embeddings_path(int(s["shard"])).is_file()]
+    return [job.embeddings_path(s.shard) for s in job.shard_entries()
+            if job.embeddings_path(s.shard).is_file()]
 
 
 def read_table(path: str | os.PathLike[str], *, require_success: bool = True) -> pa.Table:

@@ -122,9 +122,11 @@ def create_app(settings: WorkerSettings) -> Celery:
     app = Celery("embedfleet", set_as_current=False)
     app.conf.update(celery_config(settings))
     app.settings = settings  # type: ignore[attr-defined]
+    from worker.stage_task import register as register_stage
     from worker.tasks import register
 
     register(app)
+    register_stage(app)
     return app
 
 

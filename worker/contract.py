@@ -53,3 +53,20 @@ def default_precision(device: Device | str, variants: Sequence[str],
     if Device(device) is Device.GPU:
         return "fp16" if "fp16" in variants else "fp32"
     return "int8" if "int8" in variants else "fp32"
+
+
+STAGE_TASK_NAME = "embedfleet.stage_split"
+STAGE_QUEUE = "stage"
+"""Queue of stage tasks (``--stage-on fleet``): workers that can read the corpus consume it."""
+
+
+@dataclass(frozen=True)
+class StageTask:
+    """One Celery message: stage split ``split`` of a job (the plan is in its manifest)."""
+
+    job_id: str
+    job_dir: str
+    split: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from producer.tools.evaluate import evaluation_lines
 from producer.tools.table import text_table
+from storage import ledger
 from storage.bundle import load_bundle
 from storage.errors import BundleError
 from storage.jobdir import JobDir
@@ -40,9 +41,10 @@ def load_job(job_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]],
     embeddings shards written so far.
     """
     job = JobDir.open(job_dir)
-    manifest = dict(job.manifest)
+    manifest = job.manifest.to_dict()
     manifest["_rejects_so_far"] = _count_lines(job.ingest_rejects_path) + sum(
-        _count_lines(p) for p in (job.state_dir / "rejects").glob("*.jsonl"))
+        _count_lines(p) for p in [*(job.state_dir / "rejects").glob("*.jsonl"),
+                                  *ledger.reject_files(job.root)])
     manifest["_evaluation"] = bundle_evaluation(manifest.get("model") or {})
     tables = [pq.read_table(p) for p in sorted(job.metrics_dir.glob("part-*.parquet"))]
     rows: list[dict[str, Any]] = []

@@ -106,7 +106,7 @@ def mid_batch(job: Job, timeout: float = 120, *, shard: int | None = None,
 
 
 def attempts(job: Job) -> dict[int, int]:
-    return {s["shard"]: len(job.dir.attempts(s["shard"])) for s in job.dir.manifest["shards"]}
+    return {s.shard: len(job.dir.attempts(s.shard)) for s in job.dir.manifest.shards}
 
 
 def landed_attempt(job: Job, shard: int) -> int:
@@ -227,7 +227,7 @@ def test_task_outliving_visibility_timeout_runs_twice(tmp_path, fleet, redis_url
     corpus = make_corpus(tmp_path / "c.jsonl", n=12)
     job = _submit(corpus, tmp_path, minilm_bundle, redis_url, "f3", shard_tokens=10**6,
                   max_batch_tokens=1024)
-    assert len(job.dir.manifest["shards"]) == 1
+    assert len(job.dir.manifest.shards) == 1
     nb = batches_of(job, 0, 1024)
     assert nb >= 4, nb  # 4+ batches × 3 s sleep > 8 s visibility timeout
     env = wenv(EMBED_FAULTS="sleep=3", EMBED_SOFT_TIME_LIMIT=60, EMBED_TIME_LIMIT=70)
@@ -293,9 +293,9 @@ def test_redis_restart_while_tasks_queued(tmp_path, fleet, minilm_bundle, record
         corpus = make_corpus(tmp_path / "c.jsonl", n=40)
         job = _submit(corpus, tmp_path, minilm_bundle, url, f"f5-{'aof' if aof else 'nosave'}",
                       shard_tokens=1500)
-        n_shards = len(job.dir.manifest["shards"])
+        n_shards = len(job.dir.manifest.shards)
         assert n_shards >= 5
-        queue = job.dir.manifest["queue"]
+        queue = job.dir.manifest.queue
         w = fleet(broker=url, env=wenv(EMBED_FAULTS="sleep=0.5"))
         mid_batch(job)
         before = srv.client().llen(queue)
@@ -339,7 +339,7 @@ def test_redis_restart_then_resume(tmp_path, fleet, minilm_bundle, record):
         srv.proc.wait(timeout=15)
         srv.proc = None
         srv.start()
-        assert srv.client().llen(job.dir.manifest["queue"]) == 0
+        assert srv.client().llen(job.dir.manifest.queue) == 0
         resent = job.resume()
         assert resent >= 3, resent
         st = poll_finished(job)
@@ -369,15 +369,15 @@ def test_redis_client_kill_and_pause(tmp_path, fleet, minilm_bundle, record):
         st = poll_finished(job)
         assert st.status == "succeeded", st
         # Work continued after the pause: some shard landed later than the pause ended.
-        last = max(job.dir.embeddings_path(s["shard"]).stat().st_mtime
-                   for s in job.dir.manifest["shards"])
+        last = max(job.dir.embeddings_path(s.shard).stat().st_mtime
+                   for s in job.dir.manifest.shards)
         assert last > t_pause + 3
         res = check_job(job.path)
         assert_clean(res, w)
         assert res.ok == res.expected
         record("Redis CLIENT KILL TYPE normal + CLIENT PAUSE 3000", res,
                f"killed {killed} connections; attempts {sum(attempts(job).values())} "
-               f"for {len(job.dir.manifest['shards'])} shards")
+               f"for {len(job.dir.manifest.shards)} shards")
     finally:
         srv.stop()
 
@@ -397,8 +397,8 @@ def test_poison_chunk_is_quarantined(tmp_path, fleet, redis_url, minilm_bundle, 
     w = fleet(env=wenv(EMBED_FAULTS="kill_if_text=POISON"))
     st = poll_finished(job)  # no producer re-sends: the worker side alone copes
     assert st.status == "succeeded", st
-    shard = next(s["shard"] for s in job.dir.manifest["shards"]
-                 if "poison-doc" in pq.read_table(job.dir.input_path(s["shard"]))[
+    shard = next(s.shard for s in job.dir.manifest.shards
+                 if "poison-doc" in pq.read_table(job.dir.input_path(s.shard))[
                      "doc_id"].to_pylist())
     recs = job.dir.attempts(shard)
     assert len(recs) == 3, recs  # two crashes, then the quarantining attempt
@@ -524,8 +524,8 @@ def test_cache_redis_stopped_mid_run(tmp_path, fleet, redis_url, minilm_bundle, 
         corpus = make_corpus(tmp_path / "c.jsonl", n=30)
         job = _submit(corpus, tmp_path, minilm_bundle, redis_url, "f8")
         w = fleet(cache=cache.url(0), env=wenv(EMBED_FAULTS="sleep=0.5"))
-        wait_until(lambda: any(job.dir.embeddings_path(s["shard"]).exists()
-                               for s in job.dir.manifest["shards"]), 120, "a first shard")
+        wait_until(lambda: any(job.dir.embeddings_path(s.shard).exists()
+                               for s in job.dir.manifest.shards), 120, "a first shard")
         stored = cache.client().dbsize()
         assert stored > 0  # the cache was in use before it went away
         cache.stop()
@@ -541,8 +541,8 @@ def test_cache_redis_stopped_mid_run(tmp_path, fleet, redis_url, minilm_bundle, 
         from worker.model.session import load_model
 
         texts: dict[tuple[str, int], str] = {}
-        for s in job.dir.manifest["shards"]:
-            it = pq.read_table(job.dir.input_path(s["shard"]))
+        for s in job.dir.manifest.shards:
+            it = pq.read_table(job.dir.input_path(s.shard))
             texts.update(zip(zip(it["doc_id"].to_pylist(), it["chunk_index"].to_pylist()),
                              it["text"].to_pylist()))
         keys = list(zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist()))
@@ -661,13 +661,13 @@ def test_hostile_corpus(tmp_path, fleet, redis_url, minilm_bundle, record):
 
     # Every non-blank line is accounted for: accepted (staged) or rejected, never both.
     nonblank = [i + 1 for i, x in enumerate(corpus.read_bytes().split(b"\n")) if x.strip()]
-    totals = job.dir.manifest["totals"]
+    totals = job.dir.manifest.totals
     assert totals["accepted"] + totals["rejected"] == len(nonblank) == len(lines)
     rejects = {r["line"]: r for r in map(json.loads, job.dir.rejects_path.read_text(
         encoding="utf-8").splitlines())}
     staged_lines: dict[int, str] = {}
-    for s in job.dir.manifest["shards"]:
-        t = pq.read_table(job.dir.input_path(s["shard"]), columns=["line", "doc_id"])
+    for s in job.dir.manifest.shards:
+        t = pq.read_table(job.dir.input_path(s.shard), columns=["line", "doc_id"])
         staged_lines.update(zip(t["line"].to_pylist(), t["doc_id"].to_pylist()))
     assert set(rejects) | set(staged_lines) == set(nonblank)
     assert not set(rejects) & set(staged_lines)

@@ -85,7 +85,7 @@ def test_flower_shows_workers_tasks_and_results(tmp_path: Path, flower: str, fle
     worker, job = run_small_job(tmp_path, fleet, redis_url, minilm_bundle)
     node = f"{worker.name}@{socket.gethostname()}"
     st = job.status()
-    shards = {s["shard"] for s in job.dir.reload()["shards"]}
+    shards = {s.shard for s in job.dir.reload().shards}
 
     # The worker, with the queue it consumes (remote-control `inspect`, hence refresh=1).
     workers = poll(lambda: (w := api(flower, "/api/workers?refresh=1")).get(node) and w,

@@ -49,21 +49,21 @@ def test_end_to_end_every_chunk_once_and_equal_to_direct_session(
     st = job.wait(timeout_s=600)
     assert st.status == "succeeded", st
     m = job.dir.reload()
-    assert len(m["shards"]) >= 4
+    assert len(m.shards) >= 4
     assert (job.path / "_SUCCESS").exists()
 
     # Every expected chunk exactly once (Jepsen-style: lost / duplicated / unexpected).
     staged = Counter()
     texts: dict[tuple[str, int], str] = {}
-    for s in m["shards"]:
-        t = pq.read_table(job.dir.input_path(s["shard"]))
+    for s in m.shards:
+        t = pq.read_table(job.dir.input_path(s.shard))
         for d, c, x in zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist(),
                            t["text"].to_pylist()):
             staged[(d, c)] += 1
             texts[(d, c)] = x
     ids, matrix = read_matrix(job.path)
     got = Counter(ids)
-    assert sum(staged.values()) == m["totals"]["chunks"] > 1500
+    assert sum(staged.values()) == m.totals["chunks"] > 1500
     assert not [k for k in staged if got[k] == 0], "lost chunks"
     assert not [k for k, n in got.items() if n > 1], "duplicated chunks"
     assert not [k for k in got if k not in staged], "unexpected chunks"
@@ -76,25 +76,25 @@ def test_end_to_end_every_chunk_once_and_equal_to_direct_session(
 
     # Per-batch metrics exist for every shard and add up to the chunk and token totals.
     met = duckdb.sql(f"SELECT * FROM read_parquet('{job.dir.metrics_dir}/*.parquet')").df()
-    assert set(met["shard"]) == {s["shard"] for s in m["shards"]}
-    assert met["chunks"].sum() == m["totals"]["chunks"]
-    assert met["real_tokens"].sum() == m["totals"]["tokens"]
+    assert set(met["shard"]) == {s.shard for s in m.shards}
+    assert met["chunks"].sum() == m.totals["chunks"]
+    assert met["real_tokens"].sum() == m.totals["tokens"]
     assert (met["provider"] == "CPUExecutionProvider").all()
     assert (met["precision"] == "fp32").all()
     inf = met[met["batch_index"] >= 0]  # batch_index -1: the shard's cache hits
     assert (inf["padded_tokens"] >= inf["real_tokens"]).all()
     assert inf["padded_tokens"].sum() <= 1.15 * inf["real_tokens"].sum()  # length-sorted
-    assert m["result"]["embedded_chunks"] == m["totals"]["chunks"]
+    assert m.result["embedded_chunks"] == m.totals["chunks"]
 
     # The same corpus as a new job computes nothing: every row cached, metrics 100% hits.
     job2 = submit(corpus, tmp_path / "out", model=str(minilm_bundle), precision="fp32",
                   broker=redis_url, shard_tokens=8000, job_id="e2e-again")
     assert job2.wait(timeout_s=300).status == "succeeded"
     t2 = job2.read_table()
-    assert t2.num_rows == m["totals"]["chunks"]
+    assert t2.num_rows == m.totals["chunks"]
     assert all(t2["cached"].to_pylist())
     met2 = duckdb.sql(f"SELECT * FROM read_parquet('{job2.dir.metrics_dir}/*.parquet')").df()
-    assert met2["cache_hits"].sum() == met2["chunks"].sum() == m["totals"]["chunks"]
+    assert met2["cache_hits"].sum() == met2["chunks"].sum() == m.totals["chunks"]
     assert met2["inference_ms"].sum() == 0
     ids2, matrix2 = read_matrix(job2.path)
     order = {k: i for i, k in enumerate(ids)}
@@ -117,7 +117,7 @@ def test_gpu_queue_without_cuda_embeds_on_cpu_and_records_fallback(
     # fp16 is the GPU default; on the CPU fallback it still runs the fp16 variant if present.
     assert "CUDA REQUESTED BUT NOT AVAILABLE" in w.text()
     ids, matrix = read_matrix(job.path)
-    assert len(ids) == job.dir.manifest["totals"]["chunks"]
+    assert len(ids) == job.dir.manifest.totals["chunks"]
     assert np.isfinite(matrix).all()
 
 
@@ -136,7 +136,7 @@ def test_inference_failure_becomes_a_reject_and_the_rest_lands(
     assert "inference failed" in rejects[0]["reason"] and rejects[0]["line"] == 8
     ids, _ = read_matrix(job.path)
     assert "poison" not in {d for d, _ in ids}
-    assert len(ids) == job.dir.manifest["totals"]["chunks"] - 1
+    assert len(ids) == job.dir.manifest.totals["chunks"] - 1
 
 
 @pytest.mark.skipif(not rabbitmq_up(), reason="RabbitMQ not running on 127.0.0.1:5672")
@@ -151,5 +151,5 @@ def test_end_to_end_with_rabbitmq_broker(tmp_path, fleet, redis_server, minilm_b
                  job_id="amqp", cpu_queue=queue)
     assert job.wait(timeout_s=300).status == "succeeded"
     ids, matrix = read_matrix(job.path)
-    assert len(ids) == len(set(ids)) == job.dir.manifest["totals"]["chunks"]
+    assert len(ids) == len(set(ids)) == job.dir.manifest.totals["chunks"]
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-3)

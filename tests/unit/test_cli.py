@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from producer import cli
 from producer.cli import EXIT_CODES, exit_code, main, submit_options
+from storage.errors import EmbedfleetError
 from producer.errors import (BrokerUnreachable, CorpusError, FleetError, Interrupted,
                              JobConflict, JobFailed, UsageError)
 from producer.local import free_port
@@ -109,7 +110,7 @@ def test_group_maps_each_error_type_to_its_exit_code(exc: BaseException) -> None
 
 def test_every_row_of_the_table_is_tested() -> None:
     covered = {t for types, _, _ in EXIT_CODES for t in types} - {click.UsageError}
-    assert covered - {type(e) for e in RAISED} <= {cli.EmbedfleetError}
+    assert covered - {type(e) for e in RAISED} <= {EmbedfleetError}
 
 
 def test_a_bug_is_not_hidden_behind_an_exit_code() -> None:

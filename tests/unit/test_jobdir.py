@@ -120,7 +120,8 @@ def test_create_lays_out_the_directory_and_open_needs_a_manifest(tmp_path):
     with pytest.raises(JobNotFound):
         JobDir.open(job.root)
     job.write_manifest({"staged": False, "shards": []})
-    assert JobDir.open(job.root).manifest == {"staged": False, "shards": []}
+    m = JobDir.open(job.root).manifest
+    assert (m.staged, m.shards) == (False, [])
 
 
 # -- attempts --------------------------------------------------------------------------------
@@ -150,14 +151,14 @@ def test_finalize_with_a_pending_shard_returns_false_and_writes_nothing(tmp_path
     assert [s.state for s in job.shard_states()] == ["done", "pending", "done"]
     assert not job.success_path.exists()
     assert not job.rejects_path.exists()
-    assert "result" not in job.reload()
+    assert job.reload().result is None
 
 
 def test_finalize_of_an_unstaged_job_returns_false(tmp_path):
     job = make_job(tmp_path)
     for n in range(len(SIZES)):
         write_shard(job, n)
-    job.write_manifest({**job.manifest, "staged": False})
+    job.write_manifest({**job.manifest.to_dict(), "staged": False})
     assert job.finalize() is False
     assert not job.success_path.exists()
 
@@ -179,8 +180,8 @@ def test_finalize_succeeds_merges_rejects_and_is_idempotent(tmp_path):
         {"shard": 2, "chunk_index": 3, "reason": "inference failed"},
     ]
     m = job.reload()
-    assert m["status"] == "succeeded" and m["failed_shards"] == []
-    r = m["result"]
+    assert m.status == "succeeded" and m.failed_shards == []
+    r = m.result
     assert r["embedded_chunks"] == sum(SIZES) - 3
     assert r["rejects"] == 5
     assert (r["batches"], r["real_tokens"], r["cache_hits"]) == (3, 5 * sum(SIZES), 3)
@@ -197,9 +198,9 @@ def test_finalize_with_a_failed_shard_reports_failed_without_success(tmp_path):
     assert job.finalize() is True
     assert not job.success_path.exists()
     m = job.reload()
-    assert m["status"] == "failed"
-    assert m["failed_shards"] == [{"shard": 1, "reason": "gave up after 3 attempts"}]
-    assert m["result"]["embedded_chunks"] == SIZES[0] + SIZES[2]
+    assert m.status == "failed"
+    assert m.failed_shards == [{"shard": 1, "reason": "gave up after 3 attempts"}]
+    assert m.result["embedded_chunks"] == SIZES[0] + SIZES[2]
     assert json.loads(job.failed_path(1).read_text())["attempts"] == 3
     before = job.manifest_path.read_bytes()
     time.sleep(0.01)
@@ -225,12 +226,12 @@ def test_a_failed_shard_that_later_lands_turns_the_job_into_a_success(tmp_path):
     write_shard(job, 0)
     write_shard(job, 2)
     job.mark_failed(1, "worker lost")
-    assert job.finalize() is True and job.reload()["status"] == "failed"
+    assert job.finalize() is True and job.reload().status == "failed"
     write_shard(job, 1)  # resubmitted and done
     assert job.finalize() is True
     m = job.reload()
-    assert (m["status"], m["failed_shards"]) == ("succeeded", [])
-    assert m["result"]["embedded_chunks"] == sum(SIZES)
+    assert (m.status, m.failed_shards) == ("succeeded", [])
+    assert m.result["embedded_chunks"] == sum(SIZES)
     assert job.success_path.is_file()
 
 
@@ -248,11 +249,12 @@ def test_finalize_from_four_processes_at_once_is_consistent(tmp_path):
                          "rejects.jsonl"]
         assert not [p for p in job.root.rglob("*") if p.name.endswith(".tmp")]
         m = job.reload()
-        assert set(m) == {"job_id", "staged", "submitted_at", "shards", "result", "status",
-                          "failed_shards"}
-        assert m["status"] == "succeeded"
-        assert m["result"]["embedded_chunks"] == sum(SIZES) - 1
-        assert m["result"]["rejects"] == 2
+        raw = json.loads(job.manifest_path.read_text())
+        assert {"job_id", "staged", "submitted_at", "shards", "result", "status",
+                "failed_shards"} <= set(raw) and raw["shards"] == [s.to_dict() for s in m.shards]
+        assert m.status == "succeeded"
+        assert m.result["embedded_chunks"] == sum(SIZES) - 1
+        assert m.result["rejects"] == 2
         lines = job.rejects_path.read_text().splitlines()
         assert [json.loads(x).get("reason") for x in lines] == ["empty text", "inference failed"]
 

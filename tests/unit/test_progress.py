@@ -13,7 +13,8 @@ from producer.progress import Progress
 
 def st(done: int) -> SimpleNamespace:
     return SimpleNamespace(chunks=10, chunks_done=done, done=done, failed=0, shards=10,
-                           cache_hits=0, tokens_done=done * 5, tokens_per_s=float(done))
+                           cache_hits=0, tokens_done=done * 5, tokens_per_s=float(done),
+                           staging={})
 
 
 def test_waiting_for_a_worker(capsys: pytest.CaptureFixture[str],

@@ -81,9 +81,9 @@ def test_finalize_wrote_success_rejects_and_result(job):
     assert [json.loads(x)["reason"] for x in jd.rejects_path.read_text().splitlines()] == [
         "empty text", "inference failed"]
     m = jd.reload()
-    assert m["status"] == "succeeded"
-    assert m["result"]["embedded_chunks"] == expected.num_rows == sum(SIZES) - 1
-    assert m["result"]["rejects"] == 2
+    assert m.status == "succeeded"
+    assert m.result["embedded_chunks"] == expected.num_rows == sum(SIZES) - 1
+    assert m.result["rejects"] == 2
 
 
 def test_every_shard_carries_the_model_metadata(job):

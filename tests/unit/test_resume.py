@@ -60,8 +60,8 @@ def test_chunking_differences_name_option_and_both_values(tmp_path: Path) -> Non
 def test_plan_for_a_new_job_and_a_missing_one(tmp_path: Path) -> None:
     plan = plan_run(tmp_path / "new", "c.jsonl", {"queue": "auto"}, set(), resume=False,
                     model_path=str)
-    assert (plan.corpus, plan.queue, plan.options["queue"], plan.restage) == (
-        "c.jsonl", "cpu", "cpu", False)
+    assert (plan.corpus, plan.queue, plan.options["queue"], plan.pending) == (
+        "c.jsonl", "cpu", "cpu", -1)
     with pytest.raises(JobNotFound):
         plan_run(tmp_path / "new", None, {}, set(), resume=True, model_path=str)
 

@@ -69,7 +69,7 @@ def fake_task(settings: WorkerSettings, routing_key: str | None) -> SimpleNamesp
 
 def test_shard_context_from_queue_settings_and_manifest(tmp_path: Path) -> None:
     job = staged_job(tmp_path / "out", [[text(0)], [text(1)]], job_id="j")
-    m = job.manifest
+    m = job.manifest.to_dict()  # the JSON form (a dict): write_manifest takes either
     m.update(model={"bundle_path": "/models/b"}, precision="auto")
     job.write_manifest(m)
     task = fake_task(WorkerSettings(precision="fp16", soft_time_limit=9), "gpu")

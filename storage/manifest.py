@@ -1,0 +1,111 @@
+"""The typed job manifest (``manifest.json``): what every stage reads about a job.
+
+One dataclass instead of a dict read in six modules. The JSON stays what it was (same keys, same
+values); fields were only added (``splits``, ``staging``). Keys this version does not know are
+kept in ``extra`` and written back, so an older producer never drops a newer one's fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One staged input shard: its number, chunks and real tokens."""
+
+    shard: int
+    chunks: int
+    tokens: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"shard": self.shard, "chunks": self.chunks, "tokens": self.tokens}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShardEntry:
+        return cls(int(d["shard"]), int(d["chunks"]), int(d["tokens"]))
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``. ``staged`` turns True once every split is staged; only then may the
+    job be finalised. ``shards`` is complete once ``staged``; while staging, the ledger
+    (``storage.ledger``) is the truth and ``JobDir.shard_entries`` merges it in."""
+
+    job_id: str = ""
+    format: int = FORMAT
+    created_at: float = 0.0
+    created_by: str = ""
+    input: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    precision: str = "auto"
+    queue: str = "cpu"
+    broker_hint: str | None = None
+    chunking: dict[str, Any] = field(default_factory=dict)
+    max_batch_tokens: int | None = None
+    max_attempts: int | None = None
+    outputs: list[str] | None = None
+    """What the job embeds (``--outputs``; None: dense only, as before the key existed)."""
+    colbert_dim: int | None = None
+    made_by: str | None = None
+    """``producer run`` jobs are refused by ``producer resume`` (their broker is gone)."""
+    staged: bool = False
+    status: str = "staging"
+    shards: list[ShardEntry] = field(default_factory=list)
+    totals: dict[str, Any] = field(default_factory=dict)
+    submitted_at: float | None = None
+    result: dict[str, Any] | None = None
+    failed_shards: list[dict[str, Any]] | None = None
+    splits: list[dict[str, Any]] | None = None
+    """The split plan (index, start, end, first line): fixed at submit, reused by resume."""
+    staging: dict[str, Any] | None = None
+    """How staging runs: procs, where (producer or fleet), split size."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bundle_path(self) -> str:
+        return str(self.model["bundle_path"])
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+    # Read-only mapping view of the JSON form, for modules not yet moved to the fields
+    # (they were written against the dict this replaced): ``m["shards"]``, ``m.get("model")``.
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+    def keys(self) -> Any:
+        return self.to_dict().keys()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_dict()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["shards"] = [ShardEntry.from_dict(s) for s in d.get("shards") or []]
+        return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            v = getattr(self, f.name)
+            if v is None and f.name in _OMIT_IF_NONE:
+                continue
+            out[f.name] = [s.to_dict() for s in v] if f.name == "shards" else v
+        return out
+
+
+# Keys older manifests did not have until a later step: absent rather than null.
+_OMIT_IF_NONE = {"submitted_at", "result", "failed_shards", "splits", "staging", "outputs",
+                 "colbert_dim", "made_by"}

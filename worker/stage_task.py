@@ -1,0 +1,38 @@
+"""The stage task (``--stage-on fleet``): stage one split of a job, send its shards' tasks.
+
+Thin, like the shard task: the staging code is the producer's (``producer.fleet_stage``, imported
+inside the task so a worker that never stages never loads it), with the same ledger, so a
+worker killed mid-split is redelivered (late ack, reject on worker lost) and continues from the
+split's last durable checkpoint: no shard is staged twice. The task that finishes the last
+split completes staging (sets ``staged``); a repeat of that is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from storage.jobdir import JobDir, validate_job_id
+from worker.contract import STAGE_TASK_NAME
+
+log = logging.getLogger(__name__)
+
+
+def register(app: Celery) -> None:
+    @app.task(name=STAGE_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
+              max_retries=None)
+    def stage_split(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        from producer.fleet_stage import stage_one_split
+
+        job_dir = Path(str(payload["job_dir"]))
+        validate_job_id(str(payload["job_id"]))
+        if job_dir.name != payload["job_id"]:
+            raise ValueError(f"job_dir {job_dir} does not end in job id {payload['job_id']!r}")
+        job = JobDir.open(job_dir)
+        sent = stage_one_split(job, int(payload["split"]), self.app)
+        log.info("staged split %s of %s: %d shard task(s) sent", payload["split"], job.root,
+                 sent)
+        return {"split": int(payload["split"]), "sent": sent}
