@@ -147,8 +147,8 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
 
     bar = fleet_progress(connect(broker), "cpu" if kw["queue"] == "auto" else kw["queue"],
                          mask_url(broker), warn=lambda w: click.echo(w, err=True))
-    job = submit_job(corpus, out, broker=broker, log=click.echo, progress=wait,
-                     stage_on=stage_on, **kw)
+    job = submit_job(corpus, out, broker=broker, log=click.echo,
+                     progress=bar if wait else False, stage_on=stage_on, **kw)
     click.echo(f"job {job.path.name}\n{job.path}")
     if wait:
         _finish(job, progress=bar)

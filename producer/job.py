@@ -195,7 +195,7 @@ def submit(
     made_by: str = "producer submit",
     stage_procs: int | None = None,
     split_bytes: int = DEFAULT_SPLIT_BYTES,
-    progress: bool = False,
+    progress: Any = False,
     stage_on: str = "producer",
 ) -> Job:
     """Stream, chunk and stage ``corpus`` into ``out/<job_id>``, sending each shard's task as
@@ -279,7 +279,7 @@ def submit(
     if stage_on == "fleet":
         say(f"sent {send_stage_tasks(app, job)} stage task(s) to the fleet")
         return handle
-    bar = Progress(enabled=progress)
+    bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
     run_staging(job, app, procs=procs, records=records,
                 tick=(lambda: bar.update(handle.status())) if progress else None)
     bar.close()

@@ -82,8 +82,9 @@ def describe(st: Any, rate: str | None = None) -> str:
                      f"eta {_clock(eta)}  staged {sg.get('shards', 0)} shards "
                      f"{sg.get('records', 0):,} records")
     hit = st.cache_hits / st.chunks_done if st.chunks_done else 0.0
+    speed = rate or f"{st.tokens_per_s:,.0f} tok/s"
     parts.append(f"shards {st.done}/{st.shards}  chunks {st.chunks_done}/{st.chunks}  "
-                 f"{rate or f'{st.tokens_per_s:,.0f} tok/s'}  cache {hit:.0%}")
+                 f"{speed}  cache {hit:.0%}")
     return "  |  ".join(parts)
 
 

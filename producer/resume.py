@@ -52,7 +52,7 @@ class RunPlan:
             bar = Progress(enabled=self.pending < 0)
             n = job.resume(stage_procs=self.options.get("stage_procs"), progress=bar)
             bar.close()
-            log(f"sent {n} shard task(s)")
+            log(f"sent {n} pending shard(s)")
             return job
         return submit(self.corpus, self.root.parent, broker=broker, log=log, home=home,
                       made_by=RUN_MADE_BY, progress=True,
