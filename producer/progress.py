@@ -75,10 +75,10 @@ def describe(st: Any, rate: str | None = None) -> str:
     sg = st.staging or {}
     if sg and not sg.get("done"):
         total, read = sg.get("bytes_total", 0), sg.get("bytes", 0)
-        rate = sg.get("mb_per_s", 0.0)
-        eta = (total - read) / (rate * 1e6) if rate and total > read else 0.0
+        mb_s = sg.get("mb_per_s", 0.0)
+        eta = (total - read) / (mb_s * 1e6) if mb_s and total > read else 0.0
         of = f"/{total / 1e6:,.1f}" if total else ""
-        parts.append(f"staging {read / 1e6:,.1f}{of} MB {rate:.1f} MB/s "
+        parts.append(f"staging {read / 1e6:,.1f}{of} MB {mb_s:.1f} MB/s "
                      f"eta {_clock(eta)}  staged {sg.get('shards', 0)} shards "
                      f"{sg.get('records', 0):,} records")
     hit = st.cache_hits / st.chunks_done if st.chunks_done else 0.0

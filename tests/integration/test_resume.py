@@ -64,6 +64,16 @@ def rows(job: Path) -> list[tuple]:
                    tuple(np.round(r["embedding"], 6))) for r in t)
 
 
+def assert_same_rows(a: Path, b: Path) -> None:
+    """Same chunks, same texts; vectors equal up to the numerics of the CPU runtime each home's
+    start-up probe picked (CPU EP or OpenVINO EP fp32) and the cache's float16 rounding."""
+    ra, rb = rows(a), rows(b)
+    assert [r[:3] for r in ra] == [r[:3] for r in rb]
+    va, vb = np.array([r[3] for r in ra]), np.array([r[3] for r in rb])
+    cos = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
+    assert cos.min() >= 0.9999, cos.min()
+
+
 def test_interrupted_run_resumes_with_done_shards_untouched(
         tmp_path: Path, minilm_bundle: Path, redis_server, redis_url: str) -> None:
     src = corpus(tmp_path / "c.jsonl")
@@ -106,7 +116,7 @@ def test_interrupted_run_resumes_with_done_shards_untouched(
     rc, text = finish(producer(["run", src, "--out", tmp_path / "ref", "--job-id", "r",
                                 *common], tmp_path / "home-ref", log3), log3)
     assert rc == 0, text
-    assert rows(job) == rows(tmp_path / "ref" / "r")
+    assert_same_rows(job, tmp_path / "ref" / "r")
 
     # The same command again onto the finished job says it is resuming and sends nothing.
     log4 = tmp_path / "run4.log"
@@ -132,7 +142,7 @@ def test_run_interrupted_during_staging_continues_from_the_ledger(tmp_path: Path
     expected = 300_000 // 20_000
     job, home, log = tmp_path / "out" / "j", tmp_path / "home", tmp_path / "run1.log"
     p = producer(["run", src, "--out", tmp_path / "out", "--job-id", "j", "--model",
-                  minilm_bundle, "--workers", "1", "--stage-procs", "1", "--shard-tokens", "8"],
+                  minilm_bundle, "--workers", "1", "--stage-procs", "1", "--shard-tokens", "64"],
                  home, log)
     deadline = time.monotonic() + 120
     while not list((job / "input").glob("part-*.parquet")):  # glob of a missing dir: []
