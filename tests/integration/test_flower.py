@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from producer.job import Job, submit
@@ -111,7 +112,10 @@ def test_flower_shows_workers_tasks_and_results(tmp_path: Path, flower: str, fle
         # The return value, ignored by the result backend, travels in the task-succeeded event.
         result = ast.literal_eval(t["result"])
         assert result["shard"] == payload["shard"] and result["status"] == "done", result
-        assert result["provider"] == "CPUExecutionProvider"
+        # The provider the worker's start-up probe chose (CPU EP or OpenVINO EP), as in the
+        # shard's own metrics file.
+        ran = set(pq.read_table(job.dir.metrics_path(payload["shard"]))["provider"].to_pylist())
+        assert ran == {result["provider"]}, (ran, result)
         chunks += result["chunks"]
         tokens += result["tokens"]
         assert api(flower, f"/api/task/info/{uuid}")["result"] == t["result"]
