@@ -4,8 +4,10 @@ The document is tokenised once, without special tokens, to get each token's star
 walk then takes the next ``budget`` tokens as a window and cuts at the last paragraph break in
 it, else the last sentence end, else the last whitespace, else hard at a token boundary. A kind
 of boundary is used only if the chunk keeps at least half the window, so chunks don't get tiny.
-Every chunk is then re-encoded exactly as the model will see it (``prefix + chunk``, special
-tokens added) and shrunk if a boundary effect pushed it over, so ``n_tokens <= max_tokens``.
+A chunk cut at a clean split (``producer.tokenwise``: the tokenizer's counts add up there) is
+counted from the document's tokens, without encoding it again ("chunk once"); any other chunk
+is re-encoded exactly as the model will see it (``prefix + chunk``, special tokens added). Either
+way a chunk that a boundary effect pushed over is shrunk, so ``n_tokens <= max_tokens``.
 
 Spans are character ranges in Python ``str`` indices (code points), which is what
 ``tokenizers`` offsets are. With ``overlap=0`` they tile the text exactly; whitespace between
@@ -21,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from producer.errors import UsageError
+from producer.tokenwise import (Additivity, additivity, clean_end, clean_start, count_tokens,
+                                token_starts)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from tokenizers import Tokenizer
 
 DEFAULT_OVERLAP = 0
@@ -33,17 +35,12 @@ DEFAULT_OVERLAP = 0
 MIN_FILL = 0.5
 """A paragraph/sentence/whitespace cut must keep at least this share of the window."""
 
-PIECE_CHARS = 4096
-"""The whole-document tokenisation runs on pieces of about this many characters, cut at
-whitespace. One `encode` of a multi-MB string is slow and superlinear (about 1.5 MB/s and 2.6 GB
-peak for 10 MB of text); small pieces through `encode_batch` are several times faster."""
-
 SHORT_CHARS_PER_TOKEN = 16
 """Texts up to this many characters per window token first try the one-chunk fast path."""
 
 VERIFY_BLOCK = (8, 256)
-"""Chunks planned ahead and re-encoded in one `encode_batch` call: the block doubles after a
-block with no over-budget chunk and halves after one that had to be shrunk."""
+"""Chunks planned ahead and counted together (those to re-encode in one `encode_batch` call):
+the block doubles after a block with no over-budget chunk and halves after one that shrank."""
 
 # Blank line (possibly holding spaces/tabs/CR): cut before it.
 _PARAGRAPH = re.compile(r"\n[^\S\n]*\n")
@@ -133,11 +130,12 @@ def chunk_document(
     prefix: str = "",
     budget: int | None = None,
     whole: int | None = None,
+    add: Additivity | None = None,
 ) -> list[Span]:
     """Split ``text`` into spans whose encoding fits in ``max_tokens``.
 
-    Time is linear in ``len(text)``: one tokenisation of the whole document, then about one
-    more to re-encode the chunks (in batches) and check their counts.
+    Time is linear in ``len(text)``: one tokenisation of the whole document; only chunks that
+    do not end at clean splits (``producer.tokenwise``) are encoded again to count them.
 
     Args:
         text: The document. The caller rejects empty or whitespace-only text before this.
@@ -150,6 +148,8 @@ def chunk_document(
         prefix: Text the model sees before every chunk; its tokens count against the window.
         budget: ``chunk_budget(tokenizer, max_tokens, None, prefix)`` when the caller has it.
         whole: ``count_tokens`` of the whole text when the caller has it (batched).
+        add: ``additivity(tokenizer, prefix)`` when the caller has it (it reads the tokenizer's
+            JSON: worth computing once per job).
 
     Returns:
         Spans in document order, at least one. With ``overlap=0`` they tile ``text`` exactly.
@@ -164,17 +164,19 @@ def chunk_document(
         raise ValueError(
             f"overlap must be in [0, {budget // 2}] (half the content budget), got {overlap}"
         )
-    if whole is None and len(text) <= SHORT_CHARS_PER_TOKEN * max_tokens:
+    if whole is None and is_short(text, max_tokens):
         whole = count_tokens([text], tokenizer, prefix)[0]  # most documents: one span
     if whole is not None and whole <= max_tokens:
         return [Span(0, 0, len(text), whole)]
-    starts = _token_starts(text, tokenizer)
+    if add is None:
+        add = additivity(tokenizer, prefix)
+    starts, unclean = token_starts(text, tokenizer, add.splits)
     # Counting needs no offsets: encode_batch_fast (tokenizers >= 0.20) skips them.
     encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     spans: list[Span] = []
     pos, char_start, block = 0, 0, VERIFY_BLOCK[0]
     while True:
-        plan = []  # optimistic: plan a block of chunks, then check them all in one batch
+        plan = []  # optimistic: plan a block of chunks, then count them all at once
         p, c = pos, char_start
         for _ in range(block):
             cut, end = _plan(text, starts, p, budget)
@@ -182,7 +184,13 @@ def chunk_document(
             if cut >= len(text):
                 break
             c, p = _next_start(text, starts, overlap, c, cut, p, end)
-        counts = [len(e.ids) for e in encode_batch([prefix + text[a:b] for a, b, _, _ in plan])]
+        counts = [_added(add, text, starts, unclean, a, cut) for a, cut, _, _ in plan]
+        redo = [i for i, n in enumerate(counts) if n is None]
+        if redo:
+            found = encode_batch([prefix + text[plan[i][0]:plan[i][1]] for i in redo])
+            for i, e in zip(redo, found, strict=True):
+                counts[i] = len(e.ids)
+        assert None not in counts
         for (a, cut, p, end), n in zip(plan, counts, strict=True):
             shrunk = n > max_tokens
             if shrunk:
@@ -198,17 +206,25 @@ def chunk_document(
             block = min(VERIFY_BLOCK[1], block * 2)
 
 
-def count_tokens(texts: list[str], tokenizer: Tokenizer, prefix: str = "") -> list[int]:
-    """Tokens the model sees for each text (prefix, special tokens included): one
-    ``encode_batch`` call (no offsets) for a batch of short documents, most of staging's work."""
-    encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-    return [len(e.ids) for e in encode_batch([prefix + t for t in texts])]
+def _added(add: Additivity, text: str, starts: np.ndarray, unclean: np.ndarray, a: int,
+           cut: int) -> int | None:
+    """The chunk ``text[a:cut]``'s count from the document's tokens, or None: re-encode it."""
+    if not add.count_from_doc or not (clean_start(text, a, add.splits)
+                               and clean_end(text, cut, add.splits)):
+        return None
+    k = int(np.searchsorted(unclean, a, side="right"))
+    if k < len(unclean) and unclean[k] < cut:
+        return None  # a piece was cut inside a word somewhere in this chunk
+    at_split = a < len(text) and text[a] in add.splits
+    # A word's first token may start at the space before it (Metaspace's "▁word").
+    first = a - 1 if a > 0 and not at_split else a
+    content = int(np.searchsorted(starts, cut, side="left") - np.searchsorted(starts, first))
+    return content + (add.overhead_at_split if at_split else add.overhead_at_word)
 
 
 def is_short(text: str, max_tokens: int) -> bool:
     """Worth counting whole first: it most likely fits in one chunk."""
     return len(text) <= SHORT_CHARS_PER_TOKEN * max_tokens
-
 
 def _plan(text: str, starts: np.ndarray, pos: int, window: int) -> tuple[int, int]:
     """Return ``(cut, end)``: the chunk whose first token is ``pos`` ends at char ``cut``,
@@ -282,33 +298,3 @@ def _shrink(
         cut, end = _plan(text, starts, pos, window)
         n = len(tokenizer.encode(prefix + text[char_start:cut], add_special_tokens=True).ids)
     return cut, end, n
-
-
-def _token_starts(text: str, tokenizer: Tokenizer) -> np.ndarray:
-    """Start offset of every token of ``text`` (no special tokens), non-decreasing."""
-    pieces = list(_pieces(text))
-    out = [np.zeros(0, dtype=np.int64)]
-    for i in range(0, len(pieces), 256):  # bounded memory: 256 pieces of Encodings at a time
-        group = pieces[i : i + 256]
-        encodings = tokenizer.encode_batch([piece for _, piece in group], add_special_tokens=False)
-        for (base, _), enc in zip(group, encodings, strict=True):
-            if enc.offsets:
-                out.append(np.fromiter((s for s, _ in enc.offsets), dtype=np.int64) + base)
-    starts = np.concatenate(out)
-    # Offsets should already be sorted; force it so searchsorted is always valid.
-    return np.maximum.accumulate(starts) if len(starts) else starts
-
-
-def _pieces(text: str) -> Iterator[tuple[int, str]]:
-    """Yield ``(offset, piece)`` covering ``text``, each cut before whitespace when possible, so
-    tokenising the pieces gives the same tokens as tokenising the whole text."""
-    i = 0
-    while i < len(text):
-        hi = min(i + PIECE_CHARS, len(text))
-        if hi < len(text):
-            lo = i + PIECE_CHARS // 2
-            ws = _WHITESPACE.search(text[lo:hi][::-1])
-            if ws is not None:
-                hi -= ws.end()  # the start of the last whitespace run in text[lo:hi]
-        yield i, text[i:hi]
-        i = hi

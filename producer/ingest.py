@@ -5,6 +5,8 @@
 manifest names (same checksum, same split plan), re-sends the tasks of staged shards without
 output, then stages from each split's last checkpoint. ``complete_staging`` turns the ledger
 into the manifest's shard list and totals and sets ``staged``; only then may the job finalise.
+A write that finds the disk full (``DiskFull``) stops staging with a message naming the job, the
+file and the command that continues it; the ledger holds only whole lines and durable shards.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from producer.streaming import stage_splits
 from producer.broker import send_shards
 from storage import ledger
 from producer.errors import CorpusError
+from storage.atomic import remove_stale_tmp
+from storage.errors import DiskFull
 from storage.jobdir import JobDir
 from producer.fleet_stage import complete_staging, stage_config
 
@@ -31,7 +35,11 @@ Tick = Callable[[], None]
 def run_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
                 records: Iterable[Record | Reject] | None = None) -> int:
     """Stage every unfinished split of ``job`` (or ``records``, the Python API's iterable);
-    return the shard tasks sent."""
+    return the shard tasks sent.
+
+    Raises:
+        DiskFull: a write found no space left; names the job, the file and how to continue.
+    """
     m = job.manifest
     cfg = stage_config(job)
     last = [0.0]
@@ -46,6 +54,20 @@ def run_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
             last[0] = time.monotonic()
             tick()
 
+    try:
+        _stage(job, cfg, procs, on_shard, records)
+        complete_staging(job)
+    except DiskFull as exc:  # the staging processes are gone: their temporary files go too
+        remove_stale_tmp(job.root)
+        raise DiskFull(exc.errno, f"no space left on device while staging {job.root} (free "
+                       f"space on its filesystem, then `{m.continue_command(job.root)}`)",
+                       exc.filename) from exc
+    return sent[0]
+
+
+def _stage(job: JobDir, cfg: StageConfig, procs: int, on_shard: Callable[..., None],
+           records: Iterable[Record | Reject] | None) -> None:
+    m = job.manifest
     if records is not None:
         tok = _tokenizer(cfg)
         stage_split(((i, r) for i, r in enumerate(records)), tok, cfg, split=0, end=0,
@@ -62,8 +84,6 @@ def run_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
         splits = [Split.from_dict(d) for d in m.splits]
         stage_splits(Path(m.input["path"]), splits, cfg, root=job.root, procs=procs,
                      on_shard=on_shard)
-    complete_staging(job)
-    return sent[0]
 
 
 def send_stage_tasks(app: Any, job: JobDir, splits: list[int] | None = None) -> int:

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from producer import faults
-from producer.chunking import chunk_budget, chunk_document, count_tokens, is_short
+from producer.chunking import chunk_budget, chunk_document, is_short
+from producer.fastcount import is_fast
+from producer.tokenwise import additivity, encode_ids
 from producer.corpus import Record, Reject
 from storage import ledger
 from storage.hashing import text_sha256
@@ -114,12 +116,13 @@ def stage_split(
         rows, tokens, seg = [], 0, _Segment(pos)
 
     budget = chunk_budget(tokenizer, cfg.max_tokens, None, cfg.prefix)
-    for pos, rec, whole in _counted(records, tokenizer, cfg):
+    add = additivity(tokenizer, cfg.prefix)
+    for pos, rec, ids in _counted(records, tokenizer, cfg):
         if isinstance(rec, Record):
             try:
                 spans = chunk_document(rec.text, tokenizer, max_tokens=cfg.max_tokens,
                                        overlap=cfg.overlap, prefix=cfg.prefix, budget=budget,
-                                       whole=whole)
+                                       whole=None if ids is None else len(ids), add=add)
             except ValueError as exc:  # e.g. one character that encodes past the window
                 rec = Reject(rec.line, rec.doc_id, f"cannot chunk: {exc}")
         if isinstance(rec, Reject):
@@ -127,6 +130,7 @@ def stage_split(
             continue
         if on_record is not None:
             on_record(rec)
+        chunk_ids = _chunk_ids(rec.text, spans, ids, tokenizer, cfg.prefix)
         for sp in spans[skip:]:
             if rows and (tokens + sp.n_tokens > cfg.shard_tokens
                          or len(rows) >= cfg.shard_max_chunks):
@@ -139,6 +143,7 @@ def stage_split(
                 "chunk_count": len(spans), "char_start": sp.char_start,
                 "char_end": sp.char_end, "n_tokens": sp.n_tokens, "text": text,
                 "text_sha256": text_sha256(text),
+                "input_ids": chunk_ids[sp.index],
             })
             tokens += sp.n_tokens
         skip = 0
@@ -150,8 +155,8 @@ def stage_split(
 
 
 def _counted(records: Iterable[tuple[int, Record | Reject]], tokenizer: Any, cfg: StageConfig
-             ) -> Iterator[tuple[int, Record | Reject, int | None]]:
-    """Records with the whole-text token count of the short ones, counted 64 at a time."""
+             ) -> Iterator[tuple[int, Record | Reject, list[int] | None]]:
+    """Records with the whole-text token ids of the short ones, encoded 64 at a time."""
     group: list[tuple[int, Record | Reject]] = []
     for item in records:
         group.append(item)
@@ -162,13 +167,25 @@ def _counted(records: Iterable[tuple[int, Record | Reject]], tokenizer: Any, cfg
 
 
 def _count_group(group: list[tuple[int, Record | Reject]], tokenizer: Any, cfg: StageConfig
-                 ) -> Iterator[tuple[int, Record | Reject, int | None]]:
+                 ) -> Iterator[tuple[int, Record | Reject, list[int] | None]]:
     short = [i for i, (_, r) in enumerate(group)
              if isinstance(r, Record) and is_short(r.text, cfg.max_tokens)]
-    counts = dict(zip(short, count_tokens([group[i][1].text for i in short],  # type: ignore[union-attr]
-                                          tokenizer, cfg.prefix), strict=True))
+    counts = dict(zip(short, encode_ids([group[i][1].text for i in short],  # type: ignore[union-attr]
+                                        tokenizer, cfg.prefix), strict=True))
     for i, (pos, rec) in enumerate(group):
         yield pos, rec, counts.get(i)
+
+
+def _chunk_ids(text: str, spans: list[Any], whole: list[int] | None, tokenizer: Any,
+               prefix: str) -> list[list[int] | None]:
+    """The ids to keep per chunk: the whole text's for a one-chunk document; for a long one,
+    each chunk encoded when the fast encoder makes that cheap (else None: the worker encodes)."""
+    if len(spans) == 1 and whole is not None:
+        return [whole]
+    if not is_fast(tokenizer):
+        return [None] * len(spans)
+    found = encode_ids([text[s.char_start:s.char_end] for s in spans], tokenizer, prefix)
+    return [x if len(x) == s.n_tokens else None for x, s in zip(found, spans, strict=True)]
 
 
 def resume_shards(root: Path | None, split: int) -> int:

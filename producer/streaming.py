@@ -201,3 +201,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def chunk_texts(path: Path, cfg: StageConfig) -> tuple[list[str], dict[str, int]]:
+    """Every chunk text the staging of ``path`` makes, in corpus order, and the totals (one
+    process, nothing written: what benchmarks embed and calibrate on)."""
+    from producer.splits import plan_splits
+
+    texts: list[str] = []
+    splits, _ = plan_splits(path, 1 << 62)  # one split: the whole file
+    tok, cps = _tokenizer(cfg), []
+    for s in splits:
+        records = iter_split(path, s, s.start, s.first_line, text_field=cfg.text_field,
+                             id_field=cfg.id_field, max_line_bytes=cfg.max_line_bytes)
+        cps += stage_split(records, tok, cfg, split=s.index, end=s.end, root=None,
+                           start=s.start, on_chunk=texts.append)
+    return texts, ledger.totals({0: cps})

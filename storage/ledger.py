@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from storage.atomic import fsync_dir, write_bytes_atomic
+from storage.atomic import NO_SPACE, fsync_dir, write_bytes_atomic
+from storage.errors import DiskFull
 
 SHARDS_PER_SPLIT = 10_000
 """Shard numbers reserved per split. A 16 MB split of the shortest possible records (2,048
@@ -86,7 +87,12 @@ def read_all(root: Path) -> dict[int, list[Checkpoint]]:
 
 
 def append(root: Path, cp: Checkpoint, rejects: list[bytes]) -> None:
-    """Make the segment's rejects durable, then append its checkpoint (fsynced)."""
+    """Make the segment's rejects durable, then append its checkpoint (fsynced).
+
+    Raises:
+        DiskFull: no space left for the rejects file or the line (naming that file); the
+            ledger is left as it was, so the segment is staged again on resume.
+    """
     path = ledger_path(root, cp.split)
     path.parent.mkdir(parents=True, exist_ok=True)
     if rejects:
@@ -94,12 +100,25 @@ def append(root: Path, cp: Checkpoint, rejects: list[bytes]) -> None:
     existing, good = _parse(path)
     if any(c.seq == cp.seq for c in existing):
         return  # a repeated segment (redelivered task): same content, counted once
-    with open(path, "ab") as f:
-        if f.tell() != good:
-            f.truncate(good)  # a torn line from a killed writer
-        f.write(json.dumps(asdict(cp), sort_keys=True).encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    line = json.dumps(asdict(cp), sort_keys=True).encode() + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        if os.fstat(fd).st_size != good:
+            os.ftruncate(fd, good)  # a torn line from a killed writer
+        try:
+            view = memoryview(line)
+            while view:  # a full disk may take part of the line first
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, good)  # no torn line left behind, nothing half-recorded
+            if exc.errno in NO_SPACE:
+                raise DiskFull(exc.errno, "no space left on device appending to this staging "
+                               "ledger (free space on its filesystem, then resume the job)",
+                               str(path)) from exc
+            raise
+    finally:
+        os.close(fd)
     fsync_dir(path.parent)
 
 

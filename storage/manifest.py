@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 FORMAT = 1
+RUN_MADE_BY = "producer run"
+"""``made_by`` of a job made by ``producer run`` (``producer submit`` otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ class Manifest:
     """What the job embeds (``--outputs``; None: dense only, as before the key existed)."""
     colbert_dim: int | None = None
     made_by: str | None = None
-    """``producer run`` jobs are refused by ``producer resume`` (their broker is gone)."""
+    """``producer run`` jobs (``RUN_MADE_BY``) are refused by ``producer resume`` (their
+    broker is gone)."""
+
     staged: bool = False
     status: str = "staging"
     shards: list[ShardEntry] = field(default_factory=list)
@@ -72,6 +76,16 @@ class Manifest:
     @property
     def finished(self) -> bool:
         return self.status in ("succeeded", "failed")
+
+    def continue_command(self, root: object) -> str:
+        """The command that continues this job (at ``root``) once its staging stopped.
+
+        >>> Manifest(made_by=RUN_MADE_BY).continue_command("out/j")
+        'producer run --resume out/j'
+        """
+        if self.made_by == RUN_MADE_BY:
+            return f"producer run --resume {root}"
+        return f"producer resume {root}"
 
     # Read-only mapping view of the JSON form, for modules not yet moved to the fields
     # (they were written against the dict this replaced): ``m["shards"]``, ``m.get("model")``.

@@ -16,6 +16,10 @@ INPUT_SCHEMA = pa.schema([
     pa.field("n_tokens", pa.int32()),         # tokens the model sees, special tokens included
     pa.field("text", pa.string()),            # exactly what is embedded (prefix included)
     pa.field("text_sha256", pa.string()),
+    # The ids the model sees for ``text`` (special tokens included), when staging had them (a
+    # document that is one chunk); null: the worker tokenises the text. Shards without the
+    # column (earlier releases) are read the same way.
+    pa.field("input_ids", pa.list_(pa.int32())),
 ])
 
 

@@ -24,14 +24,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from billiard.exceptions import SoftTimeLimitExceeded
 
 from storage.atomic import write_bytes_atomic
@@ -41,7 +39,8 @@ from storage.shards import embeddings_table, metrics_table, shard_is_valid, writ
 from worker import attempts
 from worker import faults as failpoints
 from worker.errors import InferenceError
-from worker.extra_outputs import DENSE, ShardOutputs
+from worker.extra_outputs import DENSE
+from worker.rows import ShardRows
 from worker.model.batching import Batch, encode, pad_rows, plan_batches
 
 log = logging.getLogger(__name__)
@@ -84,43 +83,6 @@ class ShardResult:
         return asdict(self)
 
 
-@dataclass
-class ShardRows:
-    """The chunks of one shard and what has happened to each: cached, embedded or rejected."""
-
-    inputs: pa.Table
-    texts: list[str]
-    vectors: np.ndarray
-    cached: np.ndarray
-    ok: np.ndarray
-    rejects: list[dict[str, Any]] = field(default_factory=list)
-    outputs: ShardOutputs = field(default_factory=lambda: ShardOutputs(DENSE, 0))
-
-    @classmethod
-    def read(cls, path: os.PathLike[str] | str, dim: int,
-             outputs: Sequence[str] = DENSE) -> ShardRows:
-        inputs = pq.read_table(path)
-        n = inputs.num_rows
-        return cls(inputs, inputs["text"].to_pylist(), np.zeros((n, dim), dtype=np.float32),
-                   np.zeros(n, dtype=bool), np.ones(n, dtype=bool),
-                   outputs=ShardOutputs(outputs, n))
-
-    def output_bytes(self, positions: Sequence[int]) -> int:
-        """Raw bytes of what these positions write (rejected ones write nothing)."""
-        return self.outputs.nbytes([i for i in positions if self.ok[i]], self.vectors.shape[1])
-
-    def todo(self) -> list[int]:
-        """Positions still to embed: not cached, not rejected."""
-        return [i for i in range(len(self.texts)) if not self.cached[i] and self.ok[i]]
-
-    def reject(self, i: int, reason: str) -> None:
-        self.ok[i] = False
-        self.rejects.append({"line": self.inputs["line"][i].as_py(),
-                             "doc_id": self.inputs["doc_id"][i].as_py(),
-                             "chunk_index": self.inputs["chunk_index"][i].as_py(),
-                             "reason": reason})
-
-
 def embed_shard(ctx: ShardContext) -> ShardResult:
     """Stages 5-10 for one shard; an error either retries the shard or gives it up."""
     t0 = time.perf_counter()
@@ -147,7 +109,7 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
         # 6. Tokenise the misses once; suspects alone and first, the rest by token budget.
         todo = rows.todo()
         t_tok = time.perf_counter()
-        ids = dict(zip(todo, encode(model.tokenizer, [rows.texts[i] for i in todo])))
+        ids = _token_ids(rows, todo, model.tokenizer, cfg.max_length, shard)
         tok_ms_per_chunk = (time.perf_counter() - t_tok) * 1000 / max(1, len(todo))
         groups = plan_groups(ids, attempt.suspects, ctx.max_batch_tokens)
         faults, fresh = failpoints.parse(ctx.faults), []
@@ -169,6 +131,20 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
                                       attempt.number if attempt else None)
         n = len(job.attempts(shard))
         return _give_up(ctx, reason, n, n)
+
+
+def _token_ids(rows: ShardRows, todo: list[int], tokenizer: Any, max_length: int,
+               shard: int) -> dict[int, Any]:
+    """Ids per position to embed: staged ids where the input shard has valid ones, else the
+    text tokenised here (same ids: staging encodes ``text`` with the bundle's tokenizer)."""
+    stored = rows.stored_ids(tokenizer.get_vocab_size(), max_length)
+    if stored is None:
+        log.warning("shard %d: staged token ids do not match the bundle; tokenising instead",
+                    shard)
+        stored = {}
+    need = [i for i in todo if i not in stored]
+    fresh = dict(zip(need, encode(tokenizer, [rows.texts[i] for i in need]), strict=True))
+    return {i: stored[i] if i in stored else fresh[i] for i in todo}
 
 
 def plan_groups(ids: dict[int, list[int]], suspects: set[int], budget: int) -> list[list[int]]:

@@ -47,7 +47,8 @@ class WorkerSettings:
                           "graph on the OpenVINO EP; needs amx_bf16 or avx512_bf16)")
     cpu_provider: str = _env("auto", "EMBED_CPU_PROVIDER",
                              "`auto`: measured once per bundle and machine (CPU-EP int8/fp32, "
-                             "OpenVINO fp32/bf16); or `cpu` (ONNX Runtime's CPU EP), `openvino`")
+                             "OpenVINO fp32/bf16; int8 only when 1.15x faster than the best of the "
+                             "others); or `cpu` (ONNX Runtime's CPU EP), `openvino`")
     device: str = _env("queue", "EMBED_DEVICE", "the task's queue decides (`gpu` queue → CUDA); "
                        "or force `cpu`/`gpu`/`auto`")
     gpu_strict: bool = _env(False, "EMBED_GPU_STRICT",
@@ -81,12 +82,18 @@ class WorkerSettings:
     events: bool = _env(False, "EMBED_EVENTS", "`1`: task events and worker heartbeats, for "
                         "Flower; off, a fleet worker sends no events (no gossip or mingle "
                         "either: [docs/fleet.md](docs/fleet.md#large-fleets))")
+    fast_tokenizer: bool = _env(True, "EMBED_FAST_TOKENIZER", "staging encodes short documents "
+                                "with nanotoken where it gives exactly the tokenizer's ids "
+                                "(WordPiece, checked at load); `0`: tokenizers only")
     job_roots: tuple[str, ...] = _env((), "EMBED_JOB_ROOTS", "`:`-separated directories a task's "
                                       "job directory must be under (required in a shared "
                                       "fleet; `producer run` sets it)", shown="any")
     model_roots: tuple[str, ...] = _env((), "EMBED_MODEL_ROOTS", "`:`-separated directories a "
                                         "job's model bundle must be under (required in a "
                                         "shared fleet)", shown="any")
+    input_roots: tuple[str, ...] = _env((), "EMBED_INPUT_ROOTS", "`:`-separated directories the "
+                                        "corpus a stage task (`--stage-on fleet`) reads must be "
+                                        "under", shown="`EMBED_JOB_ROOTS`")
     log_level: str = _env("INFO", "EMBED_LOG_LEVEL", "worker log level")
     faults: str = _env("", "EMBED_FAULTS", "failpoints for the fault-injection tests only "
                        "([worker/faults.py](worker/faults.py))", shown="empty")
@@ -131,6 +138,11 @@ class WorkerSettings:
             raise ValueError(f"{env_name('max_batch_tokens')} must be at least 16")
         if self.max_attempts < 1:
             raise ValueError(f"{env_name('max_attempts')} must be at least 1")
+
+    @property
+    def corpus_roots(self) -> tuple[str, ...]:
+        """Where a stage task may read a corpus: ``EMBED_INPUT_ROOTS``, else the job roots."""
+        return self.input_roots or self.job_roots
 
     def intra_op_threads(self, concurrency: int | None) -> int:
         """Threads per session so that concurrency × threads does not exceed the cores."""

@@ -250,10 +250,10 @@ def test_sentencepiece_8192_window(sentencepiece: Tokenizer) -> None:
     check(text, spans, sentencepiece, 100, prefix="passage: ")
 
 
-def test_ten_megabytes_is_fast(minilm: Tokenizer) -> None:
+def test_three_megabytes_cost_about_one_encode_of_the_document(minilm: Tokenizer) -> None:
     rng = random.Random(10)
     parts, size = [], 0
-    while size < 10_000_000:
+    while size < 3_000_000:
         if rng.random() < 0.2:
             part = (CJK_SENTENCES + KOREAN) * rng.randint(1, 5)
         else:
@@ -262,14 +262,18 @@ def test_ten_megabytes_is_fast(minilm: Tokenizer) -> None:
         parts.append(part)
         size += len(part.encode())
     text = "".join(parts)
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    # Relative to the tokenizer itself in the same run (CPU time: the machine's speed and load
+    # cancel out): chunking tokenises the document once, so it costs about one plain encode
+    # (measured 0.7-1.0x); re-encoding every chunk as well would make it ~2x.
+    cpu0 = time.process_time()
+    minilm.encode(text, add_special_tokens=False)
+    encode = time.process_time() - cpu0
+    cpu0 = time.process_time()
     spans = chunk_document(text, minilm, max_tokens=256)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    print(f"\nchunked {size / 1e6:.1f} MB into {len(spans)} chunks in {wall:.1f} s wall, "
-          f"{cpu:.1f} s CPU ({size / 1e6 / wall:.2f} MB/s wall)")
-    # CPU time too: on a 2-core box shared with other jobs, wall time alone is flaky, and with
-    # idle cores the tokenizer's threads make CPU time exceed wall time.
-    assert min(wall, cpu) < 15
+    cpu = time.process_time() - cpu0
+    print(f"\nchunked {size / 1e6:.1f} MB into {len(spans)} chunks in {cpu:.1f} s CPU "
+          f"(one plain encode: {encode:.1f} s)")
+    assert cpu < 1.6 * encode
     assert "".join(text[s.char_start : s.char_end] for s in spans) == text
     assert all(s.n_tokens <= 256 for s in spans)
     sample = spans[:: max(1, len(spans) // 200)]

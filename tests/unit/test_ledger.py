@@ -46,3 +46,34 @@ def test_shard_numbers_come_from_split_and_position():
     assert ledger.shard_number(3, 0) == 3 * ledger.SHARDS_PER_SPLIT
     with pytest.raises(ValueError):
         ledger.shard_number(1, ledger.SHARDS_PER_SPLIT)
+
+
+def test_an_append_that_finds_no_space_leaves_the_ledger_as_it_was(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from storage.errors import DiskFull
+
+    ledger.append(tmp_path, cp(0, 20000), [])
+    path = ledger.ledger_path(tmp_path, 2)
+    before = path.read_bytes()
+    real_write, calls = os.write, []
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith(path.name):
+            return real_write(fd, data)
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:12]))  # part of the line fits
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(DiskFull) as exc:
+        ledger.append(tmp_path, cp(1, 20001), [])
+    monkeypatch.undo()
+    assert len(calls) == 2  # the short write was followed by the rest, which found no space
+    assert "no space left" in str(exc.value) and str(path) in str(exc.value)
+    assert exc.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before  # no torn line
+    ledger.append(tmp_path, cp(1, 20001), [])  # space again: the same segment is recorded
+    assert ledger.read_split(tmp_path, 2) == [cp(0, 20000), cp(1, 20001)]

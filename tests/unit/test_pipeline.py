@@ -39,6 +39,31 @@ def test_every_chunk_lands_once_with_the_models_vector(job) -> None:
     assert check_job(job.root).ok == 20
 
 
+def test_staged_token_ids_are_embedded_without_tokenising(tmp_path: Path) -> None:
+    model = FakeModel()
+    tok = model.tokenizer
+    # Text 0 is staged with the ids of text 1 (same length): the worker must use what it was given.
+    staged = {TEXTS[0]: tok.encode(TEXTS[4]).ids, TEXTS[2]: tok.encode(TEXTS[2]).ids}
+    assert len(staged[TEXTS[0]]) == len(tok.encode(TEXTS[0]).ids)
+    job = staged_job(tmp_path / "out", [TEXTS], ids=staged)
+    assert embed_shard(context(job, model)).status == "done"
+    got, want = vectors_by_doc(job), model.expected(TEXTS)
+    assert np.allclose(got["doc1"], want[4], atol=1e-6)  # the staged ids, not the text's
+    assert np.allclose([got[f"doc{i + 1}"] for i in range(1, 20)], want[1:], atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["count", "vocab"])
+def test_inconsistent_staged_ids_are_ignored(tmp_path: Path, bad: str,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    model = FakeModel()
+    ids = model.tokenizer.encode(TEXTS[4]).ids
+    ids = ids + [5] if bad == "count" else [ids[0], 10_000, *ids[2:]]
+    job = staged_job(tmp_path / "out", [TEXTS], ids={TEXTS[0]: ids})
+    assert embed_shard(context(job, model)).status == "done"
+    assert np.allclose(vectors_by_doc(job)["doc1"], model.expected(TEXTS)[0], atol=1e-6)
+    assert "staged token ids do not match the bundle" in caplog.text
+
+
 def test_already_done_shard_returns_already_done_and_runs_nothing(job) -> None:
     assert embed_shard(context(job, FakeModel())).status == "done"
     before = job.embeddings_path(0).stat().st_mtime_ns

@@ -14,7 +14,7 @@ import pytest
 from producer.corpus import iter_records
 from producer.splits import iter_split, plan_splits
 from producer.staging import StageConfig
-from producer.streaming import stage_splits
+from producer.streaming import chunk_texts, stage_splits
 from storage import ledger
 
 
@@ -89,6 +89,18 @@ def test_parallel_staging_equals_one_process(tmp_path, cfg):
     assert sorted(many[1], key=key) == sorted(one[1], key=key)
     assert {r["line"] for r in one[1]} == {i + 1 for i, line in enumerate(
         hostile_lines().split(b"\n")) if line.startswith(b'{"id": "bad", "text": ')}
+
+
+def test_chunk_texts_are_the_staged_texts_in_corpus_order(tmp_path, cfg):
+    p = tmp_path / "c.jsonl"
+    p.write_bytes(hostile_lines())
+    texts, totals = chunk_texts(p, cfg)
+    stage(p, tmp_path / "job", cfg, 200_000, 1)
+    staged = pa.concat_tables(pq.read_table(f).select(["line", "chunk_index", "text"]) for f in
+                              sorted((tmp_path / "job" / "input").glob("part-*.parquet")))
+    rows = sorted(staged.to_pylist(), key=lambda r: (r["line"], r["chunk_index"]))
+    assert texts == [r["text"] for r in rows] and len(texts) > 600
+    assert totals["chunks"] == len(texts) and totals["rejected"] > 0
 
 
 def test_gzip_and_parquet_row_groups_stage_like_jsonl(tmp_path, cfg):
