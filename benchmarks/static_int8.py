@@ -74,13 +74,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def calibration_chunks(bundle, corpus: Path, n: int) -> list[str]:
     """The first ``n`` chunks the producer would make of ``corpus`` (its own chunking code)."""
-    from producer.corpus import iter_records
-    from producer.staging import stage_corpus
+    from producer.staging import StageConfig
+    from producer.streaming import chunk_texts
 
-    texts: list[str] = []
-    stage_corpus(iter_records(corpus), bundle.load_tokenizer(truncate=False), job=None,
-                 max_tokens=bundle.config.max_length, prefix=bundle.config.passage_prefix,
-                 on_chunk=texts.append)
+    texts, _ = chunk_texts(corpus, StageConfig(bundle_path=str(bundle.path),
+                                               max_tokens=bundle.config.max_length,
+                                               prefix=bundle.config.passage_prefix))
     step = max(1, len(texts) // n)  # spread over the corpus, not its first documents
     return texts[::step][:n]
 

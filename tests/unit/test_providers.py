@@ -166,3 +166,17 @@ def test_openvino_fp32_that_disagrees_with_the_cpu_ep_is_not_used() -> None:
     m = ms((CPU, "fp32", 5000, 1.0, ""), (OPENVINO, "fp32", 9000, 0.98, ""))
     c = choose_cpu_runtime(BOTH, NO_BF16, ["fp32"], m)
     assert c.candidate == Candidate(CPU, "fp32") and "0.98 < 0.9995" in c.reason
+
+
+def test_int8_must_be_clearly_faster_than_the_near_lossless_best() -> None:
+    # An AVX-512 bf16 EPYC under the old short probe: int8 a hair ahead of bf16.
+    close = ms((CPU, "fp32", 8401, 1.0, ""), (CPU, "int8", 14153, 0.988, ""),
+               (OPENVINO, "fp32", 10086, 1.0, ""), (OPENVINO, "bf16", 13860, 0.99996, ""))
+    c = choose_cpu_runtime(BOTH, AMX, V_INT8, close)
+    assert c.candidate == Candidate(OPENVINO, "bf16")
+    assert "CPU/int8 is under 1.15x faster and lossy" in c.reason and "14,153" in c.reason
+    clear = {**close, **ms((CPU, "int8", 13860 * 1.15 + 1, 0.988, ""))}
+    assert choose_cpu_runtime(BOTH, AMX, V_INT8, clear).candidate == Candidate(CPU, "int8")
+    # with bf16 flags off the comparison is against OpenVINO fp32 (and CPU-EP fp32)
+    c = choose_cpu_runtime(BOTH, NO_BF16, V_INT8, {**close, **ms((CPU, "int8", 11000, 0.99, ""))})
+    assert c.candidate == Candidate(OPENVINO, "fp32")

@@ -37,6 +37,13 @@ BF16_MIN_COSINE = 0.9995
 """bf16 is used only when its min cosine vs fp32 on the gate sample reaches this (issue 14)."""
 FP32_MIN_COSINE = 0.9995
 """A provider's fp32 must agree with the CPU EP's fp32 this well to be used at all."""
+LOSSY = frozenset({"int8"})
+"""Precisions that change the vectors measurably: dynamic int8 (min cosine ~0.99 vs fp32, and
+its vectors move with batch composition, cosine ~0.98 alone vs batched)."""
+LOSSY_MARGIN = 1.15
+"""Under ``auto`` a lossy candidate is used only when it is this much faster than the fastest
+near-lossless one (fp32, or bf16 within its gate) that passed: a few percent of speed, or
+probe noise, does not buy vectors that differ by 1%."""
 
 
 class CpuProvider(str, Enum):
@@ -183,7 +190,8 @@ def choose_cpu_runtime(
 
     An explicit ``precision`` wins (bf16 means the OpenVINO EP; fp32/int8 the CPU EP unless
     ``override`` says openvino). ``auto`` takes the fastest measured candidate that ran and passed
-    its gate (bf16 and OpenVINO fp32: min cosine vs CPU-EP fp32; int8 passed at export). Without
+    its gate (bf16 and OpenVINO fp32: min cosine vs CPU-EP fp32; int8 passed at export), int8
+    only when ``LOSSY_MARGIN`` faster than the fastest near-lossless one. Without
     measurements, or when nothing else passed, it is today's default: CPU EP int8, else fp32.
 
     Raises:
@@ -223,7 +231,15 @@ def choose_cpu_runtime(
                       "nothing measured passed (" + "; ".join(notes) + "): CPU EP default")
     best = max(ok, key=lambda m: m.tokens_per_s)
     figures = ", ".join(f"{m.candidate.label} {m.tokens_per_s:,.0f} tok/s" for m in ok)
-    reason = f"fastest that passed: {figures}" + (f"; not used: {'; '.join(notes)}" if notes else "")
+    reason = f"fastest that passed: {figures}"
+    exact = [m for m in ok if m.candidate.precision not in LOSSY]
+    if best.candidate.precision in LOSSY and exact:
+        alt = max(exact, key=lambda m: m.tokens_per_s)
+        if best.tokens_per_s < LOSSY_MARGIN * alt.tokens_per_s:
+            reason = (f"{alt.candidate.label}: {best.candidate.label} is under "
+                      f"{LOSSY_MARGIN}x faster and lossy ({figures})")
+            best = alt
+    reason += f"; not used: {'; '.join(notes)}" if notes else ""
     return Choice(best.candidate.provider, best.candidate.precision, reason)
 
 
