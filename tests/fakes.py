@@ -66,7 +66,8 @@ class FakeModel:
 
     def __init__(self, dim: int = 8, *, fail_word: str | None = None,
                  soft_time_limit: bool = False) -> None:
-        self.bundle = SimpleNamespace(config=SimpleNamespace(dim=dim, source="fake:test"))
+        self.bundle = SimpleNamespace(config=SimpleNamespace(dim=dim, source="fake:test",
+                                                             max_length=512))
         self.tokenizer = word_tokenizer()
         self.fail_id = self.tokenizer.token_to_id(fail_word) if fail_word else None
         self.soft_time_limit = soft_time_limit
@@ -111,8 +112,12 @@ class DictCache:
             self.data[content_key(model.fingerprint, text_sha256(t))] = v
 
 
-def staged_job(out: Path, shards: list[list[str]], job_id: str = "job-1") -> JobDir:
-    """A real job directory with staged input shards and a manifest, as the producer writes."""
+def staged_job(out: Path, shards: list[list[str]], job_id: str = "job-1",
+               ids: dict[str, list[int]] | None = None) -> JobDir:
+    """A real job directory with staged input shards and a manifest, as the producer writes.
+
+    ``ids``: token ids staged for these texts (the producer stores a one-chunk document's ids).
+    """
     job = JobDir.create(out, job_id)
     tok = word_tokenizer()
     line, entries = 0, []
@@ -123,7 +128,7 @@ def staged_job(out: Path, shards: list[list[str]], job_id: str = "job-1") -> Job
             rows.append({"line": line, "doc_id": f"doc{line}", "chunk_index": 0,
                          "chunk_count": 1, "char_start": 0, "char_end": len(t),
                          "n_tokens": len(tok.encode(t).ids), "text": t,
-                         "text_sha256": text_sha256(t)})
+                         "text_sha256": text_sha256(t), "input_ids": (ids or {}).get(t)})
         write_table(job.input_path(n), input_table(rows))
         entries.append({"shard": n, "chunks": len(rows),
                         "tokens": sum(r["n_tokens"] for r in rows)})

@@ -78,8 +78,10 @@ class Worker:
 
     def __init__(self, env: dict[str, str], log: Path, *, queue: str = "cpu", name: str = "w1",
                  concurrency: int = 1,
-                 flags: tuple[str, ...] = ("--without-gossip", "--without-mingle")) -> None:
+                 flags: tuple[str, ...] = ("--without-gossip", "--without-mingle"),
+                 cwd: Path = ROOT) -> None:
         self.env = {**os.environ, **env}
+        self.cwd = cwd  # the source tree it runs (benchmarks run an old release from elsewhere)
         self.flags = flags
         self.log = log
         self.queue = queue
@@ -92,7 +94,7 @@ class Worker:
                "-c", str(self.concurrency), "-P", "prefork", "-n", f"{self.name}@%h",
                *self.flags, "-l", "INFO"]
         f = open(self.log, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=f,
+        self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=f,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         f.close()
         self.wait_for(" ready.", timeout)

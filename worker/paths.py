@@ -1,8 +1,10 @@
 """Stage 0 of a task: accept only the job directories and model bundles under this fleet's roots.
 
-A task message names a job directory, and through its manifest a bundle path. Anyone who can
-write to the broker can put any path there; without a check a worker would write shards under
-it and load any file as a model. With ``EMBED_JOB_ROOTS`` / ``EMBED_MODEL_ROOTS`` set, a path is
+A task message names a job directory, and through its manifest a bundle path (and, for a stage
+task, the corpus it reads). Anyone who can write to the broker can put any path there; without a
+check a worker would write shards under it, load any file as a model and stage any file it can
+read into a job directory. With ``EMBED_JOB_ROOTS`` / ``EMBED_MODEL_ROOTS`` (and
+``EMBED_INPUT_ROOTS`` for corpora, which defaults to the job roots) set, a path is
 accepted only when it is absolute, has no ``..`` component, and, with every symlink resolved
 (the directory itself and its top-level entries), stays under one of the roots. A rejected task
 logs one line naming the path and is dropped (Celery ``Ignore``: acknowledged, never retried),
@@ -51,22 +53,38 @@ def check_under(path: str | os.PathLike[str], roots: Sequence[str], what: str) -
     return resolved
 
 
-def open_job(settings: WorkerSettings, job_dir: str | os.PathLike[str]) -> JobDir:
-    """The task's job directory, after its path and its manifest's bundle path are checked.
+def open_job(settings: WorkerSettings, job_dir: str | os.PathLike[str], *,
+             stage: bool = False) -> JobDir:
+    """The task's job directory, after its path and its manifest's bundle path are checked;
+    for a stage task (``stage=True``) also the bundle its staging loads the tokenizer from and
+    the corpus it reads (``EMBED_INPUT_ROOTS``, else the job roots).
 
-    Raises celery's ``Ignore`` (after one log line) when either is outside the roots.
+    Raises celery's ``Ignore`` (after one log line) when any is outside the roots.
     """
     from celery.exceptions import Ignore
 
     try:
         root = check_under(job_dir, settings.job_roots, f"job directory ({env_name('job_roots')})")
         job = JobDir.open(root)
-        bundle = str(job.manifest.get("model", {}).get("bundle_path", ""))
-        check_under(bundle, settings.model_roots, f"model bundle ({env_name('model_roots')})")
+        m = job.manifest
+        bundles = [str((m.model or {}).get("bundle_path", ""))]
+        if stage:
+            bundles.append(str(((m.staging or {}).get("config") or {}).get("bundle_path", "")))
+        for bundle in dict.fromkeys(bundles):
+            check_under(bundle, settings.model_roots, f"model bundle ({env_name('model_roots')})")
+        if stage:
+            check_under(str(m.input.get("path", "")), settings.corpus_roots,
+                        f"corpus ({_corpus_var(settings)})")
     except PathNotAllowed as exc:
         log.error("rejected task: %s; nothing written, not retried", exc)
         raise Ignore(str(exc)) from None
     return job
+
+
+def _corpus_var(settings: WorkerSettings) -> str:
+    if settings.input_roots or not settings.job_roots:
+        return env_name("input_roots")
+    return f"{env_name('input_roots')} unset: {env_name('job_roots')}"
 
 
 def _link_targets(directory: Path) -> list[Path]:

@@ -4,7 +4,9 @@ Thin, like the shard task: the staging code is the producer's (``producer.fleet_
 inside the task so a worker that never stages never loads it), with the same ledger, so a
 worker killed mid-split is redelivered (late ack, reject on worker lost) and continues from the
 split's last durable checkpoint: no shard is staged twice. The task that finishes the last
-split completes staging (sets ``staged``); a repeat of that is harmless.
+split completes staging (sets ``staged``); a repeat of that is harmless. Like the shard task, it
+accepts only a job directory, bundles and a corpus under the worker's roots
+(``worker.paths.open_job``): a rejected message logs one line, writes nothing, is not retried.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 
 from celery import Celery
 
-from storage.jobdir import JobDir, validate_job_id
+from storage.jobdir import validate_job_id
 from worker.contract import STAGE_TASK_NAME
+from worker.paths import open_job
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ def register(app: Celery) -> None:
         validate_job_id(str(payload["job_id"]))
         if job_dir.name != payload["job_id"]:
             raise ValueError(f"job_dir {job_dir} does not end in job id {payload['job_id']!r}")
-        job = JobDir.open(job_dir)
+        job = open_job(self.app.settings, job_dir, stage=True)  # only paths under the roots
         sent = stage_one_split(job, int(payload["split"]), self.app)
         log.info("staged split %s of %s: %d shard task(s) sent", payload["split"], job.root,
                  sent)

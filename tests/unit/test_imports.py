@@ -180,3 +180,46 @@ def test_a_cycle_in_a_real_tree_is_reported(tmp_path):
     for e in project_edges(tmp_path):
         graph.setdefault(e.source, set()).add(e.target)
     assert find_cycle(graph) == ["worker.a", "worker.b", "worker.a"]
+
+
+# -- every imported project name exists (benchmarks and tests included) -------------------------
+SCANNED = (*PACKAGES, "benchmarks", "tests")
+
+
+def from_imports(source: str, known: set[str]) -> list[tuple[int, str, str]]:
+    """``(line, module, name)`` of each absolute ``from <project module> import name``, at any
+    depth (a function-level import fails only when that function runs: a benchmark did)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module in known:
+            out += [(node.lineno, node.module, a.name) for a in node.names if a.name != "*"]
+    return out
+
+
+def missing_names(paths: list[Path], known: set[str], root: Path = ROOT) -> list[str]:
+    import importlib
+
+    bad = []
+    for path in paths:
+        for line, module, name in from_imports(path.read_text(encoding="utf-8"), known):
+            if f"{module}.{name}" in known:
+                continue
+            if not hasattr(importlib.import_module(module), name):
+                bad.append(f"{path.relative_to(root)}:{line}: {module} has no {name!r}")
+    return bad
+
+
+def test_every_name_imported_from_the_project_exists():
+    known = set(project_modules())
+    paths = [p for d in SCANNED for p in sorted((ROOT / d).rglob("*.py"))]
+    assert len(paths) > 100
+    bad = missing_names(paths, known)
+    assert not bad, "imports of names that do not exist:\n" + "\n".join(bad)
+
+
+def test_a_missing_imported_name_is_reported(tmp_path):
+    src = tmp_path / "bench.py"
+    src.write_text("from storage.atomic import write_bytes_atomic\n\ndef run():\n"
+                   "    from storage.atomic import no_such_function\n")
+    assert missing_names([src], set(project_modules()), tmp_path) == [
+        "bench.py:4: storage.atomic has no 'no_such_function'"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -59,3 +60,43 @@ def test_roots_setting_is_a_path_list():
                                  "EMBED_MODEL_ROOTS": "/models"})
     assert s.job_roots == ("/a", "/b/c") and s.model_roots == ("/models",)
     assert WorkerSettings.from_env({}).job_roots == ()
+
+
+def stage_job(tmp_path, corpus, stage_bundle):
+    from storage.jobdir import JobDir
+    from storage.manifest import Manifest
+
+    (tmp_path / "models" / "b").mkdir(parents=True, exist_ok=True)
+    job = JobDir.create(tmp_path / "jobs", "j")
+    job.write_manifest(Manifest(job_id="j", input={"path": str(corpus)},
+                                model={"bundle_path": str(tmp_path / "models" / "b")},
+                                staging={"on": "fleet", "config": {"bundle_path": stage_bundle}}))
+    return job
+
+
+@pytest.mark.parametrize("env, corpus, stage_bundle, rejected", [
+    ({"EMBED_INPUT_ROOTS": "{t}/corpora"}, "{t}/corpora/c.jsonl", "{t}/models/b", None),
+    ({}, "{t}/jobs/c.jsonl", "{t}/models/b", None),  # no input roots: the job roots
+    ({}, "{t}/corpora/c.jsonl", "{t}/models/b",
+     "corpus (EMBED_INPUT_ROOTS unset: EMBED_JOB_ROOTS) {t}/corpora/c.jsonl is outside"),
+    ({"EMBED_INPUT_ROOTS": "{t}/corpora"}, "{t}/corpora/../etc/passwd", "{t}/models/b",
+     "corpus (EMBED_INPUT_ROOTS) {t}/corpora/../etc/passwd: '..' is not allowed"),
+    ({"EMBED_INPUT_ROOTS": "{t}/corpora"}, "{t}/corpora/c.jsonl", "{t}/elsewhere",
+     "model bundle (EMBED_MODEL_ROOTS) {t}/elsewhere is outside"),  # the staging tokenizer's
+])
+def test_a_stage_task_checks_its_corpus_and_its_staging_bundle(tmp_path, env, corpus,
+                                                               stage_bundle, rejected):
+    from celery.exceptions import Ignore
+
+    from worker.paths import open_job
+
+    t = str(tmp_path)
+    job = stage_job(tmp_path, corpus.format(t=t), stage_bundle.format(t=t))
+    s = WorkerSettings.from_env({"EMBED_JOB_ROOTS": f"{t}/jobs", "EMBED_MODEL_ROOTS": f"{t}/models",
+                                 **{k: v.format(t=t) for k, v in env.items()}})
+    assert open_job(s, job.root).root == job.root  # the shard task checks neither
+    if rejected is None:
+        assert open_job(s, job.root, stage=True).root == job.root
+        return
+    with pytest.raises(Ignore, match=re.escape(rejected.format(t=t))):
+        open_job(s, job.root, stage=True)
