@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/producer run examples/sample.jsonl --out $(OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -2,6 +2,9 @@
 
     python benchmarks/load.py          # 1,000,000 chunks, then 8 jobs at once (--docs, --jobs)
 
+Both phases run twice in one run: the previous release (``--old REV``, extracted with ``git
+archive``, its own producer and workers) and this tree, each on fresh redis-servers.
+
 Real parts only: throwaway redis-servers (broker, cache), real ``celery -A worker worker``
 processes, ``producer submit`` subprocesses, Parquet on disk. The hashing bundle makes inference
 nearly free: what is measured is the ceiling the pipeline itself puts on any model.
@@ -27,8 +30,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,10 +44,13 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow.parquet as pq  # noqa: E402
 
+from benchmarks.staging import tree_of  # noqa: E402
 from tests.checker import check_job  # noqa: E402
 from tests.procs import RedisServer, Worker  # noqa: E402
 
 PY = sys.executable
+OLD = "d66ef79"
+"""The previous release (stop 20): streaming staging, worker re-tokenises the staged text."""
 TASK_RE = re.compile(r"succeeded in ([0-9.]+)s: \{'shard': (\d+)")
 
 
@@ -54,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job-docs", type=int, default=5000, help="documents per phase-2 job")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2, help="worker processes (-c 1 each)")
+    ap.add_argument("--old", default=OLD, metavar="REV", help="previous release run the same "
+                    "way in the same run (git archive of REV); '' to skip")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/embedfleet-load"))
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
     ap.add_argument("--profile-shards", type=int, default=0, metavar="N",
@@ -64,36 +74,74 @@ def main(argv: list[str] | None = None) -> int:
         return profile(args.workdir.resolve(), args.dim, args.profile_shards)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    big = corpus(work / f"corpus-{args.docs}.jsonl", args.docs, seed=0, env=tree_env(ROOT))
+    many = corpus(work / f"corpus-{args.jobs}x{args.job_docs}.jsonl", args.jobs * args.job_docs,
+                  seed=1, env=tree_env(ROOT))
+    parts = split(many, args.jobs, work)
+    result: dict[str, Any] = {"load_before": os.getloadavg(), "cores": os.cpu_count(),
+                              "workers": args.workers, "dim": args.dim, "docs": args.docs,
+                              "old_rev": args.old or None}
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = ({"old": tree_of(args.old, Path(tmp))} if args.old else {}) | {"new": ROOT}
+        for name, tree in trees.items():
+            print(f"\n== {name} ({args.old if name == 'old' else 'working tree'})", flush=True)
+            result[name] = one_tree(tree, work / name, big, parts, args)
+    result["load_after"] = os.getloadavg()
+    if args.old:
+        compare(result)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
+def one_tree(tree: Path, work: Path, big: Path, parts: list[Path],
+             args: argparse.Namespace) -> dict[str, Any]:
+    """Both phases with one source tree (its producer, its workers), on fresh redis-servers."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = tree_env(tree)
     bundle = work / f"hashing-{args.dim}"
     run([PY, "-m", "producer", "export", "hashing", "--dim", str(args.dim), "--out",
          str(bundle)], env)
-    big = corpus(work / f"corpus-{args.docs}.jsonl", args.docs, seed=0, env=env)
-    many = corpus(work / f"corpus-{args.jobs}x{args.job_docs}.jsonl", args.jobs * args.job_docs,
-                  seed=1, env=env)
-    parts = split(many, args.jobs, work)
     broker, cache = RedisServer(work / "broker").start(), RedisServer(work / "cache").start()
-    wenv = {"EMBED_BROKER_URL": broker.url(0), "EMBED_CACHE_URL": cache.url(0),
-            "EMBED_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    wenv = {**env, "EMBED_BROKER_URL": broker.url(0), "EMBED_CACHE_URL": cache.url(0),
+            "EMBED_THREADS": "1"}
     workers: list[Worker] = []
-    out = work / "out"
-    result: dict[str, Any] = {"load_before": os.getloadavg(), "cores": os.cpu_count(),
-                              "workers": args.workers, "dim": args.dim}
+    out, res = work / "out", {}
     try:
-        result["one_job"] = one_job(big, out, bundle, broker, cache, wenv, workers, work, env,
-                                    args.workers)
+        res["one_job"] = one_job(big, out, bundle, broker, cache, wenv, workers, work, env,
+                                 args.workers)
         cache.client().flushall()  # phase 2 gets no hits from phase 1
-        result["many_jobs"] = many_jobs(parts, out, bundle, broker, env, workers)
+        res["many_jobs"] = many_jobs(parts, out, bundle, broker, env, workers)
     finally:
         for w in workers:
             w.stop()
         broker.stop()
         cache.stop()
-    result["load_after"] = os.getloadavg()
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {args.json}")
-    return 0
+    return res
+
+
+COMPARED = [("staging_chunks_per_s", "staging, chunks/s"), ("fleet_chunks_per_s",
+            "fleet, chunks/s"), ("task_ms_mean", "task wall, ms (mean)"),
+            ("inference_ms_per_task", "inference, ms per task"),
+            ("tokenize_ms_per_task", "tokenising, ms per task"),
+            ("outside_tokenise_and_inference_ms_per_task", "rest of a task, ms"),
+            ("gap_ms_per_task", "between tasks, ms per task"),
+            ("broker_used_memory_mb_peak", "broker peak used_memory, MB"),
+            ("job_dir_files", "files in the job directory")]
+
+
+def compare(result: dict[str, Any]) -> None:
+    old, new = result["old"], result["new"]
+    print(f"\n{'':36}{'old ' + str(result['old_rev']):>16}{'new':>16}")
+    for key, label in COMPARED:
+        print(f"{label:36}{old['one_job'][key]:>16,}{new['one_job'][key]:>16,}")
+    k = len(new["many_jobs"]["jobs"])
+    for key, label in (("wall_s", f"{k} jobs at once: wall, s"),
+                       ("chunks_per_s_whole", f"{k} jobs at once: chunks/s"),
+                       ("all_exactly_once", f"{k} jobs: every job exactly once")):
+        print(f"{label:36}{str(old['many_jobs'][key]):>16}{str(new['many_jobs'][key]):>16}")
 
 
 def one_job(corpus_path: Path, out: Path, bundle: Path, broker: RedisServer,
@@ -102,10 +150,11 @@ def one_job(corpus_path: Path, out: Path, bundle: Path, broker: RedisServer,
     job_dir = submit(corpus_path, out, bundle, broker, f"load-{int(time.time())}", env)
     m = manifest(job_dir)
     chunks, shards = m["totals"]["chunks"], len(m["shards"])
-    staging_s = m["submitted_at"] - m["created_at"]
+    staging_s = staged_at(m) - m["created_at"]
     queued_mem = used_memory(broker)
     for i in range(n_workers):
-        workers.append(Worker(wenv, work / f"worker-{i}.log", name=f"load{i}").start())
+        workers.append(Worker(wenv, work / f"worker-{i}.log", name=f"load{i}",
+                              cwd=Path(wenv["PYTHONPATH"])).start())
     peak = wait_finished([job_dir], broker)
     m = manifest(job_dir)
     fleet_s = m["result"]["finished_at"] - task_times(job_dir)[1]
@@ -143,7 +192,8 @@ def many_jobs(parts: list[Path], out: Path, bundle: Path, broker: RedisServer,
     procs = [subprocess.Popen(
         [PY, "-m", "producer", "submit", str(p), "--out", str(out), "--model", str(bundle),
          "--broker", broker.url(0), "--job-id", f"many-{int(t0)}-{k}", "--precision", "fp32"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for k, p in enumerate(parts)]
+        env=env, cwd=env["PYTHONPATH"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for k, p in enumerate(parts)]
     for p, o in zip(procs, [p.communicate()[0].decode(errors="replace") for p in procs]):
         if p.returncode != 0:
             raise RuntimeError(f"producer submit failed ({p.returncode}):\n{o}")
@@ -156,7 +206,7 @@ def many_jobs(parts: list[Path], out: Path, bundle: Path, broker: RedisServer,
         busy_total += busy
         m, check = manifest(d), check_job(d)
         rows.append({"job": d.name, "chunks": m["totals"]["chunks"], "shards": len(m["shards"]),
-                     "staging_s": round(m["submitted_at"] - m["created_at"], 1),
+                     "staging_s": round(staged_at(m) - m["created_at"], 1),
                      "first_task_s": round(first - t0, 1), "done_s": round(last - t0, 1),
                      "task_s": round(busy, 1), "check": check.as_dict(),
                      "exactly_once": check.clean and check.ok == check.expected,
@@ -190,7 +240,7 @@ def profile(work: Path, dim: int, n: int) -> int:
     from worker.model.session import load_model
     from worker.pipeline import ShardContext, embed_shard
 
-    src = max((work / "out").glob("load-*"), key=lambda p: p.stat().st_mtime)
+    src = max((work / "new" / "out").glob("load-*"), key=lambda p: p.stat().st_mtime)
     dst = work / "profile-job"
     shutil.rmtree(dst, ignore_errors=True)
     job = JobDir.create(work, dst.name)
@@ -202,7 +252,8 @@ def profile(work: Path, dim: int, n: int) -> int:
     job.write_manifest(m)
     cache_srv = RedisServer(work / "profile-cache").start()
     try:
-        model = load_model(work / f"hashing-{dim}", device="cpu", precision="fp32", threads=1)
+        model = load_model(work / "new" / f"hashing-{dim}", device="cpu", precision="fp32",
+                           threads=1)
         cache = EmbeddingCache.from_url(cache_srv.url(0), dim)
 
         def ctx(shard: int) -> ShardContext:
@@ -227,7 +278,7 @@ def profile(work: Path, dim: int, n: int) -> int:
 # -- helpers -------------------------------------------------------------------------------------
 
 def run(cmd: list[str], env: dict[str, str]) -> None:
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, env=env, cwd=env["PYTHONPATH"], check=True, stdout=subprocess.DEVNULL)
 
 
 def corpus(path: Path, docs: int, seed: int, env: dict[str, str]) -> Path:
@@ -250,6 +301,15 @@ def submit(corpus_path: Path, out: Path, bundle: Path, broker: RedisServer, job_
     run([PY, "-m", "producer", "submit", str(corpus_path), "--out", str(out), "--model",
          str(bundle), "--broker", broker.url(0), "--job-id", job_id, "--precision", "fp32"], env)
     return out / job_id
+
+
+def staged_at(m: dict[str, Any]) -> float:
+    """When staging ended: streaming staging records it (submitted_at is its start)."""
+    return float((m.get("staging") or {}).get("finished_at") or m["submitted_at"])
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree), "TOKENIZERS_PARALLELISM": "false"}
 
 
 def manifest(job_dir: Path) -> dict[str, Any]:
