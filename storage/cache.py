@@ -129,7 +129,9 @@ class EmbeddingCache:
 
     def _unpack(self, raw: bytes) -> dict[str, Any] | None:
         try:
-            magic, n_sparse, n_cb, cb_dim, has_sparse, has_cb = np.frombuffer(raw[:24], "<u4")
+            # Python ints: a garbage header's sizes must not wrap around in uint32 arithmetic.
+            magic, n_sparse, n_cb, cb_dim, has_sparse, has_cb = (
+                int(x) for x in np.frombuffer(raw[:24], "<u4"))
             sizes = [self.dim * self.dtype.itemsize, 4 * n_sparse, 4 * n_sparse,
                      n_cb * cb_dim * self.dtype.itemsize]
             if magic != _MAGIC or len(raw) != 24 + sum(sizes):
