@@ -126,12 +126,19 @@ class Worker:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
 
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP (or, ``frozen=False``, SIGCONT) the worker and its pool: while frozen it
+        sends the broker nothing, so a queue length read then stays true until it thaws."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, signal.SIGCONT)  # a frozen worker must see the SIGTERM
                 self.proc.wait(timeout=20)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass

@@ -298,6 +298,11 @@ def test_redis_restart_while_tasks_queued(tmp_path, fleet, minilm_bundle, record
         queue = job.dir.manifest.queue
         w = fleet(broker=url, env=wenv(EMBED_FAULTS="sleep=0.5"))
         mid_batch(job)
+        # Frozen, the worker cannot fetch (or restore) a task between the count and the
+        # shutdown: the count is then exactly what the broker holds when it goes down. A fetch
+        # already on the wire lands within the pause. (CI once saw 5 → 4 without the freeze.)
+        w.freeze()
+        time.sleep(0.3)
         before = srv.client().llen(queue)
         assert before >= 3, before
         srv.client().shutdown(nosave=True)
@@ -305,6 +310,7 @@ def test_redis_restart_while_tasks_queued(tmp_path, fleet, minilm_bundle, record
         srv.proc = None
         srv.start()  # same port, same dir
         after = srv.client().llen(queue)
+        w.freeze(False)
         mutex_ttl = srv.client().ttl("unacked_mutex")  # > 0: a restore scan was cut short
         if aof:
             assert after == before, (before, after)
