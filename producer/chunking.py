@@ -226,6 +226,7 @@ def is_short(text: str, max_tokens: int) -> bool:
     """Worth counting whole first: it most likely fits in one chunk."""
     return len(text) <= SHORT_CHARS_PER_TOKEN * max_tokens
 
+
 def _plan(text: str, starts: np.ndarray, pos: int, window: int) -> tuple[int, int]:
     """Return ``(cut, end)``: the chunk whose first token is ``pos`` ends at char ``cut``,
     before token ``end``. Trailing characters after the last token join the last chunk."""
