@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.jobdir import JobDir
-from storage.shards import read_metadata
+from storage.shards import dense_matrix, dense_spec, read_metadata
 
 Ids = list[tuple[str, int]]
 
@@ -49,18 +49,25 @@ def read_table(path: str | os.PathLike[str], *, require_success: bool = True) ->
 def iter_matrices(
     path: str | os.PathLike[str], *, require_success: bool = True
 ) -> Iterator[tuple[Ids, np.ndarray]]:
-    """Yield ``([(doc_id, chunk_index), ...], float32 matrix)`` one shard at a time."""
+    """Yield ``([(doc_id, chunk_index), ...], matrix)`` one shard at a time.
+
+    The matrix has the stored dtype (``--dtype``): float32, float16, int8, uint8, or for
+    binary/ubinary the packed sign bits, ``ceil(dim / 8)`` int8/uint8 per row (as
+    sentence-transformers' ``quantize_embeddings``; ``storage.quantize.packed_bits`` gives the
+    raw bytes). ``storage.quantize.quantize_queries`` puts query vectors in the same form.
+    """
     job = open_job(path, require_success=require_success)
     fingerprints: set[str] = set()
+    specs: set[tuple[str, int]] = set()
     for p in _shards(job):
         fingerprints.add(read_metadata(p).get("fingerprint", ""))
-        if len(fingerprints) > 1:
-            raise ValueError(f"{job.root}: shards come from different model variants "
-                             f"({sorted(fingerprints)}); read them separately")
+        specs.add(dense_spec(p))
+        if len(fingerprints) > 1 or len(specs) > 1:
+            raise ValueError(f"{job.root}: shards come from different model variants or "
+                             f"dims/dtypes ({sorted(fingerprints)}, {sorted(specs)}); read "
+                             "them separately")
         t = pq.read_table(p, columns=["doc_id", "chunk_index", "embedding"])
-        emb = t["embedding"].combine_chunks()
-        dim = emb.type.list_size
-        matrix = emb.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+        matrix = dense_matrix(t["embedding"], next(iter(specs))[0])
         ids = list(zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist()))
         yield ids, matrix
 

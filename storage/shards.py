@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.atomic import write_atomic
-from storage.schema import INPUT_SCHEMA, METRICS_SCHEMA, embeddings_schema
+from storage.quantize import BITS, from_packed, numpy_dtype, packed_bits
+from storage.schema import INPUT_SCHEMA, METRICS_SCHEMA, dense_type, embeddings_schema
 
 Sparse = tuple[np.ndarray, np.ndarray]
 """``(token ids, weights)`` of one chunk, sorted by id."""
@@ -68,23 +69,26 @@ def embeddings_table(inputs: pa.Table, vectors: np.ndarray, cached: np.ndarray,
                      keep: np.ndarray | None = None, *,
                      sparse: Sequence[Sparse | None] | None = None,
                      colbert: Sequence[np.ndarray | None] | None = None,
-                     colbert_dim: int = 0) -> pa.Table:
+                     colbert_dim: int = 0, dtype: str = "float32",
+                     dim: int | None = None) -> pa.Table:
     """The embeddings shard: input columns + vectors + cached flag (rows in ``keep`` only).
+
+    ``vectors`` are already in the stored ``dtype`` (storage/quantize.py ``compact``); for
+    binary/ubinary they are the packed bytes and ``dim`` names the number of bits.
 
     ``sparse`` (``(ids, weights)`` per row) and ``colbert`` (a matrix per row) add the BGE-M3
     columns (storage/schema.py); rows not in ``keep`` may hold ``None``.
     """
-    dim = int(vectors.shape[1])
+    dim = int(vectors.shape[1]) if dim is None else dim
     rows = np.arange(len(vectors)) if keep is None else np.flatnonzero(keep)
     if keep is not None:
         inputs = inputs.filter(pa.array(keep))
         vectors, cached = vectors[keep], cached[keep]
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
     cols = {
         "doc_id": inputs["doc_id"], "chunk_index": inputs["chunk_index"],
         "char_start": inputs["char_start"], "char_end": inputs["char_end"],
         "n_tokens": inputs["n_tokens"], "text_sha256": inputs["text_sha256"],
-        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "embedding": dense_array(vectors, dtype, dim),
     }
     outputs = ["dense"]
     if sparse is not None:
@@ -96,7 +100,39 @@ def embeddings_table(inputs: pa.Table, vectors: np.ndarray, cached: np.ndarray,
         outputs.append("colbert")
         cols["colbert"] = _colbert_array([colbert[i] for i in rows], colbert_dim)  # type: ignore
     cols["cached"] = pa.array(cached, type=pa.bool_())
-    return pa.Table.from_pydict(cols, schema=embeddings_schema(dim, outputs, colbert_dim))
+    return pa.Table.from_pydict(cols, schema=embeddings_schema(dim, outputs, colbert_dim,
+                                                                  dtype))
+
+
+def dense_array(vectors: np.ndarray, dtype: str, dim: int) -> pa.Array:
+    """The ``embedding`` column from stored vectors (storage/schema.py ``dense_type``)."""
+    if dtype in BITS:
+        raw = np.ascontiguousarray(packed_bits(vectors, dtype))
+        return pa.FixedSizeBinaryArray.from_buffers(dense_type(dim, dtype), len(raw),
+                                                    [None, pa.py_buffer(raw.tobytes())])
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=numpy_dtype(dtype)).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, dim)
+
+
+def dense_matrix(column: pa.Array | pa.ChunkedArray, dtype: str) -> np.ndarray:
+    """The NumPy matrix of an ``embedding`` column, in the stored dtype."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if dtype in BITS:
+        width = col.type.byte_width
+        raw = np.frombuffer(col.buffers()[1], np.uint8, len(col) * width, col.offset * width)
+        return from_packed(raw.reshape(-1, width), dtype)
+    flat = col.values.to_numpy(zero_copy_only=False)
+    return flat.astype(numpy_dtype(dtype), copy=False).reshape(-1, col.type.list_size)
+
+
+def dense_spec(path: Path) -> tuple[str, int]:
+    """``(dtype, dim)`` of a shard's dense column (shards from before --dtype: float32)."""
+    schema = pq.read_schema(path)
+    meta = schema.metadata or {}
+    dtype = meta.get(b"embedfleet.dtype", b"float32").decode()
+    typ = schema.field("embedding").type
+    dim = int(meta.get(b"embedfleet.dim", b"0")) or getattr(typ, "list_size", 0)
+    return dtype, dim
 
 
 def _lists(values: Sequence[np.ndarray], typ: pa.DataType) -> pa.Array:
