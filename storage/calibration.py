@@ -57,3 +57,4 @@ def claim(root: Path, mine: Calibration) -> Calibration:
         return Calibration.from_dict(got)
     finally:
         tmp.unlink(missing_ok=True)
+

@@ -6,13 +6,12 @@ vectors: per-dimension ``[min, max]`` ranges cut into 255 steps, ``floor`` then 
 0..255 (int8 shifts by -128); binary packs the sign bits (``> 0``) big-endian with
 ``np.packbits`` (ubinary: those bytes as uint8; binary: ``byte - 128`` as int8).
 
-A job's dim, dtype and (int8/uint8) ranges are in its manifest (``compact``, ``calibration``);
-``quantize_queries`` turns query vectors into the same representation.
+A job's dim, dtype and (int8/uint8) ranges are in its manifest (``dense``, ``calibration``);
+``storage.readers.quantize_queries`` turns query vectors into the same representation.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,33 +155,8 @@ def from_packed(packed: np.ndarray, dtype: str) -> np.ndarray:
     return (p ^ np.uint8(128)).view(np.int8) if dtype == "binary" else p
 
 
-def compact(vectors: np.ndarray, dim: int | None, dtype: str,
+def to_stored(vectors: np.ndarray, dim: int | None, dtype: str,
             calibration: Calibration | None = None) -> np.ndarray:
     """Truncate (and re-normalise) to ``dim``, then cast to ``dtype``."""
     v = truncate(vectors, dim)
     return quantize(v, dtype, calibration.ranges if calibration is not None else None)
-
-
-def quantize_queries(job: str | os.PathLike[str] | Any, vectors: np.ndarray) -> np.ndarray:
-    """Query vectors (full-dim float, from the job's model) in the job's stored representation:
-    the job's ``--dim`` (re-normalised), its ``--dtype`` and, for int8/uint8, its recorded ranges.
-
-    ``job``: a job directory, or its ``Manifest``.
-
-    Raises:
-        ValueError: an int8/uint8 job with no calibration recorded yet (no shard written).
-    """
-    from storage import calibration
-    from storage.jobdir import JobDir
-
-    manifest = JobDir.open(job).manifest if isinstance(job, (str, os.PathLike)) else job
-    spec = manifest.compact or {}
-    dtype = spec.get("dtype", "float32")
-    cal = manifest.calibration
-    if cal is None and isinstance(job, (str, os.PathLike)) and dtype in RANGED:
-        cal = calibration.read(JobDir.open(job).root)
-    if dtype in RANGED and cal is None:
-        raise ValueError(f"{getattr(manifest, 'job_id', job)}: no int8/uint8 calibration "
-                         "recorded yet (it is written with the job's first shard)")
-    return compact(vectors, spec.get("dim"), dtype,
-                   Calibration.from_dict(cal) if cal is not None else None)

@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage import calibration
 from storage.jobdir import JobDir
+from storage.quantize import RANGED, Calibration, to_stored
 from storage.shards import dense_matrix, dense_spec, read_metadata
 
 Ids = list[tuple[str, int]]
@@ -130,3 +133,26 @@ def _read_columns(path: Path, columns: list[str], output: str) -> pa.Table:
         raise ValueError(f"{path}: no {output} output in this shard; submit the job with "
                          f"--outputs dense,{output} (a bundle exported from BGE-M3)")
     return pq.read_table(path, columns=columns)
+
+
+def quantize_queries(job: str | os.PathLike[str] | Any, vectors: np.ndarray) -> np.ndarray:
+    """Query vectors (full-dim float, from the job's model) in the job's stored representation:
+    the job's ``--dim`` (re-normalised), its ``--dtype`` and, for int8/uint8, its recorded ranges.
+
+    ``job``: a job directory, or its ``Manifest``.
+
+    Raises:
+        ValueError: an int8/uint8 job with no calibration recorded yet (no shard written).
+    """
+    from_dir = isinstance(job, (str, os.PathLike))
+    manifest = JobDir.open(job).manifest if from_dir else job
+    spec = manifest.dense or {}
+    dtype = spec.get("dtype", "float32")
+    cal = manifest.calibration
+    if cal is None and from_dir and dtype in RANGED:
+        cal = calibration.read(JobDir.open(job).root)
+    if dtype in RANGED and cal is None:
+        raise ValueError(f"{getattr(manifest, 'job_id', job)}: no int8/uint8 calibration "
+                         "recorded yet (it is written with the job's first shard)")
+    return to_stored(vectors, spec.get("dim"), dtype,
+                     Calibration.from_dict(cal) if cal is not None else None)

@@ -73,7 +73,7 @@ def embeddings_table(inputs: pa.Table, vectors: np.ndarray, cached: np.ndarray,
                      dim: int | None = None) -> pa.Table:
     """The embeddings shard: input columns + vectors + cached flag (rows in ``keep`` only).
 
-    ``vectors`` are already in the stored ``dtype`` (storage/quantize.py ``compact``); for
+    ``vectors`` are already in the stored ``dtype`` (storage/quantize.py ``to_stored``); for
     binary/ubinary they are the packed bytes and ``dim`` names the number of bits.
 
     ``sparse`` (``(ids, weights)`` per row) and ``colbert`` (a matrix per row) add the BGE-M3

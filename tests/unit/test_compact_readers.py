@@ -16,7 +16,7 @@ import pytest
 
 from storage import read_matrix, read_table
 from storage.jobdir import JobDir
-from storage.quantize import BITS, calibrate, compact, packed_bits
+from storage.quantize import BITS, calibrate, packed_bits, to_stored
 from storage.shards import dense_spec, embeddings_table, read_metadata, write_table
 from tests.unit.test_readers import _inputs
 
@@ -29,12 +29,12 @@ def compact_job(out: Path, dtype: str, dim: int = DIM) -> tuple[JobDir, np.ndarr
     """A finished two-shard job whose dense column is ``dtype`` at ``dim``; the stored matrix."""
     job = JobDir.create(out, f"job-{dtype}")
     job.write_manifest({"job_id": job.root.name, "staged": True, "submitted_at": time.time(),
-                        "compact": {"dim": dim, "dtype": dtype, "full_dim": FULL},
+                        "dense": {"dim": dim, "dtype": dtype, "full_dim": FULL},
                         "shards": [{"shard": n, "chunks": k, "tokens": 6 * k}
                                    for n, k in enumerate(SIZES)]})
     full = np.random.default_rng(1).standard_normal((sum(SIZES), FULL)).astype(np.float32)
-    cal = calibrate(compact(full, dim, "float32"))
-    stored = compact(full, dim, dtype, cal)
+    cal = calibrate(to_stored(full, dim, "float32"))
+    stored = to_stored(full, dim, dtype, cal)
     start = 0
     for n, k in enumerate(SIZES):
         table = embeddings_table(_inputs(n, k), stored[start:start + k], np.zeros(k, bool),

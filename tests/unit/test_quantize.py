@@ -8,9 +8,10 @@ import pytest
 from sentence_transformers import quantize_embeddings
 
 from storage import calibration
+from storage.readers import quantize_queries
 from storage.quantize import (BITS, DTYPES, Calibration, bytes_per_vector, calibrate,
-                              calibration_sample, compact, from_packed, packed_bits, quantize,
-                              quantize_queries, truncate)
+                              calibration_sample, to_stored, from_packed, packed_bits, quantize,
+                              truncate)
 
 
 def _unit(n: int, dim: int, seed: int) -> np.ndarray:
@@ -105,11 +106,11 @@ def test_queries_quantized_with_the_jobs_ranges() -> None:
 
     docs, queries = _unit(100, 32, 1), _unit(5, 32, 2)
     cal = calibrate(truncate(docs, 16))
-    m = Manifest(model={"dim": 32}, compact={"dim": 16, "dtype": "int8", "full_dim": 32},
+    m = Manifest(model={"dim": 32}, dense={"dim": 16, "dtype": "int8", "full_dim": 32},
                  calibration=cal.to_dict())
     want = quantize_embeddings(truncate(queries, 16), "int8",
                                calibration_embeddings=truncate(docs, 16))
     np.testing.assert_array_equal(quantize_queries(m, queries), want)
-    np.testing.assert_array_equal(compact(queries, 16, "int8", cal), want)
+    np.testing.assert_array_equal(to_stored(queries, 16, "int8", cal), want)
     with pytest.raises(ValueError, match="no int8/uint8 calibration"):
-        quantize_queries(Manifest(compact={"dtype": "uint8"}), queries)
+        quantize_queries(Manifest(dense={"dtype": "uint8"}), queries)
