@@ -58,7 +58,7 @@ def truncate(vectors: np.ndarray, dim: int | None) -> np.ndarray:
 
     ``dim`` None or the full width: the vectors unchanged (as float32).
 
-    >>> truncate(np.array([[3.0, 4.0, 12.0]]), 2).round(2).tolist()
+    >>> truncate(np.array([[3.0, 4.0, 12.0]]), 2).astype(float).round(2).tolist()
     [[0.6, 0.8]]
     """
     v = np.asarray(vectors, dtype=np.float32)
