@@ -61,6 +61,37 @@ def shard_is_valid(path: Path, expected_chunks: int | None) -> bool:
     return expected_chunks is None or md.num_rows + rejected == expected_chunks
 
 
+OUTPUT_COLUMNS = {"dense": ("embedding",), "sparse": ("sparse_ids", "sparse_weights"),
+                  "colbert": ("colbert",)}
+
+
+def output_sizes(paths: Sequence[Path]) -> dict[str, dict[str, int]]:
+    """Per output (dense, sparse, colbert): rows, and the bytes its columns take in the files
+    (``disk``: compressed column chunks; ``encoded``: before compression), from the footers.
+
+    A BGE-M3 job's outputs side by side, or a ``--dtype`` job's dense column, in bytes that
+    were written (``producer report``)."""
+    out: dict[str, dict[str, int]] = {}
+    for p in paths:
+        md = pq.read_metadata(p)
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            for c in range(rg.num_columns):
+                col = rg.column(c)
+                top = col.path_in_schema.split(".")[0]
+                name = next((o for o, cs in OUTPUT_COLUMNS.items() if top in cs), None)
+                if name is None:
+                    continue
+                d = out.setdefault(name, {"rows": 0, "disk": 0, "encoded": 0})
+                d["disk"] += col.total_compressed_size
+                d["encoded"] += col.total_uncompressed_size
+            for name in {n for n, cs in OUTPUT_COLUMNS.items()
+                         if any(rg.column(c).path_in_schema.split(".")[0] in cs
+                                for c in range(rg.num_columns))}:
+                out[name]["rows"] += rg.num_rows
+    return out
+
+
 def input_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=INPUT_SCHEMA)
 
