@@ -93,3 +93,17 @@ def test_mixed_dtypes_refused(tmp_path: Path) -> None:
     other.embeddings_path(1).replace(jd.embeddings_path(1))
     with pytest.raises(ValueError, match="dims/dtypes"):
         read_matrix(jd.root)
+
+
+@pytest.mark.parametrize(("dtype", "dictionary"), [("float32", False), ("float16", False),
+                                                   ("int8", True), ("binary", True)])
+def test_float_vectors_are_written_without_a_dictionary(tmp_path: Path, dtype: str,
+                                                        dictionary: bool) -> None:
+    import pyarrow.parquet as pq
+
+    jd, _ = compact_job(tmp_path, dtype)
+    md = pq.read_metadata(jd.embeddings_path(0)).row_group(0)
+    cols = {md.column(i).path_in_schema.split(".")[0]: md.column(i).encodings
+            for i in range(md.num_columns)}
+    assert ("RLE_DICTIONARY" in cols["embedding"]) is dictionary
+    assert "RLE_DICTIONARY" in cols["doc_id"]  # the other columns keep theirs
