@@ -108,7 +108,8 @@ def check_same_dense(m: Any, options: Mapping[str, Any], given: Collection[str])
     want = {"dim": None if dim == m.model.get("dim") else dim,
             "dtype": options.get("dtype") or "float32"}
     for k in (k for k in DENSE_KEYS if k in given and want[k] != have[k]):
-        raise JobConflict(f"--{k} {want[k]}: {m.job_id} was submitted with --{k} {have[k]}; "
+        was = f"--{k} {have[k]}" if have[k] is not None else f"the model's {m.model.get('dim')}"
+        raise JobConflict(f"--{k} {want[k]}: {m.job_id} was submitted with {was}; "
                           "a job has one dense dim and dtype (use another --job-id)")
 
 
