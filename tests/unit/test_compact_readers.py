@@ -107,3 +107,12 @@ def test_float_vectors_are_written_without_a_dictionary(tmp_path: Path, dtype: s
             for i in range(md.num_columns)}
     assert ("RLE_DICTIONARY" in cols["embedding"]) is dictionary
     assert "RLE_DICTIONARY" in cols["doc_id"]  # the other columns keep theirs
+
+
+def test_compact_job_keeps_the_dtype(tmp_path: Path) -> None:
+    from storage.compact import compact_job as rewrite
+
+    jd, stored = compact_job(tmp_path, "binary")
+    out = rewrite(jd.root, tmp_path / "few", rows_per_file=100)
+    _, matrix = read_matrix(out.out)
+    np.testing.assert_array_equal(matrix, stored)
