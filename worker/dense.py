@@ -1,7 +1,8 @@
 """The dense output as the job stores it: ``--dim`` (Matryoshka) and ``--dtype`` (compact vectors).
 
 The model runs at the runtime precision and pools/normalises at full dimension as always; the
-cache keeps those float32 full-dim vectors (storage/cache.py), so one cached vector serves every
+cache keeps those full-dimension vectors (storage/cache.py, in its own dtype: float16 unless
+EMBED_CACHE_DTYPE=float32) under keys without dim or dtype, so one cached vector serves every
 dim and dtype of the same model variant. Only when the shard is written are the vectors cut to
 ``dim``, re-normalised and cast (storage/quantize.py).
 

@@ -1,7 +1,7 @@
 """worker/dense.py through worker/pipeline.py: ``--dim``/``--dtype`` jobs with a FakeModel and a
 real job directory. Stored values equal sentence-transformers' ``quantize_embeddings`` on the
 truncated vectors, every shard uses the ranges of the first shard written, and the cache keeps
-float32 full-dim vectors."""
+full-dim vectors."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_every_shard_uses_the_first_written_shards_ranges(tmp_path: Path, dtype:
     assert (cal["shard"], cal["sample_size"]) == (1, 9)
     # queries: the same truncation and ranges
     np.testing.assert_array_equal(quantize_queries(job.root, full[0]), want[:12])
-    # the cache keeps float32 vectors at the model's full dimension
+    # the cache keeps vectors at the model's full dimension
     assert {v.shape for v in cache.data.values()} == {(FULL,)}
     assert check_job(job.root).ok == 21
 
