@@ -48,6 +48,19 @@ STAGE_PROCS = click.option("--stage-procs", type=click.IntRange(1, 256), envvar=
                            help="Processes that read and chunk the corpus (default: cores).")
 
 
+DENSE_OPTIONS = [
+    click.option("--dim", type=click.IntRange(1, None), default=None,
+                 help="Keep the first DIM dimensions of the dense vector and re-normalise "
+                 "(Matryoshka; the bundle must declare it, see `producer export --matryoshka`)."),
+    click.option("--dtype", type=click.Choice(["float32", "float16", "int8", "uint8", "binary",
+                                               "ubinary"]), default="float32",
+                 show_default=True, help="Stored dense type: int8/uint8 with per-dimension "
+                 "ranges calibrated on the job's first shard; binary/ubinary: packed sign bits."),
+    click.option("--force-dim", is_flag=True, help="Allow --dim on a bundle not declared "
+                 "Matryoshka-trained (the manifest records it as forced)."),
+]
+
+
 def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options ``submit`` (also ``--dry-run``) and ``run`` share; all but ``--out`` reach
     ``producer.job.submit`` as keyword arguments."""
@@ -92,6 +105,7 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--outputs", default="dense", show_default=True,
                      help="Comma-separated: dense, sparse, colbert (sparse and colbert need a "
                      "BGE-M3 bundle; dense is always written)."),
+        *DENSE_OPTIONS,
         STAGE_PROCS,
         click.option("--split-bytes", type=click.IntRange(4096, None), default=16 * 2**20,
                      envvar="EMBED_SPLIT_BYTES", help="Input bytes per split (16 MiB)."),

@@ -12,7 +12,7 @@ import click
 
 from producer.chunking import prefix_text
 from producer.models import embedfleet_home, resolve_model
-from producer.outputs import estimate_bytes, format_bytes, parse_outputs
+from producer.outputs import estimate_bytes, format_bytes, parse_dense, parse_outputs
 from producer.splits import DEFAULT_SPLIT_BYTES, plan_splits
 from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, StageConfig
 from producer.streaming import default_procs, stage_splits
@@ -26,10 +26,12 @@ def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision:
             max_tokens: int | None, overlap: int, prefix: str, shard_tokens: int,
             stage_procs: int | None = None, split_bytes: int = DEFAULT_SPLIT_BYTES,
             shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS, outputs: str = "dense",
+            dim: int | None = None, dtype: str = "float32", force_dim: bool = False,
             **_: Any) -> dict[str, Any]:
     bundle = load_bundle(resolve_model(model, embedfleet_home()))
     cfg = bundle.config
     wanted = parse_outputs(outputs, cfg, str(bundle.path))
+    dense = parse_dense(dim, dtype, force_dim, cfg, str(bundle.path))
     pfx = prefix_text(prefix, cfg.passage_prefix, cfg.query_prefix)
     prec = default_precision(Device.GPU if queue == "gpu" else Device.CPU, bundle.variants,
                              precision)
@@ -55,9 +57,9 @@ def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision:
     click.echo(f"  cached    {hits}/{t['chunks']} chunks already in the cache")
     click.echo(f"  staging   {size / 1e6:.1f} MB in {wall:.1f}s = {size / 1e6 / wall:.2f} MB/s "
                f"with {procs} process(es), {len(splits)} split(s)")
-    disk = estimate_bytes(wanted, cfg, t["chunks"], t["tokens"])
+    disk = estimate_bytes(wanted, cfg, t["chunks"], t["tokens"], dense)
     click.echo(f"  disk      about {format_bytes(sum(disk.values()))} of vectors ("
                + ", ".join(f"{k} {format_bytes(v)}" for k, v in disk.items())
                + "; uncompressed, zstd saves little on floats)")
     return {**t, "cached": hits, "wall_s": wall, "mb_per_s": size / 1e6 / wall,
-            "procs": procs, "outputs": list(wanted), "disk_bytes": disk}
+            "procs": procs, "outputs": list(wanted), "disk_bytes": disk, "dense": dense}

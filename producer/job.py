@@ -23,7 +23,7 @@ from producer.corpus import Record, Reject, judge_object
 from producer.errors import JobConflict, UsageError
 from producer.broker import broker_backlog, connect, send_shards
 from producer.models import embedfleet_home, resolve_model
-from producer.outputs import parse_outputs
+from producer.outputs import parse_dense, parse_outputs
 from producer.progress import JobStatus, staging_progress
 from producer.splits import DEFAULT_SPLIT_BYTES, plan_splits
 from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, StageConfig
@@ -188,6 +188,7 @@ def submit(
     max_batch_tokens: int | None = None,
     max_attempts: int = 3,
     outputs: str | Sequence[str] = "dense",
+    dim: int | None = None, dtype: str = "float32", force_dim: bool = False,  # dense output
     cpu_queue: str = "cpu",
     gpu_queue: str = "gpu",
     home: str | os.PathLike[str] | None = None,
@@ -220,6 +221,7 @@ def submit(
     bundle = load_bundle(resolve_model(model, Path(home) if home else embedfleet_home()))
     cfg = bundle.config
     wanted = parse_outputs(outputs, cfg, str(bundle.path))  # before anything is staged
+    dense = parse_dense(dim, dtype, force_dim, cfg, str(bundle.path))
     pfx = prefix_text(prefix, cfg.passage_prefix, cfg.query_prefix)
     chunking = chunking_settings(max_length=cfg.max_length, max_tokens=max_tokens,
                                  overlap=overlap, prefix=pfx, text_field=text_field,
@@ -263,7 +265,7 @@ def submit(
                "fingerprints": {p: bundle.fingerprint(p) for p in bundle.variants}},
         precision=precision, queue=queue, broker_hint=mask_url(broker),
         chunking=chunking, outputs=list(wanted),
-        colbert_dim=cfg.colbert_dim if "colbert" in wanted else 0, made_by=made_by,
+        colbert_dim=cfg.colbert_dim if "colbert" in wanted else 0, made_by=made_by, dense=dense,
         max_batch_tokens=max_batch_tokens, max_attempts=max_attempts,
         staged=False, status="staging", submitted_at=now, splits=splits,
         staging={"procs": procs, "on": stage_on, "split_bytes": split_bytes,

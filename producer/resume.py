@@ -81,6 +81,7 @@ def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
                               "another --job-id")
     keys = [k for k in CHUNK_OPTIONS if not resume or k in given]
     check_same_chunking(job, requested_chunking(job, options), keys)
+    check_same_dense(m, options, given if resume else DENSE_KEYS)
     if m.get("staged"):
         states = job.shard_states()
         done = sum(s.state == "done" for s in states)
@@ -95,6 +96,21 @@ def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
                                     "stage_procs": options.get("stage_procs")},
                    queue=m["queue"], note=f"resuming {job.root}: staging continues from its "
                    "last durable point; the shards staged so far are kept")
+
+
+DENSE_KEYS = ("dim", "dtype")
+
+
+def check_same_dense(m: Any, options: Mapping[str, Any], given: Collection[str]) -> None:
+    """``--dim``/``--dtype`` of the command (those ``given``) must be the job's."""
+    have = {"dim": (m.dense or {}).get("dim"), "dtype": (m.dense or {}).get("dtype", "float32")}
+    dim = options.get("dim")
+    want = {"dim": None if dim == m.model.get("dim") else dim,
+            "dtype": options.get("dtype") or "float32"}
+    for k in (k for k in DENSE_KEYS if k in given and want[k] != have[k]):
+        was = f"--{k} {have[k]}" if have[k] is not None else f"the model's {m.model.get('dim')}"
+        raise JobConflict(f"--{k} {want[k]}: {m.job_id} was submitted with {was}; "
+                          "a job has one dense dim and dtype (use another --job-id)")
 
 
 def check_same_corpus(job: JobDir, corpus: str) -> None:

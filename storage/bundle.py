@@ -75,6 +75,11 @@ class BundleConfig:
     outputs: tuple[str, ...] = ("dense",)
     colbert_dim: int = 0
     sparse_skip_ids: tuple[int, ...] = ()
+    matryoshka: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    """The model is Matryoshka-trained, so ``--dim`` may keep a prefix of its vector:
+    ``{"dims": [...] (the trained dims, when known), "from": where that was read}``. Set at
+    export from the model card's ``matryoshka_dims`` or ``producer export --matryoshka``;
+    absent: ``--dim`` is refused unless ``--force-dim``. Not part of the fingerprint."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +98,8 @@ class BundleConfig:
         if self.outputs != ("dense",):  # dense-only configs (and fingerprints) stay as they were
             d.update(outputs=list(self.outputs), colbert_dim=self.colbert_dim,
                      sparse_skip_ids=list(self.sparse_skip_ids))
+        if self.matryoshka is not None:
+            d["matryoshka"] = self.matryoshka
         d.update(self.extra)
         return d
 
@@ -111,12 +118,13 @@ class BundleConfig:
                 raise BundleError(f"{where}: {key!r} must be a {typ.__name__}, got {d.get(key)!r}")
         if d["max_length"] < 4 or d["dim"] < 1:
             raise BundleError(f"{where}: max_length and dim must be positive")
-        if not isinstance(d.get("evaluation", {}), dict):
-            raise BundleError(f"{where}: 'evaluation' must be an object")
+        for key in ("evaluation", "matryoshka"):
+            if not isinstance(d.get(key, {}), dict):
+                raise BundleError(f"{where}: {key!r} must be an object")
         outputs = _outputs(d, where)
         known = {"format", "source", "pooling", "normalize", "max_length", "dim",
                  "query_prefix", "passage_prefix", "evaluation", "outputs", "colbert_dim",
-                 "sparse_skip_ids"}
+                 "sparse_skip_ids", "matryoshka"}
         return cls(
             source=d["source"],
             pooling=pooling,
@@ -129,6 +137,7 @@ class BundleConfig:
             outputs=outputs,
             colbert_dim=int(d.get("colbert_dim") or 0),
             sparse_skip_ids=tuple(int(i) for i in d.get("sparse_skip_ids") or ()),
+            matryoshka=d.get("matryoshka"),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -177,9 +186,10 @@ class Bundle:
         if data.is_file():
             h.update(_file_digest(str(data), *_stat_key(data)).encode())
         h.update(_file_digest(str(self.tokenizer_path), *_stat_key(self.tokenizer_path)).encode())
-        # Gate figures describe the vectors, they do not change them: not part of the key.
+        # Gate figures and the Matryoshka flag describe the vectors, they do not change them:
+        # not part of the key.
         cfg = {k: v for k, v in self.config.to_dict().items()
-               if k not in ("quality_gate", "evaluation")}
+               if k not in ("quality_gate", "evaluation", "matryoshka")}
         h.update(json.dumps(cfg, sort_keys=True).encode())
         h.update(precision.encode())
         if provider and provider != "CPUExecutionProvider":

@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from storage import ledger
+from storage import calibration, ledger
 from storage.atomic import NO_SPACE, remove_stale_tmp, write_bytes_atomic, write_json_atomic
 from storage.errors import DiskFull, InvalidJobId, JobNotFound
 from storage.integrity import read_manifest
@@ -244,6 +244,7 @@ class JobDir:
         manifest.result = self._totals(states, len(lines))
         manifest.failed_shards = failed_shards
         manifest.status = status
+        manifest.calibration = calibration.read(self.root) or manifest.calibration
         self.write_manifest(manifest)
         if not failed:  # right after the manifest: a reader that saw "succeeded" finds it
             write_bytes_atomic(self.success_path, b"")

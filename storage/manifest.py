@@ -67,7 +67,23 @@ class Manifest:
     """The split plan (index, start, end, first line): fixed at submit, reused by resume."""
     staging: dict[str, Any] | None = None
     """How staging runs: procs, where (producer or fleet), split size."""
+    dense: dict[str, Any] | None = None
+    """``--dim``/``--dtype`` of the dense output: ``dim`` (None: the model's), ``full_dim``,
+    ``dtype``, ``dim_allowed`` (``matryoshka``: the bundle declares it; ``forced``:
+    ``--force-dim``). None: float32 at full dimension (jobs from before the key existed)."""
+    calibration: dict[str, Any] | None = None
+    """int8/uint8 jobs: per-dimension ``min``/``max``, ``sample_size`` and the ``shard`` they
+    were calibrated on (storage/calibration.py; copied here when the job is finalised)."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dense_dim(self) -> int:
+        """The stored dense dimension (``--dim``, else the model's)."""
+        return int((self.dense or {}).get("dim") or self.model.get("dim") or 0)
+
+    @property
+    def dense_dtype(self) -> str:
+        return str((self.dense or {}).get("dtype") or "float32")
 
     @property
     def bundle_path(self) -> str:
@@ -122,4 +138,4 @@ class Manifest:
 
 # Keys older manifests did not have until a later step: absent rather than null.
 _OMIT_IF_NONE = {"submitted_at", "result", "failed_shards", "splits", "staging", "outputs",
-                 "colbert_dim", "made_by"}
+                 "colbert_dim", "made_by", "dense", "calibration"}

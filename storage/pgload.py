@@ -34,9 +34,10 @@ import pyarrow.parquet as pq
 
 from storage.errors import DatabaseUnreachable, LoadConflict, LoadError
 from storage.pgtable import (BASE_COLUMNS, Layout, Target, build_hnsw, claim_shard,
-                             loaded_shards, prepare)
+                             loaded_shards, prepare, vector_type_for)
 from storage.readers import open_job
-from storage.shards import read_metadata
+from storage.quantize import packed_bits
+from storage.shards import dense_matrix, dense_spec, read_metadata
 from worker.settings import mask_url
 
 Progress = Callable[[str, int, int], None]
@@ -99,7 +100,7 @@ def inspect_job(job_dir: str | os.PathLike[str], *, vector_type: str | None = No
     job = open_job(job_dir)
     shards: list[JobShard] = []
     fingerprints: set[str] = set()
-    dims: set[int] = set()
+    dims: set[tuple[str, int]] = set()
     sparse: set[bool] = set()
     vocab = sparse_vocab
     for s in job.manifest.get("shards", []):
@@ -109,15 +110,17 @@ def inspect_job(job_dir: str | os.PathLike[str], *, vector_type: str | None = No
         schema = pq.read_schema(path)
         meta = read_metadata(path)
         fingerprints.add(meta.get("fingerprint", ""))
-        dims.add(schema.field("embedding").type.list_size)
+        dims.add(dense_spec(path))
         sparse.add(all(c in schema.names for c in SPARSE_COLUMNS))
         vocab = vocab or _int_or_none(meta.get("sparse_vocab"))
         shards.append(JobShard(int(s["shard"]), path, pq.read_metadata(path).num_rows))
     if len(fingerprints) > 1 or len(dims) > 1 or len(sparse) > 1:
         raise LoadError(f"{job.root}: shards differ in model, dimension or sparse columns "
-                        f"(fingerprints {sorted(fingerprints)}, dims {sorted(dims)}); "
+                        f"(fingerprints {sorted(fingerprints)}, dtypes/dims {sorted(dims)}); "
                         "load them into separate tables")
     model = job.manifest.get("model", {})
+    dtype, dim = dims.pop() if dims else (job.manifest.dense_dtype, job.manifest.dense_dim)
+    vector_type = vector_type_for(dtype, vector_type, str(job.root))
     if sparse == {True}:
         vocab = vocab or _int_or_none(model.get("vocab_size"))
         if not vocab:
@@ -126,8 +129,8 @@ def inspect_job(job_dir: str | os.PathLike[str], *, vector_type: str | None = No
                             "gives the sparsevec size")
     layout = Layout(fingerprint=fingerprints.pop() if fingerprints else "",
                     model=str(model.get("source", "?")),
-                    dim=dims.pop() if dims else int(model.get("dim", 0)),
-                    vector_type=vector_type, sparse_vocab=vocab if sparse == {True} else None)
+                    dim=dim, vector_type=vector_type,
+                    sparse_vocab=vocab if sparse == {True} else None, dtype=dtype)
     return JobSpec(str(job.manifest.get("job_id", job.root.name)), layout, shards)
 
 
@@ -235,7 +238,8 @@ def _load_shard(conn: Any, target: Target, spec: JobSpec, s: JobShard, vtype: st
                     cp.set_types(types)
                     n = 0
                     for batch in _batches(s.path, batch_rows, bool(spec.layout.sparse_vocab)):
-                        for row in copy_rows(batch, vtype, spec.layout.sparse_vocab):
+                        for row in copy_rows(batch, vtype, spec.layout.sparse_vocab,
+                                             spec.layout.dtype, spec.layout.dim):
                             cp.write_row(row)
                         n += batch.num_rows
                         if progress is not None:
@@ -258,20 +262,24 @@ def _batches(path: Path, batch_rows: int, sparse: bool) -> Iterator[pa.RecordBat
     yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=cols)
 
 
-def copy_rows(batch: pa.RecordBatch, vtype: str, sparse_vocab: int | None) -> Iterator[list[Any]]:
+def copy_rows(batch: pa.RecordBatch, vtype: str, sparse_vocab: int | None,
+              dtype: str = "float32", dim: int = 0) -> Iterator[list[Any]]:
     """Rows of one record batch as COPY values (pgvector objects for the vector columns)."""
-    from pgvector import HalfVector, SparseVector
+    from pgvector import Bit, HalfVector, SparseVector
 
-    emb = batch.column("embedding")
-    dim = emb.type.list_size
-    matrix = emb.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    matrix = dense_matrix(batch.column("embedding"), dtype)
+    if vtype == "bit":  # the packed sign bits as stored; Bit(bytes) when no padding bits
+        bits = packed_bits(matrix, dtype)
+        vecs: Any = ([Bit(r.tobytes()) for r in bits] if dim % 8 == 0 else
+                     [Bit(np.unpackbits(r, count=dim).astype(bool)) for r in bits])
+    else:
+        vecs = [HalfVector(m) if vtype == "halfvec" else m.astype(np.float32) for m in matrix]
     plain = [batch.column(c).to_pylist() for c in PLAIN]
     if sparse_vocab:
         ids = batch.column("sparse_ids").to_pylist()
         weights = batch.column("sparse_weights").to_pylist()
     for i, vals in enumerate(zip(*plain)):
-        vec = HalfVector(matrix[i]) if vtype == "halfvec" else matrix[i]
-        row = [*vals, vec]
+        row = [*vals, vecs[i]]
         if sparse_vocab:
             row.append(SparseVector(dict(zip(ids[i], weights[i])), sparse_vocab))
         yield row

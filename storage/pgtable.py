@@ -22,11 +22,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from storage.errors import InvalidTableName, TableMismatch
+from storage.errors import InvalidTableName, LoadError, TableMismatch
 
 TABLE_RE = re.compile(r"(?:([a-z_][a-z0-9_]{0,62})\.)?([a-z_][a-z0-9_]{0,62})")
-VECTOR_TYPES = ("vector", "halfvec")
-COSINE_OPS = {"vector": "vector_cosine_ops", "halfvec": "halfvec_cosine_ops"}
+VECTOR_TYPES = ("vector", "halfvec", "bit")
+COSINE_OPS = {"vector": "vector_cosine_ops", "halfvec": "halfvec_cosine_ops",
+              "bit": "bit_hamming_ops"}
+"""The HNSW operator class per column type (bit: Hamming distance on the packed sign bits)."""
+DTYPE_TYPES = {"float32": ("vector", "halfvec"), "float16": ("halfvec", "vector"),
+               "binary": ("bit",), "ubinary": ("bit",)}
+"""Column types a job's ``--dtype`` loads into, the default first."""
+
+
+def vector_type_for(dtype: str, asked: str | None, where: str) -> str | None:
+    """``asked`` (``producer load --type``) checked against the job's ``dtype``; None: the existing
+    table's type, else the dtype's default (``DTYPE_TYPES``).
+
+    Raises:
+        LoadError: int8/uint8 (pgvector has no integer vector type), or ``asked`` does not hold
+            this dtype (binary only goes into bit(n); floats never into bit).
+    """
+    if dtype not in DTYPE_TYPES:
+        raise LoadError(f"{where}: --dtype {dtype} vectors cannot be stored by pgvector (its "
+                        "types are vector, halfvec, bit and sparsevec, none of them integer); "
+                        "embed with --dtype float16 (halfvec) or binary (bit), or keep the "
+                        "int8 vectors in Parquet")
+    allowed = DTYPE_TYPES[dtype]
+    if asked is not None and asked not in allowed:
+        raise LoadError(f"{where}: --type {asked} cannot hold --dtype {dtype} vectors; "
+                        f"use {' or '.join(allowed)}")
+    return asked
 BASE_COLUMNS = (("doc_id", "text"), ("chunk_index", "integer"), ("char_start", "bigint"),
                 ("char_end", "bigint"), ("n_tokens", "integer"), ("text_sha256", "text"))
 """The shard columns copied as they are (``format_type`` spelling), then ``embedding``."""
@@ -70,8 +95,10 @@ class Layout:
     fingerprint: str
     model: str
     dim: int
-    vector_type: str | None  # None: use the existing table's, else "vector"
+    vector_type: str | None  # None: use the existing table's, else the dtype's default
     sparse_vocab: int | None
+    dtype: str = "float32"
+    """The job's stored dense dtype (``--dtype``); ``dim`` is its ``--dim`` (bits for bit)."""
 
     def columns(self, vector_type: str) -> list[tuple[str, str]]:
         cols = [*BASE_COLUMNS, ("embedding", f"{vector_type}({self.dim})")]
@@ -96,10 +123,12 @@ def prepare(conn: Any, target: Target, layout: Layout, *, create: bool) -> str:
         if not found and not create:
             raise TableMismatch(f"table {target.qualified} does not exist; pass --create "
                                 "to make it")
-        vtype = layout.vector_type or _type_of(found.get("embedding", "")) or "vector"
-        if vtype not in VECTOR_TYPES:
+        allowed = DTYPE_TYPES[layout.dtype]
+        vtype = layout.vector_type or _type_of(found.get("embedding", "")) or allowed[0]
+        if vtype not in allowed:
             raise TableMismatch(f"{target.qualified}.embedding is {found.get('embedding')!r}; "
-                                "load writes vector(dim) or halfvec(dim) columns")
+                                f"a --dtype {layout.dtype} job loads into "
+                                f"{' or '.join(f'{t}({layout.dim})' for t in allowed)}")
         want = layout.columns(vtype)
         if not found:
             cols = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in want]

@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage import calibration
 from storage.jobdir import JobDir
-from storage.shards import read_metadata
+from storage.quantize import RANGED, Calibration, to_stored
+from storage.shards import dense_matrix, dense_spec, read_metadata
 
 Ids = list[tuple[str, int]]
 
@@ -49,18 +52,25 @@ def read_table(path: str | os.PathLike[str], *, require_success: bool = True) ->
 def iter_matrices(
     path: str | os.PathLike[str], *, require_success: bool = True
 ) -> Iterator[tuple[Ids, np.ndarray]]:
-    """Yield ``([(doc_id, chunk_index), ...], float32 matrix)`` one shard at a time."""
+    """Yield ``([(doc_id, chunk_index), ...], matrix)`` one shard at a time.
+
+    The matrix has the stored dtype (``--dtype``): float32, float16, int8, uint8, or for
+    binary/ubinary the packed sign bits, ``ceil(dim / 8)`` int8/uint8 per row (as
+    sentence-transformers' ``quantize_embeddings``; ``storage.quantize.packed_bits`` gives the
+    raw bytes). ``storage.quantize.quantize_queries`` puts query vectors in the same form.
+    """
     job = open_job(path, require_success=require_success)
     fingerprints: set[str] = set()
+    specs: set[tuple[str, int]] = set()
     for p in _shards(job):
         fingerprints.add(read_metadata(p).get("fingerprint", ""))
-        if len(fingerprints) > 1:
-            raise ValueError(f"{job.root}: shards come from different model variants "
-                             f"({sorted(fingerprints)}); read them separately")
+        specs.add(dense_spec(p))
+        if len(fingerprints) > 1 or len(specs) > 1:
+            raise ValueError(f"{job.root}: shards come from different model variants or "
+                             f"dims/dtypes ({sorted(fingerprints)}, {sorted(specs)}); read "
+                             "them separately")
         t = pq.read_table(p, columns=["doc_id", "chunk_index", "embedding"])
-        emb = t["embedding"].combine_chunks()
-        dim = emb.type.list_size
-        matrix = emb.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+        matrix = dense_matrix(t["embedding"], next(iter(specs))[0])
         ids = list(zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist()))
         yield ids, matrix
 
@@ -123,3 +133,26 @@ def _read_columns(path: Path, columns: list[str], output: str) -> pa.Table:
         raise ValueError(f"{path}: no {output} output in this shard; submit the job with "
                          f"--outputs dense,{output} (a bundle exported from BGE-M3)")
     return pq.read_table(path, columns=columns)
+
+
+def quantize_queries(job: str | os.PathLike[str] | Any, vectors: np.ndarray) -> np.ndarray:
+    """Query vectors (full-dim float, from the job's model) in the job's stored representation:
+    the job's ``--dim`` (re-normalised), its ``--dtype`` and, for int8/uint8, its recorded ranges.
+
+    ``job``: a job directory, or its ``Manifest``.
+
+    Raises:
+        ValueError: an int8/uint8 job with no calibration recorded yet (no shard written).
+    """
+    from_dir = isinstance(job, (str, os.PathLike))
+    manifest = JobDir.open(job).manifest if from_dir else job
+    spec = manifest.dense or {}
+    dtype = spec.get("dtype", "float32")
+    cal = manifest.calibration
+    if cal is None and from_dir and dtype in RANGED:
+        cal = calibration.read(JobDir.open(job).root)
+    if dtype in RANGED and cal is None:
+        raise ValueError(f"{getattr(manifest, 'job_id', job)}: no int8/uint8 calibration "
+                         "recorded yet (it is written with the job's first shard)")
+    return to_stored(vectors, spec.get("dim"), dtype,
+                     Calibration.from_dict(cal) if cal is not None else None)

@@ -23,9 +23,26 @@ INPUT_SCHEMA = pa.schema([
 ])
 
 
+def dense_type(dim: int, dtype: str = "float32") -> pa.DataType:
+    """The ``embedding`` column's type: ``fixed_size_list<float32|float16|int8|uint8>[dim]``,
+    or ``fixed_size_binary[ceil(dim / 8)]`` of packed sign bits (binary, ubinary: same bytes,
+    the first dimension in the high bit of the first byte; ``read_matrix`` gives binary as
+    int8 ``byte - 128`` and ubinary as uint8, as sentence-transformers)."""
+    if dtype in ("binary", "ubinary"):
+        return pa.binary((dim + 7) // 8)
+    return pa.list_(_VALUE_TYPES[dtype], dim)
+
+
+_VALUE_TYPES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(),
+                "uint8": pa.uint8()}
+
+
 def embeddings_schema(dim: int, outputs: Sequence[str] = ("dense",),
-                      colbert_dim: int = 0) -> pa.Schema:
-    """The output shard schema; a dense-only job's is the same as before outputs existed.
+                      colbert_dim: int = 0, dtype: str = "float32") -> pa.Schema:
+    """The output shard schema; a dense-only float32 job's is the same as before outputs existed.
+
+    ``dtype``/``dim`` (``--dtype``, ``--dim``) set the ``embedding`` type (``dense_type``) and
+    are named in the schema metadata (``embedfleet.dtype``, ``embedfleet.dim``).
 
     BGE-M3 outputs add, after ``embedding``: ``sparse_ids`` list<int32> and ``sparse_weights``
     list<float32> (sorted by id, max weight per id, special tokens left out), and ``colbert``
@@ -38,14 +55,16 @@ def embeddings_schema(dim: int, outputs: Sequence[str] = ("dense",),
         pa.field("char_end", pa.int64()),
         pa.field("n_tokens", pa.int32()),
         pa.field("text_sha256", pa.string()),
-        pa.field("embedding", pa.list_(pa.float32(), dim)),
+        pa.field("embedding", dense_type(dim, dtype)),
     ]
     if "sparse" in outputs:
         fields += [pa.field("sparse_ids", pa.list_(pa.int32())),
                    pa.field("sparse_weights", pa.list_(pa.float32()))]
     if "colbert" in outputs:
         fields.append(pa.field("colbert", pa.list_(pa.list_(pa.float32(), colbert_dim))))
-    return pa.schema([*fields, pa.field("cached", pa.bool_())])
+    return pa.schema([*fields, pa.field("cached", pa.bool_())],
+                     metadata={b"embedfleet.dtype": dtype.encode(),
+                               b"embedfleet.dim": str(dim).encode()})
 
 
 METRICS_SCHEMA = pa.schema([

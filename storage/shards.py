@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.atomic import write_atomic
-from storage.schema import INPUT_SCHEMA, METRICS_SCHEMA, embeddings_schema
+from storage.quantize import BITS, from_packed, numpy_dtype, packed_bits
+from storage.schema import INPUT_SCHEMA, METRICS_SCHEMA, dense_type, embeddings_schema
 
 Sparse = tuple[np.ndarray, np.ndarray]
 """``(token ids, weights)`` of one chunk, sorted by id."""
@@ -37,8 +38,15 @@ def write_table(path: Path, table: pa.Table, metadata: Mapping[str, Any] | None 
         meta.update({META_PREFIX + k.encode(): str(v).encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(meta)
 
+    # No dictionary for float vectors: nearly every value is distinct, so the dictionary page
+    # is pure overhead (a float32 384-d vector took 2,217 bytes with it, about 1,420 without:
+    # benchmarks/compact.py). Integer and bit vectors keep it (int8: 372 vs 542 bytes).
+    plain = {f.name for f in table.schema
+             if pa.types.is_fixed_size_list(f.type) and pa.types.is_floating(f.type.value_type)}
+    dictionary = [n for n in table.column_names if n not in plain] if plain else True
+
     def _write(tmp: Path) -> None:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=dictionary)
 
     write_atomic(path, _write)
 
@@ -60,6 +68,37 @@ def shard_is_valid(path: Path, expected_chunks: int | None) -> bool:
     return expected_chunks is None or md.num_rows + rejected == expected_chunks
 
 
+OUTPUT_COLUMNS = {"dense": ("embedding",), "sparse": ("sparse_ids", "sparse_weights"),
+                  "colbert": ("colbert",)}
+
+
+def output_sizes(paths: Sequence[Path]) -> dict[str, dict[str, int]]:
+    """Per output (dense, sparse, colbert): rows, and the bytes its columns take in the files
+    (``disk``: compressed column chunks; ``encoded``: before compression), from the footers.
+
+    A BGE-M3 job's outputs side by side, or a ``--dtype`` job's dense column, in bytes that
+    were written (``producer report``)."""
+    out: dict[str, dict[str, int]] = {}
+    for p in paths:
+        md = pq.read_metadata(p)
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            for c in range(rg.num_columns):
+                col = rg.column(c)
+                top = col.path_in_schema.split(".")[0]
+                name = next((o for o, cs in OUTPUT_COLUMNS.items() if top in cs), None)
+                if name is None:
+                    continue
+                d = out.setdefault(name, {"rows": 0, "disk": 0, "encoded": 0})
+                d["disk"] += col.total_compressed_size
+                d["encoded"] += col.total_uncompressed_size
+            for name in {n for n, cs in OUTPUT_COLUMNS.items()
+                         if any(rg.column(c).path_in_schema.split(".")[0] in cs
+                                for c in range(rg.num_columns))}:
+                out[name]["rows"] += rg.num_rows
+    return out
+
+
 def input_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=INPUT_SCHEMA)
 
@@ -68,23 +107,26 @@ def embeddings_table(inputs: pa.Table, vectors: np.ndarray, cached: np.ndarray,
                      keep: np.ndarray | None = None, *,
                      sparse: Sequence[Sparse | None] | None = None,
                      colbert: Sequence[np.ndarray | None] | None = None,
-                     colbert_dim: int = 0) -> pa.Table:
+                     colbert_dim: int = 0, dtype: str = "float32",
+                     dim: int | None = None) -> pa.Table:
     """The embeddings shard: input columns + vectors + cached flag (rows in ``keep`` only).
+
+    ``vectors`` are already in the stored ``dtype`` (storage/quantize.py ``to_stored``); for
+    binary/ubinary they are the packed bytes and ``dim`` names the number of bits.
 
     ``sparse`` (``(ids, weights)`` per row) and ``colbert`` (a matrix per row) add the BGE-M3
     columns (storage/schema.py); rows not in ``keep`` may hold ``None``.
     """
-    dim = int(vectors.shape[1])
+    dim = int(vectors.shape[1]) if dim is None else dim
     rows = np.arange(len(vectors)) if keep is None else np.flatnonzero(keep)
     if keep is not None:
         inputs = inputs.filter(pa.array(keep))
         vectors, cached = vectors[keep], cached[keep]
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
     cols = {
         "doc_id": inputs["doc_id"], "chunk_index": inputs["chunk_index"],
         "char_start": inputs["char_start"], "char_end": inputs["char_end"],
         "n_tokens": inputs["n_tokens"], "text_sha256": inputs["text_sha256"],
-        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "embedding": dense_array(vectors, dtype, dim),
     }
     outputs = ["dense"]
     if sparse is not None:
@@ -96,7 +138,39 @@ def embeddings_table(inputs: pa.Table, vectors: np.ndarray, cached: np.ndarray,
         outputs.append("colbert")
         cols["colbert"] = _colbert_array([colbert[i] for i in rows], colbert_dim)  # type: ignore
     cols["cached"] = pa.array(cached, type=pa.bool_())
-    return pa.Table.from_pydict(cols, schema=embeddings_schema(dim, outputs, colbert_dim))
+    return pa.Table.from_pydict(cols, schema=embeddings_schema(dim, outputs, colbert_dim,
+                                                                  dtype))
+
+
+def dense_array(vectors: np.ndarray, dtype: str, dim: int) -> pa.Array:
+    """The ``embedding`` column from stored vectors (storage/schema.py ``dense_type``)."""
+    if dtype in BITS:
+        raw = np.ascontiguousarray(packed_bits(vectors, dtype))
+        return pa.FixedSizeBinaryArray.from_buffers(dense_type(dim, dtype), len(raw),
+                                                    [None, pa.py_buffer(raw.tobytes())])
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=numpy_dtype(dtype)).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, dim)
+
+
+def dense_matrix(column: pa.Array | pa.ChunkedArray, dtype: str) -> np.ndarray:
+    """The NumPy matrix of an ``embedding`` column, in the stored dtype."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if dtype in BITS:
+        width = col.type.byte_width
+        raw = np.frombuffer(col.buffers()[1], np.uint8, len(col) * width, col.offset * width)
+        return from_packed(raw.reshape(-1, width), dtype)
+    flat = col.values.to_numpy(zero_copy_only=False)
+    return flat.astype(numpy_dtype(dtype), copy=False).reshape(-1, col.type.list_size)
+
+
+def dense_spec(path: Path) -> tuple[str, int]:
+    """``(dtype, dim)`` of a shard's dense column (shards from before --dtype: float32)."""
+    schema = pq.read_schema(path)
+    meta = schema.metadata or {}
+    dtype = meta.get(b"embedfleet.dtype", b"float32").decode()
+    typ = schema.field("embedding").type
+    dim = int(meta.get(b"embedfleet.dim", b"0")) or getattr(typ, "list_size", 0)
+    return dtype, dim
 
 
 def _lists(values: Sequence[np.ndarray], typ: pa.DataType) -> pa.Array:

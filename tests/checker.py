@@ -105,14 +105,16 @@ def check_job(job_dir: str | Path, *, norm_tol: float = 1e-3) -> CheckResult:
                 res.unexpected += cnt
                 ex["unexpected"].append((n, *k[:2]))
         got.update(keys)
-        if t.num_rows:
+        dtype = (t.schema.metadata or {}).get(b"embedfleet.dtype", b"float32").decode()
+        if t.num_rows and dtype in ("float32", "float16"):  # --dtype int8/binary: no norm
             dim = t.schema.field("embedding").type.list_size
             flat = t["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
             m = np.asarray(flat, dtype=np.float32).reshape(-1, dim)
             finite = np.isfinite(m).all(axis=1)
             res.nonfinite += int((~finite).sum())
             norms = np.linalg.norm(m[finite], axis=1)
-            res.bad_norm += int((np.abs(norms - 1.0) > norm_tol).sum())
+            tol = norm_tol if dtype == "float32" else max(norm_tol, 1e-2)
+            res.bad_norm += int((np.abs(norms - 1.0) > tol).sum())
 
     # Chunk-level rejects (the ingest rejects are whole lines: no chunk_index, counted apart).
     rejected: Counter[Key] = Counter()

@@ -26,6 +26,8 @@ class ShardOutputs:
     def __init__(self, names: Sequence[str], n: int, colbert_dim: int = 0) -> None:
         self.names = tuple(names) or DENSE
         self.colbert_dim = colbert_dim
+        self.dense_bytes: int | None = None
+        """Bytes of one stored dense vector (--dim/--dtype); None: float32 at the model's dim."""
         self.extra: dict[str, list[Any]] = {o: [None] * n for o in self.names if o != "dense"}
 
     @classmethod
@@ -73,7 +75,8 @@ class ShardOutputs:
         """Raw bytes of the outputs of ``positions`` (the metrics' ``output_bytes``)."""
         sparse, colbert = self.extra.get("sparse"), self.extra.get("colbert")
         return sum(output_nbytes(dim, sparse[i] if sparse else None,
-                                 colbert[i] if colbert else None) for i in positions)
+                                 colbert[i] if colbert else None, self.dense_bytes)
+                   for i in positions)
 
     def table_columns(self) -> dict[str, Any]:
         """Keyword arguments of storage.shards.embeddings_table for the extra columns."""

@@ -39,6 +39,7 @@ from storage.shards import embeddings_table, metrics_table, shard_is_valid, writ
 from worker import attempts
 from worker import faults as failpoints
 from worker.errors import InferenceError
+from worker.dense import DenseSpec
 from worker.extra_outputs import DENSE
 from worker.rows import ShardRows
 from worker.model.batching import Batch, encode, pad_rows, plan_batches
@@ -99,6 +100,8 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
         cfg = model.bundle.config
         rows = ShardRows.read(job.input_path(shard), cfg.dim, job.manifest.get("outputs") or DENSE)
         model = rows.outputs.bind(model)  # BGE-M3 outputs come from the same session run
+        dense = DenseSpec.for_job(job.manifest, cfg.dim)  # --dim/--dtype: cast at stage 10
+        rows.outputs.dense_bytes = dense.bytes_per_vector
         base = _metric_base(ctx, model, attempt.number)
         # 9. One MGET for the whole shard (keys name the output set).
         cache = ctx.cache_for(cfg.dim)
@@ -124,7 +127,7 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
             # 9. Store the new vectors (a Redis outage only costs future hits).
             rows.outputs.store(cache, keys, rows.vectors, fresh)
             # 10. Rejects first, metrics, the embeddings last (their presence means "done").
-            _write_shards(job, shard, model, rows, metrics)
+            _write_shards(job, shard, model, rows, metrics, dense)
         return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())
     except Exception as exc:  # attempts decides: RetryShard propagates, or the shard fails
         reason = attempts.after_error(job, shard, exc, ctx.max_attempts, ctx.soft_time_limit,
@@ -215,16 +218,17 @@ def _run_split(model: Any, batch: Batch, texts: list[str], faults: dict[str, str
 
 
 def _write_shards(job: JobDir, shard: int, model: Any, rows: ShardRows,
-                  metrics: list[dict[str, Any]]) -> None:
+                  metrics: list[dict[str, Any]], dense: DenseSpec) -> None:
     if rows.rejects:
         write_bytes_atomic(job.shard_rejects_path(shard),
                            b"".join(json.dumps(r).encode() + b"\n" for r in rows.rejects))
     meta = {"fingerprint": model.fingerprint, "precision": model.precision,
-            "provider": model.provider, "dim": model.bundle.config.dim,
+            "provider": model.provider, "dim": dense.dim, "dtype": dense.dtype,
             "rejected": int((~rows.ok).sum()), "source": model.bundle.config.source}
     write_table(job.metrics_path(shard), metrics_table(metrics), meta)
     write_table(job.embeddings_path(shard),
-                embeddings_table(rows.inputs, rows.vectors, rows.cached, rows.ok,
+                embeddings_table(inputs=rows.inputs, cached=rows.cached, keep=rows.ok,
+                                 **dense.columns(job, shard, rows.vectors, rows.ok),
                                  **rows.outputs.table_columns()), meta)
 
 

@@ -40,9 +40,11 @@ from producer.tools.evaldata import TASKS
               "nDCG@10) a written variant may have (default: metric_gate.DEFAULT_MAX_DROP, 0.01).")
 @click.option("--dim", type=click.IntRange(4, 8192), default=None,
               help="Only with SRC=hashing: width of the feature-hashing test bundle.")
+@click.option("--matryoshka", is_flag=True, help="Declare the model Matryoshka-trained (jobs "
+              "may then use --dim) when its model card does not list matryoshka_dims.")
 def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
            max_length: int | None, eval_data: str | None, task: str | None,
-           min_metric_drop: float | None, dim: int | None) -> None:
+           min_metric_drop: float | None, dim: int | None, matryoshka: bool) -> None:
     """Export SRC (a local sentence-transformers dir, or all-MiniLM-L6-v2) to an ONNX bundle.
 
     SRC ``hashing`` with ``--dim D`` writes a deterministic feature-hashing bundle for smoke and
@@ -78,7 +80,8 @@ def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
                           task=data.task, **drop)
     precs = tuple(p.strip() for p in precision.split(",") if p.strip())
     path = export_bundle(src, out, precisions=precs, opset=opset, pooling=pooling,
-                         max_length=max_length, log=click.echo, eval_gate=gate)
+                         max_length=max_length, log=click.echo, eval_gate=gate,
+                         matryoshka=matryoshka)
     click.echo(f"bundle written to {path}")
 
 

@@ -37,11 +37,17 @@ ALL_VARIANTS = "fp32,fp16,int8"
               help="Where the default model lives (BUNDLE all-MiniLM-L6-v2).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the rows, rejects and notes as JSON to this file.")
+@click.option("--dim", "dims", default="", help="Comma-separated dimensions to also score "
+              "(first N dims, re-normalised, as a job's --dim), e.g. 128,256.")
+@click.option("--dtype", "dtypes", default="", help="Comma-separated stored types to also "
+              "score: float32, float16, int8, uint8, binary, ubinary (binary on retrieval "
+              "data adds a row rescored in float32).")
 def eval_command(bundle: str, data: str, task: str | None, variants: str, providers: str,
                  threads: int | None, max_batch_tokens: int | None, home: str | None,
-                 json_path: str | None) -> None:
+                 json_path: str | None, dims: str, dtypes: str) -> None:
     """Score BUNDLE on labelled DATA (triplets, scored pairs, or a retrieval set) per variant
-    and provider: accuracy / Spearman / nDCG@10, the difference from fp32, tokens/s."""
+    and provider: accuracy / Spearman / nDCG@10, the difference from fp32, tokens/s; with
+    --dim/--dtype also each compact form of every variant's vectors and its bytes."""
     from producer.models import embedfleet_home, resolve_model
     from producer.tools.evaldata import read_eval_data
     from producer.tools.evaluate import format_table, run_eval
@@ -51,8 +57,14 @@ def eval_command(bundle: str, data: str, task: str | None, variants: str, provid
     provs = [p.strip().lower() for p in providers.split(",") if p.strip()]
     path = resolve_model(bundle, Path(home) if home else embedfleet_home())
     labelled = read_eval_data(data, task)
+    try:
+        dim_list = [int(d) for d in dims.split(",") if d.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{dims!r}: comma-separated integers", param_hint="--dim"
+                                 ) from None
     rows = run_eval(path, labelled, variants=precs, providers=provs, threads=threads,
-                    max_batch_tokens=max_batch_tokens, log=click.echo)
+                    max_batch_tokens=max_batch_tokens, log=click.echo, dims=dim_list,
+                    dtypes=[t.strip().lower() for t in dtypes.split(",") if t.strip()])
     _describe(labelled)
     click.echo(format_table(rows, labelled.task))
     if json_path:

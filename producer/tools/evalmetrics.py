@@ -17,7 +17,7 @@ Cosines are taken in float64 on the float32 vectors (``worker.model.pooling.cosi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -108,14 +108,44 @@ def retrieval_metrics(
     >>> m["mrr@10"], m["recall@1"]  # "a" ranks first by its second chunk
     (1.0, 1.0)
     """
+    c = _unit(chunks)
+    return ranked_retrieval(lambda lo, hi: _unit(queries[lo:hi]) @ c.T, len(queries),
+                            chunk_doc, doc_ids, relevant, recall_at)
+
+
+def rescored_retrieval(coarse_q: Array, coarse_c: Array, queries: Array, chunks: Array,
+                       candidates: int, chunk_doc: Sequence[int], doc_ids: Sequence[str],
+                       relevant: Sequence[set[str]], recall_at: Sequence[int] = RECALL_AT
+                       ) -> dict[str, float]:
+    """Retrieve the ``candidates`` best chunks by cosine of the coarse vectors (binary: the
+    +-1 sign vectors, i.e. by Hamming distance; ties by chunk order), then rank those
+    candidates only, by cosine of the full-precision vectors (rescoring)."""
+    cq, cc, fc = _unit(coarse_q), _unit(coarse_c), _unit(chunks)
+    k = min(candidates, len(fc))
+
+    def sims(lo: int, hi: int) -> npt.NDArray[np.float64]:
+        coarse = cq[lo:hi] @ cc.T
+        top = np.argsort(-coarse, axis=1, kind="stable")[:, :k]
+        fine = np.full(coarse.shape, -np.inf)
+        rows = np.arange(len(top))[:, None]
+        fine[rows, top] = np.einsum("qd,qkd->qk", _unit(queries[lo:hi]), fc[top])
+        return fine
+
+    return ranked_retrieval(sims, len(coarse_q), chunk_doc, doc_ids, relevant, recall_at)
+
+
+def ranked_retrieval(sims_of: Callable[[int, int], npt.NDArray[np.float64]], n_queries: int,
+                     chunk_doc: Sequence[int], doc_ids: Sequence[str],
+                     relevant: Sequence[set[str]], recall_at: Sequence[int] = RECALL_AT
+                     ) -> dict[str, float]:
+    """``retrieval_metrics`` from a chunk-similarity function of a block of queries."""
     starts = np.flatnonzero(np.r_[True, np.diff(np.asarray(chunk_doc)) != 0])
     tie_rank = np.empty(len(doc_ids), dtype=np.int64)
     tie_rank[sorted(range(len(doc_ids)), key=doc_ids.__getitem__)] = np.arange(len(doc_ids))
     cut = max(*recall_at, MRR_AT, NDCG_AT)
-    c = _unit(chunks)
     found: list[list[str]] = []
-    for lo in range(0, len(queries), QUERY_BLOCK):
-        sims = _unit(queries[lo:lo + QUERY_BLOCK]) @ c.T
+    for lo in range(0, n_queries, QUERY_BLOCK):
+        sims = sims_of(lo, lo + QUERY_BLOCK)
         doc_sims = np.maximum.reduceat(sims, starts, axis=1)  # max-sim: best chunk per document
         for row in doc_sims:
             order = np.lexsort((tie_rank, -row))[:cut]
@@ -159,5 +189,10 @@ def _dcg(gains: Sequence[float], k: int) -> float:
 
 
 def _unit(x: Array) -> npt.NDArray[np.float64]:
+    """Rows at unit length; sign vectors (every entry +-1, a binary output's bits) as they
+    are: their norms are all sqrt(dim), so dot products rank as cosines do, and they are exact
+    integers (``dim - 2 * Hamming``), so equal Hamming distances stay ties (broken by id)."""
     x = np.asarray(x, dtype=np.float64)
+    if x.size and np.all(np.abs(x) == 1.0):
+        return x
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

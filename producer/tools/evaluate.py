@@ -31,6 +31,7 @@ import numpy as np
 from producer.chunking import chunk_document
 from producer.tools import evalmetrics as em
 from producer.tools.bench import DEVICES, PROVIDERS, check_names, runnable_rows
+from producer.tools.evalcompact import RESCORE, combinations, compact_rows, rescorer
 from producer.tools.evaldata import DataReject, EvalData
 from producer.tools.table import text_table
 
@@ -50,6 +51,10 @@ class EvalRow:
     tokens: int = 0
     seconds: float | None = None
     tokens_per_s: float | None = None
+    dim: int | None = None
+    """``--dim`` (evalcompact.py); None: the model's, float32 (the reference row)."""
+    dtype: str = "float32"
+    bytes_per_vector: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,12 +125,17 @@ def score(data: EvalData, inputs: EvalInputs, vecs: np.ndarray) -> dict[str, flo
 
 def run_eval(bundle_path: str | Path, data: EvalData, *, variants: Sequence[str],
              providers: Sequence[str], threads: int | None = None,
-             max_batch_tokens: int | None = None, log: Log = lambda _: None) -> list[EvalRow]:
+             max_batch_tokens: int | None = None, log: Log = lambda _: None,
+             dims: Sequence[int] = (), dtypes: Sequence[str] = ()) -> list[EvalRow]:
     """Evaluate each variant × provider; unusable ones come back as ``skipped`` rows.
 
+    ``dims``/``dtypes``: after each variant's row, one row per compact combination of its
+    vectors (producer/tools/evalcompact.py), its delta taken against that variant's row.
+
     Raises:
-        ValueError: an unknown provider or variant name.
+        ValueError: an unknown provider or variant name, a bad dim or dtype.
     """
+
     import onnxruntime as ort
 
     from storage.bundle import load_bundle
@@ -134,8 +144,11 @@ def run_eval(bundle_path: str | Path, data: EvalData, *, variants: Sequence[str]
     check_names(providers, variants, "--variants")
     bundle = load_bundle(bundle_path)
     inputs = build_inputs(data, bundle)
+    combos = combinations(dims, dtypes, bundle.config.dim)
+    rescore = rescorer(inputs, em.RECALL_AT[-1] * RESCORE) if data.task == "retrieval" else None
     available = ort.get_available_providers()
     rows: list[EvalRow] = []
+    extra: dict[int, list[EvalRow]] = {}
     for row in runnable_rows(rows, EvalRow, providers, variants, bundle.variants, available):
         prov, prec = row.provider, row.variant
         log(f"{prec} on {prov}: {len(inputs.texts)} texts ...")
@@ -147,10 +160,15 @@ def run_eval(bundle_path: str | Path, data: EvalData, *, variants: Sequence[str]
             row.runtime = str(getattr(model, "runtime_precision", model.precision))
             vecs = embed_timed(model, inputs.texts, max_batch_tokens, row)
             row.metrics = score(data, inputs, vecs)
+            row.bytes_per_vector = 4 * vecs.shape[1]
+            extra[id(row)] = compact_rows(row, vecs, combos,
+                                          lambda v: score(data, inputs, v), rescore)
+            for r in extra[id(row)]:
+                r.delta = em.metric_deltas(r.metrics, row.metrics)
         except Exception as exc:  # noqa: BLE001 - a variant that fails is one bad row
             row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"[:300]
     _fill_deltas(rows)
-    return rows
+    return [r for row in rows for r in (row, *extra.get(id(row), []))]
 
 
 def variant_metrics(data: EvalData) -> Callable[[Path, str], dict[str, float]]:
@@ -217,25 +235,34 @@ def embed_timed(model: Any, texts: Sequence[str], max_batch_tokens: int | None,
 
 
 def format_table(rows: Sequence[EvalRow], task: str) -> str:
-    """One line per row: the primary metric and its delta first, then the others."""
+    """One line per row: the primary metric and its delta first, then the others; with
+    compact rows (``--dim``/``--dtype``) also dim, dtype and bytes per vector."""
     main = em.primary_metric(task)
     names = [main] + sorted({k for r in rows for k in r.metrics} - {main}, key=_metric_order)
-    head = ["variant", "provider", "runtime", main, "vs fp32", *names[1:], "tokens/s"]
+    compact = any(r.dim is not None for r in rows)
+    form = ["dim", "dtype", "bytes"] if compact else []
+    head = ["variant", "provider", "runtime", *form, main, "vs ref" if compact else "vs fp32",
+            *names[1:], "tokens/s"]
     cells = []
     for r in rows:
         if r.status != "ok":
             cells.append([r.variant, r.provider, f"{r.status}: {r.reason}"])
             continue
         d = r.delta.get(main)
-        cells.append([r.variant, r.provider, r.runtime, f"{r.metrics[main]:.4f}",
+        shape = [str(r.dim or "full"), r.dtype, str(r.bytes_per_vector)] if compact else []
+        cells.append([r.variant, r.provider, r.runtime, *shape, f"{r.metrics[main]:.4f}",
                       "-" if d is None else f"{d:+.4f}",
                       *(f"{r.metrics.get(k, float('nan')):.4f}" for k in names[1:]),
                       "-" if r.tokens_per_s is None else f"{r.tokens_per_s:,.0f}"])
-    return "\n".join(text_table(head, cells, left=3))
+    lines = text_table(head, cells, left=5 if compact else 3)
+    if compact:
+        lines.append("vs ref: a variant against fp32; a dim/dtype row against its variant at "
+                     "float32, full dim")
+    return "\n".join(lines)
 
 
 def _fill_deltas(rows: list[EvalRow]) -> None:
-    ok = [r for r in rows if r.status == "ok"]
+    ok = [r for r in rows if r.status == "ok" and r.dim is None]
     refs = {r.provider: r for r in ok if r.variant == "fp32"}
     for r in ok:
         ref = refs.get(r.provider) or refs.get("cpu")

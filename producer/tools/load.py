@@ -61,11 +61,14 @@ def _with_bars(enabled: bool, work: Callable[[_Bars], Any]) -> Any:
 @click.option("--table", required=True, help="Target [schema.]table (lowercase, digits, _).")
 @click.option("--create", is_flag=True, help="Create the table (and the vector extension) "
               "if missing.")
-@click.option("--type", "vector_type", type=click.Choice(["vector", "halfvec"]), default=None,
-              help="Column type: vector = float32, halfvec = float16 (half the size). "
-              "Default: the existing table's, else vector.")
+@click.option("--type", "vector_type", type=click.Choice(["vector", "halfvec", "bit"]),
+              default=None,
+              help="Column type: vector = float32, halfvec = float16 (half the size), bit = "
+              "packed sign bits (--dtype binary jobs). Default: the existing table's, else "
+              "the job's dtype's (float32: vector, float16: halfvec, binary: bit).")
 @click.option("--index", type=click.Choice(["hnsw", "none"]), default="hnsw",
-              show_default=True, help="Build an HNSW cosine index after the load.")
+              show_default=True, help="Build an HNSW index after the load (cosine; "
+              "Hamming for bit).")
 @click.option("--batch-rows", type=click.IntRange(1, None), default=10_000, show_default=True,
               help="Parquet rows in memory at a time.")
 @click.option("--maintenance-work-mem", default=None,

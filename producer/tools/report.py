@@ -27,6 +27,8 @@ from storage.bundle import load_bundle
 from storage.errors import BundleError
 from storage.jobdir import JobDir
 from storage.metrics import sum_metrics
+from storage.quantize import bytes_per_vector
+from storage.shards import output_sizes
 
 GROUP_KEYS = ("hostname", "queue", "provider", "precision")
 METRIC_COLUMNS = ("shard", "batch_index", "hostname", "queue", "provider", "precision",
@@ -46,6 +48,7 @@ def load_job(job_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]],
         _count_lines(p) for p in [*(job.state_dir / "rejects").glob("*.jsonl"),
                                   *ledger.reject_files(job.root)])
     manifest["_evaluation"] = bundle_evaluation(manifest.get("model") or {})
+    manifest["_output_bytes"] = output_sizes(sorted(job.embeddings_dir.glob("part-*.parquet")))
     tables = [pq.read_table(p) for p in sorted(job.metrics_dir.glob("part-*.parquet"))]
     rows: list[dict[str, Any]] = []
     for t in tables:
@@ -119,7 +122,23 @@ def summarize(manifest: dict[str, Any], rows: Sequence[dict[str, Any]],
         "workers": groups,
         "fallback_workers": [g["hostname"] for g in groups if g["fallback"]],
         "evaluation": manifest.get("_evaluation"),
+        "bytes_per_chunk": bytes_per_chunk(manifest),
     }
+
+
+def bytes_per_chunk(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Per output: bytes per chunk in the written shards (``disk``, compressed; ``encoded``,
+    before compression); dense also its stored form and raw value bytes (``--dim``/``--dtype``)."""
+    out: dict[str, Any] = {}
+    for name, d in (manifest.get("_output_bytes") or {}).items():
+        rows = max(int(d["rows"]), 1)
+        out[name] = {"disk": round(d["disk"] / rows, 1), "encoded": round(d["encoded"] / rows, 1)}
+    if "dense" in out:
+        dense = manifest.get("dense") or {}
+        dim = int(dense.get("dim") or (manifest.get("model") or {}).get("dim") or 0)
+        dtype = str(dense.get("dtype") or "float32")
+        out["dense"].update(dim=dim, dtype=dtype, raw=bytes_per_vector(dtype, dim) if dim else 0)
+    return out
 
 
 def format_text(s: dict[str, Any]) -> str:
@@ -146,6 +165,11 @@ def format_text(s: dict[str, Any]) -> str:
     if s["fallback_workers"]:
         lines.append(f"FALLBACK   {len(s['fallback_workers'])} worker(s) asked for CUDA and ran "
                      f"on CPU: {', '.join(s['fallback_workers'])}")
+    if s.get("bytes_per_chunk"):
+        lines.append("bytes      per chunk on disk: " + ", ".join(
+            f"{k} {v['disk']:,.1f}" + (f" ({v['dtype']}, {v['dim']} dims, {v['raw']} raw)"
+                                       if k == "dense" else "")
+            for k, v in s["bytes_per_chunk"].items()))
     lines.extend(evaluation_lines(s.get("evaluation")))
     lines.append("")
     lines.extend(text_table(HEAD, [group_cells(g) for g in s["workers"]], left=4)

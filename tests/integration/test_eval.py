@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -206,3 +207,42 @@ def test_export_cli_stores_the_figures_and_bench_shows_them(tmp_path) -> None:
     res = runner.invoke(main, ["export", str(src), "--out", str(tmp_path / "c"),
                                "--min-metric-drop", "0.1"])
     assert res.exit_code == 3 and "--min-metric-drop needs --eval-data" in res.output
+
+
+def test_dim_and_dtype_rows_equal_numpy_on_the_same_vectors(tmp_path, minilm_bundle) -> None:
+    """``producer eval --dim 128 --dtype float32,float16,int8,binary`` on the retrieval set:
+    one row per combination beside fp32, and the binary figures equal a Hamming ranking of the
+    packed bits of the very vectors the tool embedded, done here in NumPy."""
+    from producer.cli import main
+    from producer.tools.evaluate import EvalRow, embed_timed
+    from worker.model.session import load_model
+
+    root = retrieval(tmp_path / "beir")
+    res = CliRunner().invoke(main, ["eval", str(minilm_bundle), str(root), "--variants", "fp32",
+                                    "--providers", "cpu", "--dim", "128", "--dtype",
+                                    "float32,float16,int8,binary", "--json",
+                                    str(tmp_path / "out.json")])
+    assert res.exit_code == 0, res.output
+    assert "vs ref" in res.output and "binary+rescore" in res.output
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    assert [(r["dim"], r["dtype"], r["bytes_per_vector"]) for r in rows] == [
+        (None, "float32", 1536), (128, "float32", 512), (128, "float16", 256),
+        (128, "int8", 128), (128, "binary", 16), (128, "binary+rescore", 16)]
+    base = rows[0]["metrics"]
+    for r in rows[1:]:
+        assert r["delta"]["ndcg@10"] == pytest.approx(r["metrics"]["ndcg@10"] - base["ndcg@10"])
+        assert r["tokens_per_s"] == rows[0]["tokens_per_s"]
+    # the same vectors, ranked by Hamming distance of their first 128 signs, ties by doc id
+    data = read_eval_data(root)
+    inputs = build_inputs(data, load_bundle(minilm_bundle))
+    vecs = embed_timed(load_model(load_bundle(minilm_bundle), device="cpu", precision="fp32"),
+                       inputs.texts, None, EvalRow("fp32", "cpu"))
+    bits = np.packbits(vecs[:, :128] > 0, axis=1)
+    q, c = bits[inputs.roles["query"]], bits[inputs.roles["chunk"]]
+    ham = np.unpackbits(q[:, None, :] ^ c[None, :, :], axis=-1).sum(axis=-1)
+    by_id = np.argsort(np.argsort(inputs.doc_ids))
+    found = [[inputs.doc_ids[j] for j in np.lexsort((by_id, h))][:10] for h in ham]
+    assert rows[4]["metrics"] == pytest.approx(em.ranking_metrics(found, inputs.relevant),
+                                               abs=1e-12)
+    assert rows[2]["metrics"]["ndcg@10"] == pytest.approx(rows[1]["metrics"]["ndcg@10"],
+                                                          abs=0.02)

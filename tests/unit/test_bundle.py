@@ -141,6 +141,17 @@ def test_evaluation_figures_round_trip_and_leave_the_fingerprint_alone(tmp_path:
         load_bundle(new)
 
 
+def test_matryoshka_flag_round_trips_and_leaves_the_fingerprint_alone(tmp_path: Path) -> None:
+    old = make_bundle(tmp_path / "old")
+    assert load_bundle(old).config.matryoshka is None
+    flag = {"dims": [384, 128], "from": "README.md"}
+    new = make_bundle(tmp_path / "new", config={**CONFIG, "matryoshka": flag},
+                      onnx_bytes=(old / "model.onnx").read_bytes())
+    cfg = load_bundle(new).config
+    assert cfg.matryoshka == flag and cfg.to_dict()["matryoshka"] == flag
+    assert load_bundle(new).fingerprint("fp32") == load_bundle(old).fingerprint("fp32")
+
+
 def test_loaded_tokenizer_drops_baked_padding_and_truncates_at_window(tmp_path: Path) -> None:
     root = make_bundle(tmp_path / "b", tokenizer=False)
     write_tokenizer(root / "tokenizer.json", baked_padding=8)

@@ -20,3 +20,19 @@ def test_counts_the_sample(minilm_bundle, capsys):
     got = dry_run(str(SAMPLE), model=str(minilm_bundle), prefix="none", **ARGS)
     assert got["accepted"] == 375 and got["cached"] == 0 and got["chunks"] >= 375
     assert "375 accepted, 0 rejected" in capsys.readouterr().out
+
+
+def test_dim_is_refused_on_minilm_and_the_estimate_uses_the_stored_size(minilm_bundle, capsys):
+    from click.testing import CliRunner
+
+    from producer.cli import main
+
+    res = CliRunner().invoke(main, ["submit", str(SAMPLE), "--dry-run", "--model",
+                                    str(minilm_bundle), "--dim", "128", "--dtype", "binary"])
+    assert res.exit_code == 3
+    assert "--dim 128: the bundle" in res.output and "Matryoshka" in res.output
+    got = dry_run(str(SAMPLE), model=str(minilm_bundle), prefix="none", dim=128,
+                  dtype="binary", force_dim=True, **ARGS)
+    assert got["dense"] == {"dim": 128, "dtype": "binary", "full_dim": 384,
+                            "dim_allowed": "forced"}
+    assert got["disk_bytes"]["dense"] == 16 * got["chunks"]

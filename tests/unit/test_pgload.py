@@ -56,3 +56,39 @@ def test_copy_rows_values_halfvec_and_sparse(tmp_path):
     half = list(copy_rows(batch, "halfvec", None))
     assert isinstance(half[0][6], HalfVector) and len(half[0]) == 7
     assert np.array_equal(half[0][6].to_numpy(), v[0].astype(np.float16))
+
+
+# -- --dtype jobs (storage/pgtable.py DTYPE_TYPES) ---------------------------------------------
+def test_dtype_picks_the_column_type_and_int8_is_refused(tmp_path):
+    from tests.unit.test_compact_readers import compact_job
+
+    for dtype, vtype in (("float16", None), ("binary", None), ("ubinary", None)):
+        spec = inspect_job(compact_job(tmp_path / dtype, dtype)[0].root)
+        assert (spec.layout.dtype, spec.layout.dim, spec.layout.vector_type) == (dtype, 20, vtype)
+    assert inspect_job(compact_job(tmp_path / "h", "float16")[0].root,
+                       vector_type="vector").layout.vector_type == "vector"
+    for dtype in ("int8", "uint8"):
+        with pytest.raises(LoadError, match=f"--dtype {dtype} vectors cannot be stored by "
+                                            "pgvector.*float16 \\(halfvec\\) or binary \\(bit\\)"):
+            inspect_job(compact_job(tmp_path / f"i{dtype}", dtype)[0].root)
+    with pytest.raises(LoadError, match="--type halfvec cannot hold --dtype binary"):
+        inspect_job(compact_job(tmp_path / "b2", "binary")[0].root, vector_type="halfvec")
+
+
+def test_copy_rows_bits_and_halves(tmp_path):
+    from pgvector import Bit, HalfVector
+
+    from storage.quantize import packed_bits
+    from tests.unit.test_compact_readers import compact_job
+
+    jd, stored = compact_job(tmp_path / "b", "binary")  # 20 bits: padded last byte
+    batch = pq.read_table(jd.embeddings_path(0)).to_batches()[0]
+    rows = list(copy_rows(batch, "bit", None, "binary", 20))
+    bits = np.unpackbits(packed_bits(stored, "binary"), axis=1)[:, :20].astype(bool)
+    assert [r[6] for r in rows] == [Bit(b) for b in bits[:4]]
+    assert rows[0][6].to_text() == "".join("1" if x else "0" for x in bits[0])
+    jd, stored = compact_job(tmp_path / "h", "float16")
+    batch = pq.read_table(jd.embeddings_path(0)).to_batches()[0]
+    half = list(copy_rows(batch, "halfvec", None, "float16", 20))
+    assert isinstance(half[0][6], HalfVector)
+    assert np.array_equal(half[0][6].to_numpy(), stored[0])

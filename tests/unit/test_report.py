@@ -170,3 +170,26 @@ def test_report_shows_the_eval_gate_figures_of_the_unchanged_bundle(tmp_path: Pa
     m["model"]["fingerprints"] = {"fp32": "another bundle since"}
     job.write_manifest(m)
     assert "eval gate" not in CliRunner().invoke(main, ["report", str(job.root)]).output
+
+
+@pytest.mark.parametrize(("dtype", "raw"), [("float32", 80), ("float16", 40), ("int8", 20),
+                                            ("binary", 3)])
+def test_report_shows_bytes_per_chunk_by_output(tmp_path: Path, dtype: str, raw: int) -> None:
+    """The dense column's bytes per chunk from the shard footers, beside its stored form."""
+    import pyarrow.parquet as pq
+
+    from tests.unit.test_compact_readers import compact_job
+
+    jd, _ = compact_job(tmp_path, dtype)
+    paths = sorted(jd.embeddings_dir.glob("part-*.parquet"))
+    disk = sum(pq.read_metadata(p).row_group(0).column(6).total_compressed_size for p in paths)
+    assert pq.read_metadata(paths[0]).row_group(0).column(6).path_in_schema.startswith(
+        "embedding")
+    res = CliRunner().invoke(main, ["report", str(jd.root), "--json"])
+    assert res.exit_code == 0, res.output
+    b = json.loads(res.output)["bytes_per_chunk"]
+    assert b["dense"]["disk"] == round(disk / 7, 1)  # 7 chunks in the job
+    assert (b["dense"]["dtype"], b["dense"]["dim"], b["dense"]["raw"]) == (dtype, 20, raw)
+    text = CliRunner().invoke(main, ["report", str(jd.root)]).output
+    assert f"bytes      per chunk on disk: dense {disk / 7:,.1f} ({dtype}, 20 dims, {raw} raw)" \
+        in text

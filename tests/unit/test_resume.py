@@ -70,3 +70,19 @@ def test_interrupt_message_names_the_resume_command_once_the_job_exists(tmp_path
     assert "run the same command again" in interrupted_message(tmp_path / "out" / "j")
     job = make_job(tmp_path)
     assert f"`producer run --resume {job.root}`" in interrupted_message(job.root)
+
+
+def test_another_dim_or_dtype_is_refused_naming_both() -> None:
+    from producer.resume import check_same_dense
+    from storage.manifest import Manifest
+
+    m = Manifest(job_id="j", model={"dim": 384},
+                 dense={"dim": 256, "dtype": "int8", "full_dim": 384})
+    check_same_dense(m, {"dim": 256, "dtype": "int8"}, {"dim", "dtype"})
+    check_same_dense(m, {"dim": None, "dtype": "float32"}, set())  # --resume, nothing given
+    with pytest.raises(JobConflict, match="--dtype binary: j was submitted with --dtype int8"):
+        check_same_dense(m, {"dim": 256, "dtype": "binary"}, {"dim", "dtype"})
+    plain = Manifest(job_id="j", model={"dim": 384})
+    check_same_dense(plain, {"dim": 384, "dtype": "float32"}, {"dim", "dtype"})  # = the model's
+    with pytest.raises(JobConflict, match="--dim 128: j was submitted with the model's 384"):
+        check_same_dense(plain, {"dim": 128, "dtype": "float32"}, {"dim"})

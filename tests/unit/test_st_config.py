@@ -116,3 +116,15 @@ def test_invalid_json_names_the_file(tmp_path: Path) -> None:
     (src / "modules.json").write_text("[{")
     with pytest.raises(BundleError, match="modules.json: invalid JSON"):
         read_model_config(src, "m")
+
+
+def test_matryoshka_read_from_the_model_card(tmp_path: Path) -> None:
+    pooling = {"word_embedding_dimension": 48, "pooling_mode_mean_tokens": True}
+    plain = hf_dir(tmp_path / "plain", modules=ST, pooling=pooling)
+    (plain / "README.md").write_text("# a model\ntrained with MultipleNegativesRankingLoss\n")
+    assert read_model_config(plain, "m").matryoshka is None
+    card = hf_dir(tmp_path / "mrl", modules=ST, pooling=pooling)
+    (card / "README.md").write_text('#### MatryoshkaLoss\n```json\n{\n    "loss": "MNRL",\n'
+                                    '    "matryoshka_dims": [\n        48,\n        24,\n'
+                                    '        12\n    ],\n    "n_dims_per_step": -1\n}\n```\n')
+    assert read_model_config(card, "m").matryoshka == {"dims": [48, 24, 12], "from": "README.md"}

@@ -52,6 +52,7 @@ def export_bundle(
     thresholds: dict[str, dict[str, float]] | None = None,
     embed: Embed = session_embed,
     eval_gate: MetricGate | None = None,
+    matryoshka: bool = False,
 ) -> Path:
     """Export ``src`` (a model directory or ``all-MiniLM-L6-v2``) as a bundle at ``out``.
 
@@ -69,6 +70,8 @@ def export_bundle(
         eval_gate: the user's labelled data as a second gate (metric_gate.py): a variant
             that loses more than ``eval_gate.max_drop`` of the metric vs fp32 is not written;
             the figures are stored as ``evaluation`` in the bundle config.
+        matryoshka: declare the model Matryoshka-trained (``--dim`` allowed) when its model
+            card does not say so (``producer export --matryoshka``).
 
     Returns:
         The bundle path.
@@ -80,6 +83,9 @@ def export_bundle(
     wanted = _check_precisions(precisions)
     model_dir, source = resolve_source(src)
     config = read_model_config(model_dir, source, pooling=pooling, max_length=max_length)
+    if matryoshka and config.matryoshka is None:
+        config = dataclasses.replace(
+            config, matryoshka={"dims": [], "from": "producer export --matryoshka"})
     head_files = find_heads(model_dir, source)
     out, tmp = _temp_bundle_dir(out)
     try:

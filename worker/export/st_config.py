@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,30 @@ def read_model_config(
         dim=dim,
         query_prefix=str(prompts.get("query") or ""),
         passage_prefix=str(prompts.get("passage") or prompts.get("document") or ""),
+        matryoshka=matryoshka_from_card(model_dir),
     )
+
+
+_MATRYOSHKA_DIMS = re.compile(r'"matryoshka_dims"\s*:\s*\[([0-9,\s]+)\]')
+
+
+def matryoshka_from_card(model_dir: Path) -> dict[str, Any] | None:
+    """``{"dims": [...], "from": "README.md"}`` when the model card (sentence-transformers
+    writes the training loss's arguments into it) says the model was trained with
+    MatryoshkaLoss; else None.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "README.md").write_text('{"matryoshka_dims": [768, 256, 64]}')
+    >>> matryoshka_from_card(d)
+    {'dims': [768, 256, 64], 'from': 'README.md'}
+    """
+    card = model_dir / "README.md"
+    if not card.is_file():
+        return None
+    m = _MATRYOSHKA_DIMS.search(card.read_text(encoding="utf-8", errors="replace"))
+    if m is None:
+        return None
+    return {"dims": [int(x) for x in m.group(1).split(",") if x.strip()], "from": "README.md"}
 
 
 def copy_tokenizer(model_dir: Path, dst: Path) -> None:

@@ -58,14 +58,16 @@ def colbert_rows(vectors: np.ndarray, attention_mask: np.ndarray) -> list[np.nda
     return out
 
 
-def output_nbytes(dim: int, sparse: Sparse | None = None, colbert: np.ndarray | None = None
-                  ) -> int:
+def output_nbytes(dim: int, sparse: Sparse | None = None, colbert: np.ndarray | None = None,
+                  dense_bytes: int | None = None) -> int:
     """Bytes one chunk's outputs take as raw Parquet values (before compression).
+
+    ``dense_bytes``: the stored dense vector's size (--dim/--dtype); default float32 x ``dim``.
 
     >>> output_nbytes(4, (np.zeros(3, np.int32), np.zeros(3, np.float32)), np.zeros((5, 2)))
     80
     """
-    n = 4 * dim
+    n = 4 * dim if dense_bytes is None else dense_bytes
     if sparse is not None:
         n += 8 * len(sparse[0])
     if colbert is not None:
