@@ -18,7 +18,8 @@ from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, StageConfig
 from producer.streaming import default_procs, stage_splits
 from storage import ledger
 from storage.bundle import load_bundle
-from worker.contract import Device, default_precision
+from worker.contract import Device
+from worker.model.policy import fingerprint, planned_runtime
 
 
 def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision: str,
@@ -27,19 +28,22 @@ def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision:
             stage_procs: int | None = None, split_bytes: int = DEFAULT_SPLIT_BYTES,
             shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS, outputs: str = "dense",
             **_: Any) -> dict[str, Any]:
-    bundle = load_bundle(resolve_model(model, embedfleet_home()))
+    home = embedfleet_home()
+    bundle = load_bundle(resolve_model(model, home))
     cfg = bundle.config
     wanted = parse_outputs(outputs, cfg, str(bundle.path))
     pfx = prefix_text(prefix, cfg.passage_prefix, cfg.query_prefix)
-    prec = default_precision(Device.GPU if queue == "gpu" else Device.CPU, bundle.variants,
-                             precision)
+    # the worker's policy (its probe's stored choice on CPU), so the cache keys are the same
+    runtime = planned_runtime(bundle, Device.GPU if queue == "gpu" else Device.CPU, home,
+                              precision)
+    prec = runtime.precision
     stage = StageConfig(bundle_path=str(bundle.path),
                         max_tokens=min(cfg.max_length, max_tokens or cfg.max_length),
                         overlap=overlap, prefix=pfx, text_field=text_field, id_field=id_field,
                         max_line_bytes=max_line_bytes, shard_tokens=shard_tokens,
                         shard_max_chunks=shard_max_chunks)
-    lookup = ({"cache_url": cache_url, "fingerprint": bundle.fingerprint(prec), "dim": cfg.dim,
-               "outputs": wanted}
+    lookup = ({"cache_url": cache_url, "fingerprint": fingerprint(bundle, runtime),
+               "dim": cfg.dim, "outputs": wanted}
               if cache_url else None)
     procs = stage_procs or default_procs()
     t0 = time.perf_counter()
@@ -49,7 +53,8 @@ def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision:
     wall = time.perf_counter() - t0
     t = ledger.totals({0: cps})
     size = Path(corpus).stat().st_size
-    click.echo(f"dry run of {Path(corpus).name} with {cfg.source} ({prec}):")
+    where = runtime.provider.removesuffix("ExecutionProvider")
+    click.echo(f"dry run of {Path(corpus).name} with {cfg.source} ({prec} on {where}):")
     click.echo(f"  documents {t['accepted']} accepted, {t['rejected']} rejected")
     click.echo(f"  chunks    {t['chunks']} in {t['shards']} shards, {t['tokens']:,} tokens")
     click.echo(f"  cached    {hits}/{t['chunks']} chunks already in the cache")
@@ -59,5 +64,5 @@ def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision:
     click.echo(f"  disk      about {format_bytes(sum(disk.values()))} of vectors ("
                + ", ".join(f"{k} {format_bytes(v)}" for k, v in disk.items())
                + "; uncompressed, zstd saves little on floats)")
-    return {**t, "cached": hits, "wall_s": wall, "mb_per_s": size / 1e6 / wall,
-            "procs": procs, "outputs": list(wanted), "disk_bytes": disk}
+    return {**t, "cached": hits, "precision": prec, "provider": runtime.provider, "wall_s": wall,
+            "mb_per_s": size / 1e6 / wall, "procs": procs, "outputs": list(wanted), "disk_bytes": disk}

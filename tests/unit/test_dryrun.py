@@ -20,3 +20,17 @@ def test_counts_the_sample(minilm_bundle, capsys):
     got = dry_run(str(SAMPLE), model=str(minilm_bundle), prefix="none", **ARGS)
     assert got["accepted"] == 375 and got["cached"] == 0 and got["chunks"] >= 375
     assert "375 accepted, 0 rejected" in capsys.readouterr().out
+
+
+def test_precision_and_cache_keys_follow_the_worker_probe(minilm_bundle, tmp_path, monkeypatch,
+                                                          capsys):
+    """After a worker chose OpenVINO bf16, the dry run says so and keys the cache with it
+    (it said int8 and counted 0 cached)."""
+    from storage.bundle import load_bundle
+    from tests.unit.test_policy import ROWS_OV_BF16, _figures
+
+    monkeypatch.setenv("EMBED_HOME", str(tmp_path))
+    _figures(tmp_path, str(load_bundle(minilm_bundle).path), ROWS_OV_BF16)
+    got = dry_run(str(SAMPLE), model=str(minilm_bundle), prefix="none", **ARGS)
+    assert (got["precision"], got["provider"]) == ("bf16", "OpenVINOExecutionProvider")
+    assert "(bf16 on OpenVINO)" in capsys.readouterr().out
