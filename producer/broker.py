@@ -9,7 +9,8 @@ from typing import Any
 from producer.errors import BrokerUnreachable
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
-from worker.settings import DEFAULT_BROKER_URL, WorkerSettings, env_name, mask_url
+from storage.urls import DEFAULT_BROKER_URL, mask_url
+from worker.settings import WorkerSettings, env_name
 
 
 def connect(broker: str | None) -> Any:

@@ -19,7 +19,7 @@ from producer.errors import Interrupted, JobFailed, UsageError
 from producer.exitcodes import EXIT_CODES, USAGE_EXIT, _exit_code_help, exit_code  # noqa: F401
 from producer.tools.cli import register as register_tools
 from storage.jobdir import JobDir
-from worker.settings import DEFAULT_BROKER_URL, mask_url
+from storage.urls import BROKER_ENV, DEFAULT_BROKER_URL, mask_url
 
 
 class _Main(click.Group):
@@ -115,9 +115,6 @@ def main() -> None:
     producer resume OUT/JOB              re-send shards whose messages were lost (a fleet job)
     producer export SRC --out DIR        turn a sentence-transformers model into a bundle
     """
-
-
-BROKER_ENV = ["EMBED_BROKER_URL", "CELERY_BROKER_URL"]
 
 
 @main.command()

@@ -33,7 +33,7 @@ from storage.jobdir import JobDir
 from storage.manifest import Manifest
 from storage.metrics import metrics_totals
 from storage.readers import read_matrix, read_table
-from worker.settings import DEFAULT_BROKER_URL, env_broker, mask_url
+from storage.urls import DEFAULT_BROKER_URL, env_broker, mask_url
 
 
 class Job:

@@ -22,7 +22,7 @@ from producer.errors import JobConflict, UsageError
 from producer.staging import DEFAULT_SHARD_MAX_CHUNKS
 from storage.jobdir import JobDir
 from storage.manifest import RUN_MADE_BY  # noqa: F401  (also imported from here)
-from worker.settings import DEFAULT_BROKER_URL
+from storage.urls import DEFAULT_BROKER_URL
 
 CHUNK_OPTIONS = ("max_tokens", "overlap", "prefix", "text_field", "id_field", "shard_tokens")
 """Options that change the staged chunks; an existing job must be continued with its own."""

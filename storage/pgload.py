@@ -37,7 +37,7 @@ from storage.pgtable import (BASE_COLUMNS, Layout, Target, build_hnsw, claim_sha
                              loaded_shards, prepare)
 from storage.readers import open_job
 from storage.shards import read_metadata
-from worker.settings import mask_url
+from storage.urls import mask_url
 
 Progress = Callable[[str, int, int], None]
 """``progress(what, done, total)`` with ``what`` in ``"rows"``, ``"index"``."""

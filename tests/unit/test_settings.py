@@ -78,6 +78,13 @@ def test_every_variable_is_named_once():
     assert env_name("cache_ttl_s") == "EMBED_CACHE_TTL"
 
 
+def test_the_broker_variables_are_the_ones_storage_reads():
+    from storage.urls import BROKER_ENV
+
+    assert next(f for f in fields(WorkerSettings) if f.name == "broker_url").metadata["env"] \
+        == BROKER_ENV
+
+
 def test_settings_source_names_each_variable_once():
     lines = (ROOT / "worker" / "settings.py").read_text(encoding="utf-8").splitlines()
     src = "\n".join(line for line in lines if ">>>" not in line)  # doctests may repeat them
