@@ -174,9 +174,9 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 def _chunk(corpus: Path, bundle: Any, work: Path) -> tuple[dict[str, Any], Path]:
     """Read + chunk the corpus once with the producer's staging code (one process, counting
     only, as ``producer submit --dry-run``); keep the chunk texts in order."""
-    from producer.corpus import Record, iter_records
-    from producer.staging import StageConfig
-    from producer.streaming import chunk_texts
+    from worker.staging.corpus import Record, iter_records
+    from worker.staging.shards import StageConfig
+    from worker.staging.pool import chunk_texts
 
     cfg = bundle.config
     nbytes = sum(len(r.text.encode("utf-8")) for r in iter_records(corpus)

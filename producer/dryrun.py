@@ -10,12 +10,12 @@ from typing import Any
 
 import click
 
-from producer.chunking import prefix_text
+from worker.staging.chunking import prefix_text
 from producer.models import embedfleet_home, resolve_model
 from producer.outputs import estimate_bytes, format_bytes, parse_outputs
-from producer.splits import DEFAULT_SPLIT_BYTES, plan_splits
-from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, StageConfig
-from producer.streaming import default_procs, stage_splits
+from worker.staging.splits import DEFAULT_SPLIT_BYTES, plan_splits
+from worker.staging.shards import DEFAULT_SHARD_MAX_CHUNKS, StageConfig
+from worker.staging.pool import default_procs, stage_splits
 from storage import ledger
 from storage.bundle import load_bundle
 from worker.contract import Device
@@ -65,4 +65,5 @@ def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision:
                + ", ".join(f"{k} {format_bytes(v)}" for k, v in disk.items())
                + "; uncompressed, zstd saves little on floats)")
     return {**t, "cached": hits, "precision": prec, "provider": runtime.provider, "wall_s": wall,
-            "mb_per_s": size / 1e6 / wall, "procs": procs, "outputs": list(wanted), "disk_bytes": disk}
+            "mb_per_s": size / 1e6 / wall, "procs": procs, "outputs": list(wanted),
+            "disk_bytes": disk}

@@ -16,18 +16,18 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from producer import faults
-from producer.corpus import Record, Reject
-from producer.splits import Planner, Split, plan_splits
-from producer.staging import StageConfig, stage_split
-from producer.streaming import stage_splits
+from worker.staging import faults
+from worker.staging.corpus import Record, Reject
+from worker.staging.splits import Planner, Split, plan_splits
+from worker.staging.shards import StageConfig, stage_split
+from worker.staging.pool import stage_splits
 from producer.broker import send_shards
 from storage import ledger
 from producer.errors import CorpusError
 from storage.atomic import remove_stale_tmp
 from storage.errors import DiskFull
 from storage.jobdir import JobDir
-from producer.fleet_stage import complete_staging, stage_config
+from worker.staging.fleet import complete_staging, stage_config
 
 Tick = Callable[[], None]
 

@@ -19,15 +19,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from producer.corpus import Record, Reject, judge_object
+from worker.staging.corpus import Record, Reject, judge_object
 from producer.errors import JobConflict, UsageError
 from producer.broker import broker_backlog, connect, send_shards
 from producer.models import embedfleet_home, resolve_model
 from producer.outputs import parse_outputs
 from producer.progress import JobStatus, staging_progress
-from producer.splits import DEFAULT_SPLIT_BYTES, plan_splits
-from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, StageConfig
-from producer.streaming import default_procs
+from worker.staging.splits import DEFAULT_SPLIT_BYTES, plan_splits
+from worker.staging.shards import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, StageConfig
+from worker.staging.pool import default_procs
 from storage.bundle import load_bundle
 from storage.jobdir import JobDir
 from storage.manifest import Manifest
@@ -210,7 +210,7 @@ def submit(
         UsageError: a bad option value (``--prefix``, ``--overlap``, ``--max-tokens``...).
         JobConflict: ``out/<job_id>`` already holds a job.
     """
-    from producer.chunking import chunk_budget, chunking_settings, prefix_text
+    from worker.staging.chunking import chunk_budget, chunking_settings, prefix_text
     from producer.routing import choose_queue
 
     say = log or (lambda *_: None)

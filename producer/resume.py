@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.chunking import chunking_settings, prefix_text
-from producer.corpus import file_checksum
+from worker.staging.chunking import chunking_settings, prefix_text
+from worker.staging.corpus import file_checksum
 from producer.errors import JobConflict, UsageError
-from producer.staging import DEFAULT_SHARD_MAX_CHUNKS
+from worker.staging.shards import DEFAULT_SHARD_MAX_CHUNKS
 from storage.jobdir import JobDir
 from storage.manifest import RUN_MADE_BY  # noqa: F401  (also imported from here)
 from storage.urls import DEFAULT_BROKER_URL

@@ -1,9 +1,9 @@
 """The stage task (``--stage-on fleet``): stage one split of a job, send its shards' tasks.
 
-Thin, like the shard task: the staging code is the producer's (``producer.fleet_stage``, imported
-inside the task so a worker that never stages never loads it), with the same ledger, so a
-worker killed mid-split is redelivered (late ack, reject on worker lost) and continues from the
-split's last durable checkpoint: no shard is staged twice. The task that finishes the last
+Thin, like the shard task: the staging code is ``worker.staging.fleet`` (imported inside the
+task so a worker that never stages never loads it), the producer's too, with the same ledger,
+so a worker killed mid-split is redelivered (late ack, reject on worker lost) and continues
+from the split's last durable checkpoint: no shard is staged twice. The task that finishes the last
 split completes staging (sets ``staged``); a repeat of that is harmless. Like the shard task, it
 accepts only a job directory, bundles and a corpus under the worker's roots
 (``worker.paths.open_job``): a rejected message logs one line, writes nothing, is not retried.
@@ -28,7 +28,7 @@ def register(app: Celery) -> None:
     @app.task(name=STAGE_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
               max_retries=None)
     def stage_split(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
-        from producer.fleet_stage import stage_one_split
+        from worker.staging.fleet import stage_one_split
 
         job_dir = Path(str(payload["job_dir"]))
         validate_job_id(str(payload["job_id"]))

@@ -63,7 +63,7 @@ class BenchRow:
 def read_texts(corpus: str | Path | None, text_field: str = "text",
                limit: int | None = None) -> list[str]:
     """Texts of ``corpus`` (.jsonl, .jsonl.gz, .parquet; default: examples/sample.jsonl)."""
-    from producer.corpus import Record, iter_records
+    from worker.staging.corpus import Record, iter_records
 
     if corpus is None and not SAMPLE.is_file():
         from worker.export.samples import SAMPLE_TEXTS

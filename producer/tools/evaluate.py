@@ -9,7 +9,7 @@ sentence-transformers' evaluators build:
   ``encode_query``/``encode_document``); pairs: the texts as they are (``encode``); both cut at
   the model window by the tokenizer, as sentence-transformers does;
 - retrieval: queries with the query prefix; every corpus document chunked exactly as a job
-  chunks it (``producer.chunking.chunk_document``, the bundle's window, passage prefix, no
+  chunks it (``worker.staging.chunking.chunk_document``, the bundle's window, passage prefix, no
   overlap) and scored by its best chunk (max-sim, ``evalmetrics.retrieval_metrics``). A
   document that fits the window is one chunk, so the figures equal the evaluator's.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from producer.chunking import chunk_document
+from worker.staging.chunking import chunk_document
 from producer.tools import evalmetrics as em
 from producer.tools.bench import DEVICES, PROVIDERS, check_names, runnable_rows
 from producer.tools.evaldata import DataReject, EvalData

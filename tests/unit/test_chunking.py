@@ -20,7 +20,7 @@ from tokenizers import (
     trainers,
 )
 
-from producer.chunking import Span, chunk_budget, chunk_document
+from worker.staging.chunking import Span, chunk_budget, chunk_document
 
 WORDS = [
     "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "small",

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from producer.corpus import Record, Reject, file_checksum, iter_records
+from worker.staging.corpus import Record, Reject, file_checksum, iter_records
 
 CAP = 200_000
 GOOD = object()  # expectation marker: a Record

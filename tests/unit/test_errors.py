@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from producer.chunking import chunk_budget, prefix_text
-from producer.corpus import iter_records
+from worker.staging.chunking import chunk_budget, prefix_text
+from worker.staging.corpus import iter_records
 from producer.errors import BrokerUnreachable, CorpusError, UsageError
 from producer.local import free_port
 from producer.routing import queue_for

@@ -1,4 +1,4 @@
-"""producer/fastcount.py: nanotoken only where it gives exactly the tokenizer's ids."""
+"""worker/staging/fastcount.py: nanotoken only where it gives exactly the tokenizer's ids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from producer import fastcount
+from worker.staging import fastcount
 from storage.bundle import load_bundle
 
 ALPHABET = [*"abcdefgh  \n\n\t.!?,", *"日本語。！？한국어😀\u00e9\u0301\x00\u200b\u3000\r\x1c\ufeff",

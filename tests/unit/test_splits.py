@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from producer.corpus import iter_records
-from producer.splits import iter_split, plan_splits
-from producer.staging import StageConfig
-from producer.streaming import chunk_texts, stage_splits
+from worker.staging.corpus import iter_records
+from worker.staging.splits import iter_split, plan_splits
+from worker.staging.shards import StageConfig
+from worker.staging.pool import chunk_texts, stage_splits
 from storage import ledger
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer
 
-from producer.chunking import chunk_budget, chunk_document
-from producer.tokenwise import _split_chars, additivity, pieces_of
+from worker.staging.chunking import chunk_budget, chunk_document
+from worker.staging.tokenwise import _split_chars, additivity, pieces_of
 from storage.bundle import load_bundle
 from worker.export.samples import SAMPLE_TEXTS
 

@@ -4,7 +4,7 @@ The document is tokenised once, without special tokens, to get each token's star
 walk then takes the next ``budget`` tokens as a window and cuts at the last paragraph break in
 it, else the last sentence end, else the last whitespace, else hard at a token boundary. A kind
 of boundary is used only if the chunk keeps at least half the window, so chunks don't get tiny.
-A chunk cut at a clean split (``producer.tokenwise``: the tokenizer's counts add up there) is
+A chunk cut at a clean split (``worker.staging.tokenwise``: the tokenizer's counts add up there) is
 counted from the document's tokens, without encoding it again ("chunk once"); any other chunk
 is re-encoded exactly as the model will see it (``prefix + chunk``, special tokens added). Either
 way a chunk that a boundary effect pushed over is shrunk, so ``n_tokens <= max_tokens``.
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from producer.errors import UsageError
-from producer.tokenwise import (Additivity, additivity, clean_end, clean_start, count_tokens,
+from storage.errors import UsageError
+from worker.staging.tokenwise import (Additivity, additivity, clean_end, clean_start, count_tokens,
                                 token_starts)
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def chunk_document(
     """Split ``text`` into spans whose encoding fits in ``max_tokens``.
 
     Time is linear in ``len(text)``: one tokenisation of the whole document; only chunks that
-    do not end at clean splits (``producer.tokenwise``) are encoded again to count them.
+    do not end at clean splits (``worker.staging.tokenwise``) are encoded again to count them.
 
     Args:
         text: The document. The caller rejects empty or whitespace-only text before this.

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from producer.errors import CorpusError
+from storage.errors import CorpusError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

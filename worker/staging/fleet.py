@@ -1,8 +1,9 @@
-"""Staging pieces a worker runs too (``--stage-on fleet``): one split, and completing staging.
+"""Staging pieces a worker runs (``--stage-on fleet``): one split, and completing staging.
 
-Kept apart from ``producer.ingest`` so that the stage task (``worker/stage_task.py``, which
-imports this lazily) never reaches ``producer.broker`` and through it the Celery app: no import
-cycle. Shard tasks are sent with the worker's own app (the message is ``worker.contract``'s).
+The stage task (``worker/stage_task.py``) calls ``stage_one_split``; the producer's own path
+(``producer/ingest.py``) completes staging with the same ``complete_staging``. Shard tasks are
+sent with the caller's Celery app (the message is ``worker.contract``'s), so nothing here
+imports the app.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from producer.splits import Split
-from producer.staging import StageConfig
-from producer.streaming import stage_splits
+from worker.staging.splits import Split
+from worker.staging.shards import StageConfig
+from worker.staging.pool import stage_splits
 from storage import ledger
 from storage.jobdir import JobDir
 from storage.manifest import ShardEntry

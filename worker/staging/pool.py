@@ -19,8 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from producer.splits import Split, gzip_blocks, iter_split
-from producer.staging import StageConfig, stage_split
+from worker.staging.splits import Split, gzip_blocks, iter_split
+from worker.staging.shards import StageConfig, stage_split
 from storage import ledger
 from storage.ledger import Checkpoint
 
@@ -206,7 +206,7 @@ def _die_with_parent() -> None:
 def chunk_texts(path: Path, cfg: StageConfig) -> tuple[list[str], dict[str, int]]:
     """Every chunk text the staging of ``path`` makes, in corpus order, and the totals (one
     process, nothing written: what benchmarks embed and calibrate on)."""
-    from producer.splits import plan_splits
+    from worker.staging.splits import plan_splits
 
     texts: list[str] = []
     splits, _ = plan_splits(path, 1 << 62)  # one split: the whole file

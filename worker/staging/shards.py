@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer import faults
-from producer.chunking import chunk_budget, chunk_document, is_short
-from producer.fastcount import is_fast
-from producer.tokenwise import additivity, encode_ids
-from producer.corpus import Record, Reject
+from worker.staging import faults
+from worker.staging.chunking import chunk_budget, chunk_document, is_short
+from worker.staging.fastcount import is_fast
+from worker.staging.tokenwise import additivity, encode_ids
+from worker.staging.corpus import Record, Reject
 from storage import ledger
 from storage.hashing import text_sha256
 from storage.ledger import Checkpoint

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from producer.corpus import (Record, Reject, _iter_lines, _judge, _parse_line, file_checksum,
+from worker.staging.corpus import (Record, Reject, _iter_lines, _judge, _parse_line, file_checksum,
                              iter_parquet_rows)
 
 DEFAULT_SPLIT_BYTES = 16 * 2**20

@@ -196,6 +196,6 @@ def encode_ids(texts: list[str], tokenizer: Tokenizer, prefix: str = "") -> list
     """The ids the model sees for each text (prefix, special tokens included): one
     ``encode_batch`` call (no offsets) for a batch of short documents, most of staging's work.
     A document that is one chunk keeps them in the input shard, so the worker skips tokenising."""
-    from producer.fastcount import encoder_for
+    from worker.staging.fastcount import encoder_for
 
     return encoder_for(tokenizer)([prefix + t for t in texts])
