@@ -177,7 +177,6 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
     --resume OUT/JOB, to continue an interrupted job.
     """
     from producer.job import Job, new_job_id
-    from producer.local import fleet_roots, local_fleet
     from producer.models import embedfleet_home, resolve_model
     from producer.resume import interrupted_message, plan_run
 
@@ -194,20 +193,36 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
         _finish(Job(plan.root), progress=False)
         return
     try:
-        bundle = resolve_model(plan.options["model"], home_path)  # export the default once
-        with local_fleet(workers=workers or 1, threads=threads, home=home_path,
-                         queue=plan.queue, broker=broker, cache_url=cache_url,
-                         extra_env={"EMBED_HOME": str(home_path),
-                                    **fleet_roots(plan.root.parent, bundle)}
-                         ) as (broker_url, _cache, fleet):
-            click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
-            if plan.note:
-                click.echo(plan.note)
-            job = plan.start(broker_url, home_path, log=click.echo)
-            fleet.wait_ready()
-            _finish(job, progress=True)
+        _run_locally(plan, home_path, workers=workers,
+                     threads=threads, broker=broker, cache_url=cache_url)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(root)) from None
+
+
+def _run_locally(plan: Any, home: Path, *, workers: int | None,
+                 threads: int | None, broker: str | None, cache_url: str | None) -> None:
+    """Start the private fleet; submit a new job to it (``plan.corpus``) or continue one."""
+    from producer.job import submit as submit_job
+    from producer.local import fleet_roots, local_fleet
+    from producer.models import resolve_model
+    from storage.manifest import RUN_MADE_BY
+
+    bundle = resolve_model(plan.options["model"], home)  # export the default once
+    with local_fleet(workers=workers or 1, threads=threads, home=home, queue=plan.queue,
+                     broker=broker, cache_url=cache_url,
+                     extra_env={"EMBED_HOME": str(home), **fleet_roots(plan.root.parent, bundle)}
+                     ) as (broker_url, _cache, fleet):
+        click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
+        if plan.note:
+            click.echo(plan.note)
+        if plan.corpus is None:
+            job = plan.start(broker_url, log=click.echo)
+        else:
+            job = submit_job(plan.corpus, plan.root.parent, broker=broker_url, log=click.echo,
+                             home=home, made_by=RUN_MADE_BY, progress=True,
+                             **dict(plan.options, job_id=plan.root.name))
+        fleet.wait_ready()
+        _finish(job, progress=True)
 
 
 def _finish(job: Any, progress: Any) -> None:

@@ -27,7 +27,7 @@ from producer.errors import CorpusError
 from storage.atomic import remove_stale_tmp
 from storage.errors import DiskFull
 from storage.jobdir import JobDir
-from worker.staging.fleet import complete_staging, stage_config
+from worker.staging.fleet import complete_staging, job_stage_config
 
 Tick = Callable[[], None]
 
@@ -41,7 +41,7 @@ def run_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
         DiskFull: a write found no space left; names the job, the file and how to continue.
     """
     m = job.manifest
-    cfg = stage_config(job)
+    cfg = job_stage_config(job)
     last = [0.0]
     sent = [0]
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.staging.chunking import chunking_settings, prefix_text
-from worker.staging.corpus import file_checksum
 from producer.errors import JobConflict, UsageError
-from worker.staging.shards import DEFAULT_SHARD_MAX_CHUNKS
+from producer.spec import JobOptions, chunking_of, stage_config
+from worker.staging.corpus import file_checksum
 from storage.jobdir import JobDir
 from storage.manifest import RUN_MADE_BY  # noqa: F401  (also imported from here)
 from storage.urls import DEFAULT_BROKER_URL
@@ -40,22 +39,19 @@ class RunPlan:
     pending: int = -1
     """Shards to send (-1: not staged yet); 0 means no fleet is needed."""
 
-    def start(self, broker: str, home: Path, log: Callable[[str], Any]) -> Any:
-        """Send the pending shards to ``broker``, or stage the corpus and send; the ``Job``."""
-        from producer.job import Job, submit
-
+    def start(self, broker: str, log: Callable[[str], Any]) -> Any:
+        """Send the pending shards to ``broker``, or continue staging; the ``Job``. (A plan
+        with a ``corpus`` is a new job: the caller submits it.)"""
+        from producer.job import Job
         from producer.progress import Progress
 
-        if self.corpus is None:  # staged shards pending, or staging to continue
-            job = Job(self.root, broker=broker)
-            bar = Progress(enabled=self.pending < 0)
-            n = job.resume(stage_procs=self.options.get("stage_procs"), progress=bar)
-            bar.close()
-            log(f"sent {n} pending shard(s)")
-            return job
-        return submit(self.corpus, self.root.parent, broker=broker, log=log, home=home,
-                      made_by=RUN_MADE_BY, progress=True,
-                      **dict(self.options, job_id=self.root.name))
+        assert self.corpus is None, "a new job is submitted, not resumed; this is a bug"
+        job = Job(self.root, broker=broker)
+        bar = Progress(enabled=self.pending < 0)
+        n = job.resume(stage_procs=self.options.get("stage_procs"), progress=bar)
+        bar.close()
+        log(f"sent {n} pending shard(s)")
+        return job
 
 
 def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
@@ -120,14 +116,8 @@ def requested_chunking(job: JobDir, options: Mapping[str, Any]) -> dict[str, Any
     """The chunking settings ``options`` would record, with the job's bundle prompts."""
     from storage.bundle import load_bundle
 
-    cfg = load_bundle(job.manifest["model"]["bundle_path"]).config
-    return chunking_settings(
-        max_length=cfg.max_length, max_tokens=options.get("max_tokens"),
-        overlap=options.get("overlap", 0),
-        prefix=prefix_text(options.get("prefix", "passage"), cfg.passage_prefix,
-                           cfg.query_prefix),
-        text_field=options.get("text_field", "text"), id_field=options.get("id_field", "id"),
-        shard_tokens=options.get("shard_tokens", 0), shard_max_chunks=DEFAULT_SHARD_MAX_CHUNKS)
+    opts, _ = JobOptions.pick(dict(options))
+    return chunking_of(stage_config(load_bundle(job.manifest["model"]["bundle_path"]), opts))
 
 
 def check_same_chunking(job: JobDir, requested: Mapping[str, Any],

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from worker.staging.chunking import chunk_budget, prefix_text
+from producer.spec import prefix_text
+from worker.staging.chunking import chunk_budget
 from worker.staging.corpus import iter_records
 from producer.errors import BrokerUnreachable, CorpusError, UsageError
 from producer.local import free_port

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -61,32 +61,6 @@ class Span:
     char_start: int
     char_end: int
     n_tokens: int
-
-
-def prefix_text(choice: str, passage_prefix: str, query_prefix: str) -> str:
-    """The text ``--prefix`` puts before every chunk (the bundle's prompts; ``none``: nothing).
-
-    >>> prefix_text("query", "passage: ", "query: ")
-    'query: '
-    """
-    found = {"passage": passage_prefix, "query": query_prefix, "none": ""}.get(choice)
-    if found is None:
-        raise UsageError(f"--prefix {choice!r}: use passage, query or none")
-    return found
-
-
-def chunking_settings(*, max_length: int, max_tokens: int | None, overlap: int, prefix: str,
-                      text_field: str, id_field: str, shard_tokens: int,
-                      shard_max_chunks: int) -> dict[str, Any]:
-    """The chunking settings a job records in its manifest (``prefix`` is the prefix text).
-
-    >>> chunking_settings(max_length=256, max_tokens=512, overlap=0, prefix="", text_field="t",
-    ...                   id_field="i", shard_tokens=64, shard_max_chunks=8)["max_tokens"]
-    256
-    """
-    return {"max_tokens": min(max_length, max_tokens or max_length), "overlap": overlap,
-            "prefix": prefix, "text_field": text_field, "id_field": id_field,
-            "shard_tokens": shard_tokens, "shard_max_chunks": shard_max_chunks}
 
 
 def chunk_budget(

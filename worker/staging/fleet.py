@@ -23,7 +23,7 @@ from worker.contract import TASK_NAME, ShardTask
 DUPLICATE_EXAMPLES = 5
 
 
-def stage_config(job: JobDir) -> StageConfig:
+def job_stage_config(job: JobDir) -> StageConfig:
     return StageConfig(**job.manifest.staging["config"])  # type: ignore[index]
 
 
@@ -48,7 +48,7 @@ def stage_one_split(job: JobDir, split: int, app: Any) -> int:
             _send(app, job, [cp.shard], m.queue)
             sent += 1
 
-    stage_splits(Path(m.input["path"]), [s], stage_config(job), root=job.root, procs=1,
+    stage_splits(Path(m.input["path"]), [s], job_stage_config(job), root=job.root, procs=1,
                  on_shard=on_shard)
     ledgers = ledger.read_all(job.root)
     if all(ledgers.get(d["index"]) and ledgers[d["index"]][-1].done for d in m.splits or []):

@@ -20,7 +20,7 @@ from worker.staging import faults
 from worker.staging.chunking import chunk_budget, chunk_document, is_short
 from worker.staging.fastcount import is_fast
 from worker.staging.tokenwise import additivity, encode_ids
-from worker.staging.corpus import Record, Reject
+from worker.staging.corpus import DEFAULT_MAX_LINE_BYTES, Record, Reject
 from storage import ledger
 from storage.hashing import text_sha256
 from storage.ledger import Checkpoint
@@ -43,7 +43,7 @@ class StageConfig:
     prefix: str = ""
     text_field: str = "text"
     id_field: str = "id"
-    max_line_bytes: int = 64 * 2**20
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     shard_tokens: int = DEFAULT_SHARD_TOKENS
     shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS
 
