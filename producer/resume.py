@@ -71,31 +71,31 @@ def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
         check_same_corpus(job, corpus)
     if not resume or "model" in given:
         asked = Path(model_path(options.get("model"))).resolve()
-        if asked != Path(m["model"]["bundle_path"]).resolve():
-            raise JobConflict(f"--model: {job.root} is embedded with {m['model']['bundle_path']}"
+        if asked != Path(m.bundle_path).resolve():
+            raise JobConflict(f"--model: {job.root} is embedded with {m.bundle_path}"
                               f", this command asks for {asked}; use the job's model or "
                               "another --job-id")
     keys = [k for k in CHUNK_OPTIONS if not resume or k in given]
     check_same_chunking(job, requested_chunking(job, options), keys)
-    if m.get("staged"):
+    if m.staged:
         states = job.shard_states()
         done = sum(s.state == "done" for s in states)
         pending = sum(s.state == "pending" for s in states)
-        return RunPlan(job.root, None, {"model": m["model"]["bundle_path"]}, queue=m["queue"],
+        return RunPlan(job.root, None, {"model": m.bundle_path}, queue=m.queue,
                        pending=pending, note=(
             f"resuming {job.root}: {done} of {len(states)} shard(s) done and kept, "
             f"{pending} pending"))
     if corpus is None:
-        check_same_corpus(job, m["input"]["path"])
-    return RunPlan(job.root, None, {"model": m["model"]["bundle_path"],
+        check_same_corpus(job, m.input["path"])
+    return RunPlan(job.root, None, {"model": m.bundle_path,
                                     "stage_procs": options.get("stage_procs")},
-                   queue=m["queue"], note=f"resuming {job.root}: staging continues from its "
+                   queue=m.queue, note=f"resuming {job.root}: staging continues from its "
                    "last durable point; the shards staged so far are kept")
 
 
 def check_same_corpus(job: JobDir, corpus: str) -> None:
     """JobConflict unless ``corpus`` has the checksum the job recorded (names both)."""
-    rec = job.manifest.get("input", {})
+    rec = job.manifest.input
     if not rec.get("sha256"):  # staging stopped before the checksum was recorded: by size,
         size = Path(corpus).stat().st_size if Path(corpus).is_file() else -1  # the plan
         if size == rec.get("bytes"):  # check in producer.ingest covers the rest
@@ -117,13 +117,13 @@ def requested_chunking(job: JobDir, options: Mapping[str, Any]) -> dict[str, Any
     from storage.bundle import load_bundle
 
     opts, _ = JobOptions.pick(dict(options))
-    return chunking_of(stage_config(load_bundle(job.manifest["model"]["bundle_path"]), opts))
+    return chunking_of(stage_config(load_bundle(job.manifest.bundle_path), opts))
 
 
 def check_same_chunking(job: JobDir, requested: Mapping[str, Any],
                         keys: Collection[str]) -> None:
     """JobConflict naming each of ``keys`` whose value differs from the job's."""
-    have = job.manifest.get("chunking", {})
+    have = job.manifest.chunking
     diff = [k for k in keys if have.get(k) != requested.get(k)]
     if diff:
         both = "; ".join(f"--{k.replace('_', '-')}: the job has {have.get(k)!r}, this command "
@@ -136,7 +136,7 @@ def fleet_broker(job: JobDir, broker: str | None) -> str:
     """``--broker`` if given, else the broker the job was submitted to (never a masked URL)."""
     if broker:
         return broker
-    hint = job.manifest.get("broker_hint")
+    hint = job.manifest.broker_hint
     if not hint:
         return DEFAULT_BROKER_URL
     if "***" in hint:
@@ -147,7 +147,7 @@ def fleet_broker(job: JobDir, broker: str | None) -> str:
 
 def refuse_run_job(job: JobDir) -> None:
     """A ``producer run`` job's broker and workers are gone: say how to continue it."""
-    if job.manifest.get("made_by") == RUN_MADE_BY:
+    if job.manifest.made_by == RUN_MADE_BY:
         raise JobConflict(f"{job.root} was made by `producer run`, whose private Redis and "
                           f"workers are gone; continue it with `producer run --resume "
                           f"{job.root}`")

@@ -102,8 +102,8 @@ def inspect_job(job_dir: str | os.PathLike[str], *, vector_type: str | None = No
     dims: set[int] = set()
     sparse: set[bool] = set()
     vocab = sparse_vocab
-    for s in job.manifest.get("shards", []):
-        path = job.embeddings_path(int(s["shard"]))
+    for s in job.manifest.shards:
+        path = job.embeddings_path(s.shard)
         if not path.is_file():
             continue
         schema = pq.read_schema(path)
@@ -112,12 +112,12 @@ def inspect_job(job_dir: str | os.PathLike[str], *, vector_type: str | None = No
         dims.add(schema.field("embedding").type.list_size)
         sparse.add(all(c in schema.names for c in SPARSE_COLUMNS))
         vocab = vocab or _int_or_none(meta.get("sparse_vocab"))
-        shards.append(JobShard(int(s["shard"]), path, pq.read_metadata(path).num_rows))
+        shards.append(JobShard(s.shard, path, pq.read_metadata(path).num_rows))
     if len(fingerprints) > 1 or len(dims) > 1 or len(sparse) > 1:
         raise LoadError(f"{job.root}: shards differ in model, dimension or sparse columns "
                         f"(fingerprints {sorted(fingerprints)}, dims {sorted(dims)}); "
                         "load them into separate tables")
-    model = job.manifest.get("model", {})
+    model = job.manifest.model
     if sparse == {True}:
         vocab = vocab or _int_or_none(model.get("vocab_size"))
         if not vocab:
@@ -128,7 +128,7 @@ def inspect_job(job_dir: str | os.PathLike[str], *, vector_type: str | None = No
                     model=str(model.get("source", "?")),
                     dim=dims.pop() if dims else int(model.get("dim", 0)),
                     vector_type=vector_type, sparse_vocab=vocab if sparse == {True} else None)
-    return JobSpec(str(job.manifest.get("job_id", job.root.name)), layout, shards)
+    return JobSpec(str(job.manifest.job_id or job.root.name), layout, shards)
 
 
 def _int_or_none(v: Any) -> int | None:

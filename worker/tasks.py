@@ -120,16 +120,16 @@ def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
     queue = info.get("routing_key") or info.get("queue") or s.cpu_queue
     device = device_for_queue(s, queue)
     manifest = job.manifest
-    precision = manifest.get("precision", "auto")
+    precision = manifest.precision
     if precision == "auto":
         precision = s.precision
     return ShardContext(
         job=job, shard=message.shard, queue=queue,
         hostname=task.request.hostname or socket.gethostname(),
-        max_attempts=int(manifest.get("max_attempts") or s.max_attempts),
-        max_batch_tokens=int(manifest.get("max_batch_tokens")
+        max_attempts=int(manifest.max_attempts or s.max_attempts),
+        max_batch_tokens=int(manifest.max_batch_tokens
                              or batch_budget(device, s.max_batch_tokens)),
-        load_model=lambda: task.model_for(manifest["model"]["bundle_path"], device, precision),
+        load_model=lambda: task.model_for(manifest.bundle_path, device, precision),
         cache_for=task.cache_for, faults=s.faults, soft_time_limit=s.soft_time_limit,
     )
 

@@ -146,8 +146,8 @@ def test_bf16_on_a_cpu_without_bf16_math_fails_the_job_with_the_reason(
 
 def _texts_in_order(job, ids):
     texts = {}
-    for s in job.dir.reload()["shards"]:
-        t = pq.read_table(job.dir.input_path(s["shard"]))
+    for s in job.dir.reload().shards:
+        t = pq.read_table(job.dir.input_path(s.shard))
         for d, c, x in zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist(),
                            t["text"].to_pylist()):
             texts[(d, c)] = x

@@ -43,8 +43,8 @@ def test_round_trip_same_rows_vectors_metadata_fewer_files(tmp_path):
     assert all(read_metadata(p) == old_meta for p in files)
     assert pq.read_schema(files[0]).remove_metadata().equals(
         pq.read_schema(JobDir(src).embeddings_path(0)).remove_metadata())
-    assert new.manifest["job_id"] == "job1-compacted"
-    assert sum(s["chunks"] for s in new.manifest["shards"]) == 1000
+    assert new.manifest.job_id == "job1-compacted"
+    assert sum(s.chunks for s in new.manifest.shards) == 1000
     assert new.success_path.exists()
     assert _tree_digest(src) == before  # the job directory is left intact
 
@@ -64,7 +64,7 @@ def test_new_file_when_metadata_changes_and_rejects_are_kept(tmp_path):
         (10, 0, "CPUExecutionProvider")]
     res = compact_job(a, tmp_path / "c", rows_per_file=1000)
     new = JobDir.open(res.out)
-    assert [s["chunks"] for s in new.manifest["shards"]] == [20, 13, 10]
+    assert [s.chunks for s in new.manifest.shards] == [20, 13, 10]
     assert read_metadata(new.embeddings_path(1))["rejected"] == "3"
     assert [s.state for s in new.shard_states()] == ["done"] * 3
 

@@ -49,7 +49,7 @@ class FakeModel:
 
 
 def test_dense_only_job_is_the_old_path() -> None:
-    out = ShardOutputs.for_job({}, 3, colbert_dim=0)
+    out = ShardOutputs((), 3, colbert_dim=0)
     model = FakeModel()
     assert out.dense_only and out.bind(model) is model and out.table_columns() == {}
     assert out.keys("fp", ["aa"]) == ["emb:v1:fp:aa"]
@@ -60,7 +60,7 @@ def test_dense_only_job_is_the_old_path() -> None:
 
 
 def test_multi_output_run_collects_rows_by_position_and_round_trips_the_cache() -> None:
-    out = ShardOutputs.for_job({"outputs": list(M3)}, 4, colbert_dim=0)
+    out = ShardOutputs(list(M3), 4, colbert_dim=0)
     assert out.keys("fp", ["aa"]) == ["emb:v1:fp+dense,sparse,colbert:aa"]
     model = out.bind(FakeModel())
     assert model.pad_id == 1 and out.colbert_dim == 3  # the rest comes from the wrapped model
@@ -76,7 +76,7 @@ def test_multi_output_run_collects_rows_by_position_and_round_trips_the_cache() 
     vectors = np.zeros((4, 2), np.float32)
     vectors[[3, 1]] = dense
     assert out.store(cache, keys, vectors, [1, 3]) == 2 and not cache.vectors
-    again = ShardOutputs.for_job({"outputs": list(M3)}, 4, colbert_dim=3)
+    again = ShardOutputs(list(M3), 4, colbert_dim=3)
     hits = again.lookup(cache, keys)
     assert [h is not None for h in hits] == [False, True, False, True]
     assert again.extra["colbert"][3].shape == (4, 3) and again.extra["sparse"][1][0][0] == 1

@@ -33,7 +33,9 @@ def test_a_minimal_manifest_gets_defaults():
     assert (m.status, m.shards, m.result, m.finished) == ("staging", [], None, False)
 
 
-def test_the_mapping_view_reads_like_the_json():
+def test_the_json_form_is_to_dict_and_there_is_no_mapping_view():
     m = Manifest.from_dict(OLD)
-    assert m["shards"] == OLD["shards"] and m.get("model") == {"bundle_path": "/b"}
-    assert dict(m) == OLD and "result" not in m and m.get("result", 1) == 1
+    d = m.to_dict()
+    assert d["shards"] == OLD["shards"] and d.get("model") == {"bundle_path": "/b"}
+    assert d == OLD and "result" not in d and d.get("result", 1) == 1
+    assert not hasattr(m, "get") and not hasattr(m, "__getitem__")  # fields only

@@ -142,7 +142,7 @@ def test_metrics_add_up_to_the_shard(job) -> None:
         (0, 1, "cpu", "FakeExecutionProvider")}
     meta = pq.read_schema(job.embeddings_path(0)).metadata
     assert meta[b"embedfleet.rejected"] == b"0" and meta[b"embedfleet.dim"] == b"8"
-    m = job.reload()["result"]
+    m = job.reload().result
     assert (m["chunks"], m["cache_hits"], m["embedded_chunks"]) == (20, 3, 20)
 
 

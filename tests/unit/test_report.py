@@ -160,7 +160,7 @@ def test_report_shows_the_eval_gate_figures_of_the_unchanged_bundle(tmp_path: Pa
                                      "passed": False}}}
     bundle = make_bundle(tmp_path / "b", config={**CONFIG, "evaluation": figures})
     job = make_job(tmp_path / "out")
-    m = dict(job.manifest)
+    m = job.manifest.to_dict()
     m["model"] = {"source": "test/model", "bundle_path": str(bundle),
                   "fingerprints": {"fp32": load_bundle(bundle).fingerprint("fp32")}}
     job.write_manifest(m)
