@@ -14,7 +14,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -255,8 +254,7 @@ def _manifest(job: JobDir, spec: JobSpec, source: dict[str, Any],
         colbert_dim=cfg.colbert_dim if "colbert" in spec.outputs else 0, made_by=made_by,
         max_batch_tokens=o.max_batch_tokens, max_attempts=o.max_attempts,
         staged=False, status="staging", submitted_at=now, splits=splits,
-        staging={"procs": _procs(spec), "on": stage_on, "split_bytes": o.split_bytes,
-                 "config": asdict(spec.stage)},
+        staging={"procs": _procs(spec), "on": stage_on, "split_bytes": o.split_bytes},
     )
 
 

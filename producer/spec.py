@@ -25,9 +25,10 @@ from worker.staging.corpus import DEFAULT_MAX_LINE_BYTES
 from worker.staging.shards import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, StageConfig
 from worker.staging.splits import DEFAULT_SPLIT_BYTES
 
-CHUNKING_KEYS = ("max_tokens", "overlap", "prefix", "text_field", "id_field", "shard_tokens",
-                 "shard_max_chunks")
-"""The staging settings a manifest records as ``chunking``."""
+CHUNKING_KEYS = ("max_tokens", "overlap", "prefix", "text_field", "id_field", "max_line_bytes",
+                 "shard_tokens", "shard_max_chunks")
+"""The staging settings a manifest records as ``chunking``: the ``StageConfig`` but its bundle
+path (the manifest's ``model.bundle_path``), stored once."""
 
 
 @dataclass(frozen=True, kw_only=True)

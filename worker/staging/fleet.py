@@ -24,7 +24,13 @@ DUPLICATE_EXAMPLES = 5
 
 
 def job_stage_config(job: JobDir) -> StageConfig:
-    return StageConfig(**job.manifest.staging["config"])  # type: ignore[index]
+    """The staging settings the job recorded: its ``chunking`` and bundle path (manifests
+    written before issue 25 also stored them whole as ``staging.config``: read that)."""
+    m = job.manifest
+    old = (m.staging or {}).get("config")
+    if old:
+        return StageConfig(**old)
+    return StageConfig(bundle_path=m.bundle_path, **m.chunking)
 
 
 def stage_one_split(job: JobDir, split: int, app: Any) -> int:
