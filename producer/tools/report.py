@@ -42,7 +42,7 @@ def load_job(job_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]],
     """
     job = JobDir.open(job_dir)
     manifest = job.manifest.to_dict()
-    manifest["_rejects_so_far"] = _count_lines(job.ingest_rejects_path) + sum(
+    manifest["_rejects_so_far"] = sum(
         _count_lines(p) for p in [*(job.state_dir / "rejects").glob("*.jsonl"),
                                   *ledger.reject_files(job.root)])
     manifest["_evaluation"] = bundle_evaluation(manifest.get("model") or {})

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from storage import ledger
 from storage.atomic import tmp_name
 from storage.errors import InvalidJobId, JobNotFound
 from storage.hashing import text_sha256
@@ -31,6 +32,13 @@ def make_job(out: Path, job_id: str = "job-1", sizes: tuple[int, ...] = SIZES) -
         "shards": [{"shard": n, "chunks": k, "tokens": 5 * k} for n, k in enumerate(sizes)],
     })
     return job
+
+
+def staging_rejects(job: JobDir, text: str) -> None:
+    """Records staging rejected: one ledger segment's rejects file (storage/ledger.py)."""
+    p = ledger.rejects_path(job.root, 0, 0)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
 
 
 def write_shard(job: JobDir, shard: int, *, rejected: int = 0) -> None:
@@ -165,8 +173,8 @@ def test_finalize_of_an_unstaged_job_returns_false(tmp_path):
 
 def test_finalize_succeeds_merges_rejects_and_is_idempotent(tmp_path):
     job = make_job(tmp_path)
-    job.ingest_rejects_path.write_text('{"line": 4, "reason": "empty text"}\n\n'
-                                       '{"line": 9, "reason": "bad json"}\n')
+    staging_rejects(job, '{"line": 4, "reason": "empty text"}\n\n'
+                         '{"line": 9, "reason": "bad json"}\n')
     write_shard(job, 0)
     write_shard(job, 1, rejected=1)
     write_shard(job, 2, rejected=2)
@@ -238,7 +246,7 @@ def test_a_failed_shard_that_later_lands_turns_the_job_into_a_success(tmp_path):
 def test_finalize_from_four_processes_at_once_is_consistent(tmp_path):
     jobs = [make_job(tmp_path, f"race-{i}") for i in range(5)]  # a few rounds: the window is small
     for job in jobs:
-        job.ingest_rejects_path.write_text('{"line": 1, "reason": "empty text"}\n')
+        staging_rejects(job, '{"line": 1, "reason": "empty text"}\n')
         for n in range(len(SIZES)):
             write_shard(job, n, rejected=n % 2)
     outcomes = run_in_processes(_finalize, ([str(j.root) for j in jobs],), 4)

@@ -16,7 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from storage import iter_matrices, open_job, read_matrix, read_table
+from storage import iter_matrices, ledger, open_job, read_matrix, read_table
 from storage.atomic import tmp_name
 from storage.hashing import text_sha256
 from storage.jobdir import JobDir
@@ -47,7 +47,9 @@ def finished_job(out: Path, *, job_id: str = "job", fingerprints: tuple[str, ...
     job.write_manifest({"job_id": job_id, "staged": True, "submitted_at": time.time(),
                         "shards": [{"shard": n, "chunks": k, "tokens": 6 * k}
                                    for n, k in enumerate(SIZES)]})
-    job.ingest_rejects_path.write_text('{"line": 99, "reason": "empty text"}\n')
+    p = ledger.rejects_path(job.root, 0, 0)  # a record staging rejected
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text('{"line": 99, "reason": "empty text"}\n')
     expected = []
     for n, k in enumerate(SIZES):
         keep = np.ones(k, bool)

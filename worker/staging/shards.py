@@ -24,7 +24,8 @@ from worker.staging.corpus import DEFAULT_MAX_LINE_BYTES, Record, Reject
 from storage import ledger
 from storage.hashing import text_sha256
 from storage.ledger import Checkpoint
-from storage.shards import input_table, shard_name, write_table
+from storage.jobdir import JobDir
+from storage.shards import input_table, write_table
 
 DEFAULT_SHARD_TOKENS = 32768
 """Real tokens per task: small enough to finish in well under a minute on one CPU worker."""
@@ -100,7 +101,7 @@ def stage_split(
             rows.sort(key=lambda r: r["n_tokens"])  # the worker's batches then barely pad
             if root is not None:
                 faults.hit("mid_shard_write", lambda: _partial_write(root, shard))
-                write_table(root / "input" / shard_name(shard), input_table(rows))
+                write_table(JobDir(root).input_path(shard), input_table(rows))
             k += 1
         cp = Checkpoint(split, seq, shard, pos, line, skip_at, done, seg.records, seg.accepted,
                         seg.rejected, seg.chars, len(rows), tokens, pos - seg.start)
@@ -199,5 +200,5 @@ def _partial_write(root: Path, shard: int) -> None:
     """The failpoint's half-written shard: a temporary file, as a killed writer leaves it."""
     from storage.atomic import tmp_name
 
-    final = root / "input" / shard_name(shard)
+    final = JobDir(root).input_path(shard)
     tmp_name(final).write_bytes(b"PAR1 half a shard")
