@@ -19,14 +19,15 @@ from worker.staging.pool import default_procs, stage_splits
 from worker.staging.splits import plan_splits
 
 
-def dry_run(corpus: str, *, cache_url: str | None, **options: Any) -> dict[str, Any]:
+def dry_run(corpus: str, *, cache_url: str | None, home: Path | None = None,
+            **options: Any) -> dict[str, Any]:
     """Stage ``corpus`` with nothing written; print and return counts, cache hits and MB/s.
 
     ``options`` are ``submit``'s (``producer.spec.JobOptions``; others, such as ``job_id``,
     are ignored). The cache is keyed as a worker on the job's queue will key it: with the
     runtime its policy chooses (``JobSpec.runtime``).
     """
-    home = embedfleet_home()
+    home = home or embedfleet_home()
     spec = job_spec(JobOptions.pick(options)[0], home)
     runtime = spec.runtime(home)
     lookup = ({"cache_url": cache_url, "fingerprint": fingerprint(spec.bundle, runtime),

@@ -20,10 +20,11 @@ from typing import Any
 
 from worker.staging.corpus import Record, Reject, judge_object
 from producer.errors import JobConflict, UsageError
+from producer.ingest import run_staging, send_stage_tasks
 from producer.broker import broker_backlog, connect, send_shards
-from producer.models import embedfleet_home
 from producer.progress import JobStatus, staging_progress
 from producer.routing import choose_queue
+from producer.settings import ProducerSettings
 from producer.spec import JobOptions, JobSpec, job_spec
 from worker.staging.splits import plan_splits
 from worker.staging.pool import default_procs
@@ -31,15 +32,17 @@ from storage.jobdir import JobDir
 from storage.manifest import Manifest
 from storage.metrics import metrics_totals
 from storage.readers import read_matrix, read_table
-from storage.urls import DEFAULT_BROKER_URL, env_broker, mask_url
+from storage.urls import DEFAULT_BROKER_URL, mask_url
 
 
 class Job:
     """A handle on a job directory (and the broker, to resubmit shards)."""
 
-    def __init__(self, path: str | os.PathLike[str], broker: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], broker: str | None = None, *,
+                 settings: ProducerSettings | None = None) -> None:
         self.dir = JobDir.open(path)
-        self.broker = broker or env_broker(os.environ) or _usable_hint(
+        self.settings = settings or ProducerSettings.from_env(os.environ)  # the API's edge
+        self.broker = broker or self.settings.broker or _usable_hint(
             self.dir.manifest.broker_hint)
         self._done: dict[int, tuple[int, int]] = {}  # shard -> (tokens, cache hits)
 
@@ -106,13 +109,16 @@ class Job:
             from producer.ingest import continue_staging
 
             tick = (lambda: progress.update(self.status())) if progress is not None else None
-            return continue_staging(self.dir, connect(self.broker), tick=tick,
+            return continue_staging(self.dir, self._connect(), tick=tick,
                                     procs=stage_procs or default_procs())
         pending = [s.shard for s in self.dir.shard_states() if s.state == "pending"]
         if pending:
-            send_shards(connect(self.broker), self.dir, pending, self.dir.manifest.queue)
+            send_shards(self._connect(), self.dir, pending, self.dir.manifest.queue)
         self.dir.finalize()
         return len(pending)
+
+    def _connect(self) -> Any:
+        return connect(self.broker, events=self.settings.events)
 
     def wait(self, *, progress: Any = False, poll_s: float = 1.0,
              stall_s: float | None = 120.0, timeout_s: float | None = None) -> JobStatus:
@@ -171,14 +177,13 @@ def submit(corpus: str | os.PathLike[str] | Iterable[dict[str, Any]],
            broker: str | None = None, cpu_queue: str = "cpu", gpu_queue: str = "gpu",
            home: str | os.PathLike[str] | None = None, log: Any = None,
            made_by: str = "producer submit", progress: Any = False,
-           stage_on: str = "producer", **options: Any) -> Job:
+           stage_on: str = "producer", settings: ProducerSettings | None = None,
+           **options: Any) -> Job:
     """Stream, chunk and stage ``corpus`` into ``out/<job_id>``, sending each shard's task as
     soon as the shard is durable (workers start within seconds, whatever the corpus size).
 
-    ``options`` are ``producer.spec.JobOptions`` (the CLI flags: model, precision, queue,
-    max_tokens, overlap, prefix, outputs, stage_procs, split_bytes, ...).
-    ``stage_on="fleet"``: only cut splits here; workers consuming the ``stage`` queue stage
-    them (they must be able to read the corpus path).
+    ``options``: ``producer.spec.JobOptions`` (the CLI's flags). ``stage_on="fleet"``: only
+    cut splits here; workers on the ``stage`` queue stage them (they must read the corpus).
 
     Raises:
         BrokerUnreachable: the broker cannot be reached (checked before anything is written).
@@ -186,9 +191,10 @@ def submit(corpus: str | os.PathLike[str] | Iterable[dict[str, Any]],
         JobConflict: ``out/<job_id>`` already holds a job.
     """
     say = log or (lambda *_: None)
-    broker = broker or env_broker(os.environ) or DEFAULT_BROKER_URL
-    app = connect(broker)  # fail fast, before staging anything
-    spec = job_spec(JobOptions(**options), Path(home) if home else embedfleet_home())
+    s = settings or ProducerSettings.from_env(os.environ)  # the API's edge; the CLI passes it
+    broker = broker or s.broker or DEFAULT_BROKER_URL
+    app = connect(broker, events=s.events)  # fail fast, before staging anything
+    spec = job_spec(JobOptions(**options), Path(home) if home else s.home)
     queue = choose_queue(app, spec.options.queue, cpu_queue=cpu_queue, gpu_queue=gpu_queue,
                          log=say)
     job = _new_job_dir(out, job_id)
@@ -197,14 +203,12 @@ def submit(corpus: str | os.PathLike[str] | Iterable[dict[str, Any]],
                                  made_by=made_by, stage_on=stage_on))  # resumable from here
     say(f"staging {source['path']} into {job.root} ({_procs(spec)} staging process(es)); "
         f"tasks go to queue {queue!r} as shards land")
-    handle = Job(job.root, broker=broker)
+    handle = Job(job.root, broker=broker, settings=s)
     if stage_on == "fleet":
-        from producer.ingest import send_stage_tasks
-
         say(f"sent {send_stage_tasks(app, job)} stage task(s) to the fleet")
-        return handle
-    _stage_here(handle, app, _procs(spec), records, progress)
-    _say_totals(job, queue, say)
+    else:
+        _stage_here(handle, app, _procs(spec), records, progress)
+        _say_totals(job, queue, say)
     return handle
 
 
@@ -261,7 +265,6 @@ def _manifest(job: JobDir, spec: JobSpec, source: dict[str, Any],
 def _stage_here(handle: Job, app: Any, procs: int, records: Iterable[Record | Reject] | None,
                 progress: Any) -> None:
     """Stage on this machine, sending each shard's task as it lands."""
-    from producer.ingest import run_staging
     from producer.progress import Progress
 
     bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)

@@ -39,14 +39,14 @@ class RunPlan:
     pending: int = -1
     """Shards to send (-1: not staged yet); 0 means no fleet is needed."""
 
-    def start(self, broker: str, log: Callable[[str], Any]) -> Any:
+    def start(self, broker: str, log: Callable[[str], Any], settings: Any = None) -> Any:
         """Send the pending shards to ``broker``, or continue staging; the ``Job``. (A plan
         with a ``corpus`` is a new job: the caller submits it.)"""
         from producer.job import Job
         from producer.progress import Progress
 
         assert self.corpus is None, "a new job is submitted, not resumed; this is a bug"
-        job = Job(self.root, broker=broker)
+        job = Job(self.root, broker=broker, settings=settings)
         bar = Progress(enabled=self.pending < 0)
         n = job.resume(stage_procs=self.options.get("stage_procs"), progress=bar)
         bar.close()
