@@ -281,7 +281,7 @@ def _measure_child(method: str, precision: str, kind: str, cargs: dict[str, Any]
 
 def _producer_run(method: str, precision: str, corpus: Path, bundle: Path, home: Path,
                   job_id: str, threads: int, work: Path) -> dict[str, Any]:
-    from producer.tools.report import load_job, summarize
+    from producer.tools.report import load_report, summarize
 
     say(f"{method} {precision} ...")
     out = work / "jobs"
@@ -291,7 +291,7 @@ def _producer_run(method: str, precision: str, corpus: Path, bundle: Path, home:
     wall, rss, rc, log = _run_tree(cmd, work / f"{job_id}.log")
     if rc != 0:
         return _skipped(method, precision, f"failed (exit {rc}): {log[-300:]}")
-    s = summarize(*load_job(out / job_id)[:2])
+    s = summarize(*load_report(out / job_id)[:2])
     docs = s["documents"]["accepted"]
     tok = s["tokens"]
     return {"method": method, "precision": precision, "status": "ok",

@@ -1,4 +1,5 @@
-"""Stages 1-4 for one job: stage its splits, send each shard's task as soon as it is durable.
+"""Stage 3 on the producer, and stage 4's sending: stage a job's splits, send each shard's
+task as soon as it is durable.
 
 ``run_staging`` is what ``submit`` does after writing the manifest; ``continue_staging`` is what
 ``resume`` does for a job whose producer died while staging: it checks the corpus is the one the

@@ -135,7 +135,7 @@ def _int_or_none(v: Any) -> int | None:
     return int(v) if v not in (None, "") else None
 
 
-def connect(dsn: str) -> Any:
+def connect_db(dsn: str) -> Any:
     """A psycopg connection with pgvector's types, or DatabaseUnreachable (password masked)."""
     try:
         import psycopg
@@ -191,7 +191,7 @@ def load_job(job_dir: str | os.PathLike[str], dsn: str, table: str, *, create: b
         raise LoadError(f"--index {index!r}: use hnsw or none")
     target = Target.parse(table)
     spec = inspect_job(job_dir, vector_type=vector_type, sparse_vocab=sparse_vocab)
-    with connect(dsn) as conn:
+    with connect_db(dsn) as conn:
         t0 = time.perf_counter()
         vtype = prepare(conn, target, spec.layout, create=create)
         _register_types(conn)

@@ -25,7 +25,7 @@ from worker.attempts import RetryShard
 from worker.contract import TASK_NAME, ShardTask
 from worker.errors import BadMessage
 from worker.model.batching import batch_budget
-from worker.paths import open_job
+from worker.paths import open_allowed_job
 from worker.pipeline import ShardContext
 from worker.pipeline import embed_shard as run_pipeline
 from worker.settings import WorkerSettings
@@ -112,7 +112,7 @@ def read_payload(payload: Any) -> ShardTask:
 
 def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
     """Open the job directory and decide queue, device, precision, attempts and batch budget."""
-    job = open_job(task.settings, message.job_dir)  # only paths under EMBED_*_ROOTS
+    job = open_allowed_job(task.settings, message.job_dir)  # only paths under EMBED_*_ROOTS
     if job.expected_chunks(message.shard) is None:
         raise BadMessage(f"shard {message.shard} is not in {job.manifest_path}")
     s = task.settings
@@ -143,7 +143,7 @@ def _home(s: WorkerSettings) -> Path:
 def register(app: Celery) -> None:
     @app.task(name=TASK_NAME, bind=True, base=ModelTask, acks_late=True,
               reject_on_worker_lost=True, max_retries=None)
-    def embed_shard(self: ModelTask, payload: dict[str, Any]) -> dict[str, Any]:
+    def embed_shard_task(self: ModelTask, payload: dict[str, Any]) -> dict[str, Any]:
         ctx = shard_context(self, read_payload(payload))
         try:
             return run_pipeline(ctx).to_dict()

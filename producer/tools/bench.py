@@ -169,7 +169,7 @@ def skip_reason(provider: str, precision: str, variants: Sequence[str],
     return _cpu_refusal(provider, precision, available, variants) or None
 
 
-def format_table(rows: Sequence[BenchRow]) -> str:
+def format_bench_table(rows: Sequence[BenchRow]) -> str:
     head = ("variant", "provider", "batches", "p50 ms", "p95 ms", "tokens/s", "docs/s",
             "peak RSS MB", "cos min", "cos mean")
     cells = []

@@ -44,7 +44,7 @@ def eval_command(bundle: str, data: str, task: str | None, variants: str, provid
     and provider: accuracy / Spearman / nDCG@10, the difference from fp32, tokens/s."""
     from producer.models import embedfleet_home, resolve_model
     from producer.tools.evaldata import read_eval_data
-    from producer.tools.evaluate import format_table, run_eval
+    from producer.tools.evaluate import format_eval_table, run_eval
 
     precs = [p.strip() for p in (ALL_VARIANTS if variants == "all" else variants).split(",")
              if p.strip()]
@@ -54,7 +54,7 @@ def eval_command(bundle: str, data: str, task: str | None, variants: str, provid
     rows = run_eval(path, labelled, variants=precs, providers=provs, threads=threads,
                     max_batch_tokens=max_batch_tokens, log=click.echo)
     _describe(labelled)
-    click.echo(format_table(rows, labelled.task))
+    click.echo(format_eval_table(rows, labelled.task))
     if json_path:
         doc = {"bundle": str(path), "data": data, "task": labelled.task,
                "size": labelled.size, "rows": [r.to_dict() for r in rows],

@@ -216,7 +216,7 @@ def embed_timed(model: Any, texts: Sequence[str], max_batch_tokens: int | None,
     return out
 
 
-def format_table(rows: Sequence[EvalRow], task: str) -> str:
+def format_eval_table(rows: Sequence[EvalRow], task: str) -> str:
     """One line per row: the primary metric and its delta first, then the others."""
     main = em.primary_metric(task)
     names = [main] + sorted({k for r in rows for k in r.metrics} - {main}, key=_metric_order)

@@ -88,15 +88,15 @@ def test_a_stage_task_checks_its_corpus_and_its_staging_bundle(tmp_path, env, co
                                                                stage_bundle, rejected):
     from celery.exceptions import Ignore
 
-    from worker.paths import open_job
+    from worker.paths import open_allowed_job
 
     t = str(tmp_path)
     job = stage_job(tmp_path, corpus.format(t=t), stage_bundle.format(t=t))
     s = WorkerSettings.from_env({"EMBED_JOB_ROOTS": f"{t}/jobs", "EMBED_MODEL_ROOTS": f"{t}/models",
                                  **{k: v.format(t=t) for k, v in env.items()}})
-    assert open_job(s, job.root).root == job.root  # the shard task checks neither
+    assert open_allowed_job(s, job.root).root == job.root  # the shard task checks neither
     if rejected is None:
-        assert open_job(s, job.root, stage=True).root == job.root
+        assert open_allowed_job(s, job.root, stage=True).root == job.root
         return
     with pytest.raises(Ignore, match=re.escape(rejected.format(t=t))):
-        open_job(s, job.root, stage=True)
+        open_allowed_job(s, job.root, stage=True)

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli import main
-from producer.tools.report import load_job, summarize
+from producer.tools.report import load_report, summarize
 from producer.tools.svg import bar_chart, line_chart, nice_ticks
 from storage.hashing import text_sha256
 from storage.jobdir import JobDir
@@ -96,7 +96,7 @@ def test_report_json(tmp_path: Path) -> None:
 
 def test_running_job_estimates_docs(tmp_path: Path) -> None:
     job = make_job(tmp_path, finished=False)
-    manifest, rows, lengths = load_job(job.root)
+    manifest, rows, lengths = load_report(job.root)
     s = summarize(manifest, rows, now=manifest["submitted_at"] + 10)
     assert s["wall_s"] == 10.0 and not s["finished"] and s["docs_per_s_estimated"]
     assert s["tokens_per_s"] == 480.0

@@ -1,4 +1,4 @@
-"""Stages 1-3 across processes: stage every unfinished split, hand each shard on as it lands.
+"""Stage 3 across processes: stage every unfinished split, hand each shard on as it lands.
 
 One process (``procs=1``) stages the splits in order in this process. With more, a pool of
 ``spawn``ed staging processes takes one split at a time and reports each durable shard back

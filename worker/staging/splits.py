@@ -1,4 +1,4 @@
-"""Stage 1 in parallel: cut a corpus file into splits that can be read (and resumed) alone.
+"""Stage 3: cut a corpus file into splits that can be read (and resumed) alone.
 
 JSONL: byte ranges of about ``split_bytes``, each starting at a line start. One pass over the
 file (about 1 GB/s) finds the boundaries, counts the newlines before each (so line numbers in
