@@ -3,7 +3,8 @@
 Nothing reads ``os.environ`` at import time: ``WorkerSettings.from_env(os.environ)`` is called
 once when the Celery app is built (``worker.celery_app.default_app``); tests hand in a dict.
 Each field names its environment variable once (``field metadata``) and is parsed by its type;
-the README's configuration table is ``settings_table()`` (tests/unit/test_settings.py checks it).
+the README's configuration table is ``settings_table()`` (checked by
+tests/unit/worker/test_settings.py).
 """
 
 from __future__ import annotations

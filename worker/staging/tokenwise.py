@@ -13,7 +13,8 @@ the chunker re-encodes the chunk as before. The allow-list covers WordPiece/BERT
 (``BertNormalizer`` + ``BertPreTokenizer``: splits at every ASCII whitespace) and
 SentencePiece-style Unigram/BPE (``Metaspace``: splits at a space only; a newline or tab stays
 inside the word, so a cut there is re-encoded). Verified against re-encoding on the real
-all-MiniLM-L6-v2 tokenizer and the test XLM-R Unigram tokenizer (tests/unit/test_tokenwise.py).
+all-MiniLM-L6-v2 tokenizer and the test XLM-R Unigram tokenizer
+(tests/unit/worker/staging/test_tokenwise.py).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def test_precision_and_cache_keys_follow_the_worker_probe(minilm_bundle, tmp_pat
     """After a worker chose OpenVINO bf16, the dry run says so and keys the cache with it
     (it said int8 and counted 0 cached)."""
     from storage.bundle import load_bundle
-    from tests.unit.test_policy import ROWS_OV_BF16, _figures
+    from tests.unit.worker.model.test_policy import ROWS_OV_BF16, _figures
 
     monkeypatch.setenv("EMBED_HOME", str(tmp_path))
     _figures(tmp_path, str(load_bundle(minilm_bundle).path), ROWS_OV_BF16)

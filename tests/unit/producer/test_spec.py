@@ -17,8 +17,8 @@ def test_spec_caps_the_window_and_records_the_chunking(minilm_bundle, tmp_path) 
     assert spec.window == 256 and spec.budget == 254  # [CLS] ... [SEP]
     assert spec.outputs == ("dense",) and spec.stage.bundle_path == str(spec.bundle.path)
     assert spec.chunking() == {"max_tokens": 256, "overlap": 8, "prefix": "", "text_field": "text",
-                               "id_field": "id", "max_line_bytes": 64 * 2**20, "shard_tokens": 32768,
-                               "shard_max_chunks": 2048}
+                               "id_field": "id", "max_line_bytes": 64 * 2**20,
+                               "shard_tokens": 32768, "shard_max_chunks": 2048}
     assert tuple(spec.chunking()) == CHUNKING_KEYS == tuple(chunking_of(spec.stage))
 
 

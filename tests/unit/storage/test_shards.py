@@ -30,7 +30,7 @@ from storage.shards import (
     write_table,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DIM = 6
 META = {"fingerprint": "fp-0123abcd", "precision": "fp32", "provider": "CPUExecutionProvider",
         "dim": DIM}
@@ -112,7 +112,7 @@ KILLED_WRITER = textwrap.dedent("""
     import storage.atomic
     from storage.jobdir import JobDir
     from storage.shards import embeddings_table, input_table, write_table
-    from tests.unit.test_shards import META, rows_for
+    from tests.unit.storage.test_shards import META, rows_for
 
     def die(src, dst):  # the temp file is complete: die before it is renamed
         os.kill(os.getpid(), signal.SIGKILL)

@@ -207,7 +207,7 @@ def test_attempt_cap_goes_through_the_one_give_up_path(job, give_ups) -> None:
 
 
 def test_no_other_module_marks_a_shard_failed() -> None:
-    root = Path(__file__).resolve().parents[2] / "worker"
+    root = Path(__file__).resolve().parents[3] / "worker"
     writers = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
                if re.search(r"\bmark_failed\(", p.read_text())]
     assert writers == ["attempts.py"]

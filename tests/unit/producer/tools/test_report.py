@@ -151,7 +151,7 @@ def test_svg_helpers() -> None:
 
 
 def test_report_shows_the_eval_gate_figures_of_the_unchanged_bundle(tmp_path: Path) -> None:
-    from tests.unit.test_bundle import CONFIG, make_bundle
+    from tests.unit.storage.test_bundle import CONFIG, make_bundle
     from storage.bundle import load_bundle
 
     figures = {"data": "dev.jsonl", "task": "triplets", "metric": "accuracy", "max_drop": 0.01,

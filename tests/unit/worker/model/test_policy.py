@@ -1,5 +1,5 @@
 """The worker's runtime policy as the producer reads it (worker/model/policy.py): from the
-probe's stored figures, without onnxruntime. The probe itself: tests/unit/test_probe.py."""
+probe's stored figures, without onnxruntime. The probe itself: test_probe.py here."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The start-up probe's workload and timing (worker/model/probe.py). The choice itself:
-tests/unit/test_providers.py; the real probe through workers:
+tests/unit/worker/model/test_providers.py; the real probe through workers:
 tests/integration/test_cpu_providers.py."""
 
 from __future__ import annotations

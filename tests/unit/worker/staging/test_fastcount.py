@@ -24,7 +24,7 @@ def texts(seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     out = ["".join(rng.choice(ALPHABET) for _ in range(rng.choice([3, 40, 400])))
            for _ in range(2000)]
-    corpus = Path(__file__).resolve().parents[2] / "examples" / "sample.jsonl"
+    corpus = Path(__file__).resolve().parents[4] / "examples" / "sample.jsonl"
     out += [json.loads(line)["text"] for line in corpus.read_text().splitlines() if line.strip()]
     return out
 
