@@ -69,8 +69,9 @@ def open_allowed_job(settings: WorkerSettings, job_dir: str | os.PathLike[str], 
         job = JobDir.open(root)
         m = job.manifest
         bundles = [str((m.model or {}).get("bundle_path", ""))]
-        if stage:
-            bundles.append(str(((m.staging or {}).get("config") or {}).get("bundle_path", "")))
+        staged_with = ((m.staging or {}).get("config") or {}).get("bundle_path")
+        if stage and staged_with:  # manifests before issue 25 also stored it here
+            bundles.append(str(staged_with))
         for bundle in dict.fromkeys(bundles):
             check_under(bundle, settings.model_roots, f"model bundle ({env_name('model_roots')})")
         if stage:

@@ -142,7 +142,7 @@ def test_attempt_cap_marks_the_shard_failed_with_a_reason_naming_the_chunk(tmp_p
     assert reason.startswith("gave up after 1 attempts; the worker died while embedding")
     assert "doc 'doc3' chunk 0 (line 3)" in reason, reason
     m = job.reload()
-    assert m["status"] == "failed" and m["failed_shards"] == [{"shard": 0, "reason": reason}]
+    assert m.status == "failed" and m.failed_shards == [{"shard": 0, "reason": reason}]
     assert not job.success_path.exists()
     res2 = check_job(job.root)
     assert res2.clean and res2.failed == 4 and res2.ok == 1, res2.describe()
