@@ -145,7 +145,7 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
     if dry_run:
         from producer.dryrun import dry_run as run_dry
 
-        run_dry(corpus, cache_url=cache_url or broker, home=_settings().home, **kw)
+        run_dry(corpus, cache_url=cache_url or broker, settings=_settings(), **kw)
         return
     from producer.job import submit as submit_job
     from producer.progress import fleet_progress

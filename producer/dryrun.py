@@ -4,13 +4,15 @@ MB/s is the staging throughput (``benchmarks/staging.py`` measures it this way).
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from producer.models import embedfleet_home
+from producer.settings import ProducerSettings
 from producer.outputs import estimate_bytes, format_bytes
 from producer.spec import JobOptions, JobSpec, job_spec
 from storage import ledger
@@ -19,7 +21,7 @@ from worker.staging.pool import default_procs, stage_splits
 from worker.staging.splits import plan_splits
 
 
-def dry_run(corpus: str, *, cache_url: str | None, home: Path | None = None,
+def dry_run(corpus: str, *, cache_url: str | None, settings: ProducerSettings | None = None,
             **options: Any) -> dict[str, Any]:
     """Stage ``corpus`` with nothing written; print and return counts, cache hits and MB/s.
 
@@ -27,16 +29,17 @@ def dry_run(corpus: str, *, cache_url: str | None, home: Path | None = None,
     are ignored). The cache is keyed as a worker on the job's queue will key it: with the
     runtime its policy chooses (``JobSpec.runtime``).
     """
-    home = home or embedfleet_home()
-    spec = job_spec(JobOptions.pick(options)[0], home)
-    runtime = spec.runtime(home)
+    s = settings or ProducerSettings.from_env(os.environ)  # the API's edge; the CLI passes it
+    spec = job_spec(JobOptions.pick(options)[0], s.home)
+    runtime = spec.runtime(s.home)
     lookup = ({"cache_url": cache_url, "fingerprint": fingerprint(spec.bundle, runtime),
                "dim": spec.bundle.config.dim, "outputs": spec.outputs}
               if cache_url else None)
     procs = spec.options.stage_procs or default_procs()
     t0 = time.perf_counter()
     splits, _ = plan_splits(corpus, spec.options.split_bytes)
-    cps, hits = stage_splits(Path(corpus), splits, spec.stage, root=None, procs=procs,
+    stage = replace(spec.stage, fast_tokenizer=s.fast_tokenizer)
+    cps, hits = stage_splits(Path(corpus), splits, stage, root=None, procs=procs,
                              on_shard=lambda cp: None, lookup=lookup)
     wall = time.perf_counter() - t0
     t = ledger.totals({0: cps})

@@ -110,6 +110,7 @@ class Job:
 
             tick = (lambda: progress.update(self.status())) if progress is not None else None
             return continue_staging(self.dir, self._connect(), tick=tick,
+                                    fast_tokenizer=self.settings.fast_tokenizer,
                                     procs=stage_procs or default_procs())
         pending = [s.shard for s in self.dir.shard_states() if s.state == "pending"]
         if pending:
@@ -269,6 +270,7 @@ def _stage_here(handle: Job, app: Any, procs: int, records: Iterable[Record | Re
 
     bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
     run_staging(handle.dir, app, procs=procs, records=records,
+                fast_tokenizer=handle.settings.fast_tokenizer,
                 tick=(lambda: bar.update(handle.status())) if progress else None)
     bar.close()
 

@@ -3,9 +3,8 @@
 Click resolves each flag's own variable (``--broker``: EMBED_BROKER_URL, ``--home``:
 EMBED_HOME, ...). What a command needs without a flag of its own is read here, once, by the
 ``producer`` group (``ctx.obj``) or by ``submit``/``Job`` when called from Python, and passed
-down: the modules below never read ``os.environ``. (Staging processes read two test and tuning
-switches at their own start: ``EMBED_STAGE_FAULTS`` in ``worker/staging/faults.py`` and
-``EMBED_FAST_TOKENIZER`` in ``worker/staging/fastcount.py``.)
+down: the modules below never read ``os.environ`` (but the crash tests' failpoints,
+``EMBED_STAGE_FAULTS``, which staging processes read in ``worker/staging/faults.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +28,8 @@ class ProducerSettings:
     """EMBED_HOME: the default model and the probe's figures (``~/.cache/embedfleet``)."""
     events: bool = False
     """EMBED_EVENTS=1: send ``task-sent`` events, as workers do (Flower is watching)."""
+    fast_tokenizer: bool = True
+    """EMBED_FAST_TOKENIZER: staging counts short documents with nanotoken where it matches."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ProducerSettings:
@@ -37,6 +38,7 @@ class ProducerSettings:
         >>> ProducerSettings.from_env({"EMBED_HOME": "/h", "EMBED_EVENTS": "1"}).events
         True
         """
-        var = env_name("events")  # parsed as the worker parses it
-        return cls(broker=env_broker(env), home=embedfleet_home(dict(env)),
-                   events=WorkerSettings.from_env({var: env.get(var, "")}).events)
+        names = [env_name("events"), env_name("fast_tokenizer")]  # parsed as the worker does
+        w = WorkerSettings.from_env({v: env[v] for v in names if v in env})
+        return cls(broker=env_broker(env), home=embedfleet_home(dict(env)), events=w.events,
+                   fast_tokenizer=w.fast_tokenizer)

@@ -36,7 +36,8 @@ def register(app: Celery) -> None:
         if job_dir.name != payload["job_id"]:
             raise ValueError(f"job_dir {job_dir} does not end in job id {payload['job_id']!r}")
         job = open_allowed_job(self.app.settings, job_dir, stage=True)  # only under the roots
-        sent = stage_one_split(job, int(payload["split"]), self.app)
+        sent = stage_one_split(job, int(payload["split"]), self.app,
+                               fast_tokenizer=self.app.settings.fast_tokenizer)
         log.info("staged split %s of %s: %d shard task(s) sent", payload["split"], job.root,
                  sent)
         return {"split": int(payload["split"]), "sent": sent}

@@ -7,17 +7,15 @@ used only when it loads the tokenizer's own ``tokenizer.json`` and then agrees w
 ``tokenizers`` on every text of a built-in check (real sentences in several scripts and hostile
 pieces: control characters, accents, special-token strings, long words); otherwise staging uses
 ``tokenizers`` itself, so the ids are the model's either way. ``EMBED_FAST_TOKENIZER=0`` turns
-it off.
+it off: the producer's and the worker's settings read it and staging passes it in
+(``StageConfig.fast_tokenizer`` -> ``choose``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
-
-from worker.settings import WorkerSettings, env_name
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +28,17 @@ _CHECK_PIECES = ["\x00", "\x1c", "\u200b", "\ufeff", "\u00ad", "e\u0301", "\u030
 _CACHE: dict[int, tuple[Any, Encoder, bool]] = {}
 
 
+def choose(tokenizer: Any, *, fast: bool = True) -> Encoder:
+    """Decide once which encoder ``tokenizer`` uses (``fast=False``: ``tokenizers`` itself,
+    never nanotoken); later ``encoder_for``/``is_fast`` calls keep the choice."""
+    hit = (tokenizer, *_pick(tokenizer, fast))
+    _CACHE[id(tokenizer)] = hit
+    return hit[1]
+
+
 def encoder_for(tokenizer: Any) -> Encoder:
     """``texts -> ids`` (special tokens added, no truncation) for ``tokenizer``, the fastest that
-    matches it exactly. Cached per tokenizer object."""
+    matches it exactly (or as ``choose`` decided). Cached per tokenizer object."""
     return _chosen(tokenizer)[1]
 
 
@@ -44,11 +50,15 @@ def is_fast(tokenizer: Any) -> bool:
 def _chosen(tokenizer: Any) -> tuple[Any, Encoder, bool]:
     hit = _CACHE.get(id(tokenizer))
     if hit is None or hit[0] is not tokenizer:
-        fast = _fast(tokenizer)
         # Holding the tokenizer keeps its id from being reused by another object.
-        hit = (tokenizer, fast or _reference(tokenizer), fast is not None)
+        hit = (tokenizer, *_pick(tokenizer, True))
         _CACHE[id(tokenizer)] = hit
     return hit
+
+
+def _pick(tokenizer: Any, fast: bool) -> tuple[Encoder, bool]:
+    enc = _fast(tokenizer) if fast else None
+    return (enc or _reference(tokenizer), enc is not None)
 
 
 def _reference(tokenizer: Any) -> Encoder:
@@ -57,9 +67,6 @@ def _reference(tokenizer: Any) -> Encoder:
 
 
 def _fast(tokenizer: Any) -> Encoder | None:
-    var = env_name("fast_tokenizer")
-    if not WorkerSettings.from_env({var: os.environ.get(var, "")}).fast_tokenizer:
-        return None
     to_str = getattr(tokenizer, "to_str", None)
     if to_str is None or tokenizer.truncation is not None:
         return None

@@ -9,6 +9,7 @@ imports the app.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def job_stage_config(job: JobDir) -> StageConfig:
     return StageConfig(bundle_path=m.bundle_path, **m.chunking)
 
 
-def stage_one_split(job: JobDir, split: int, app: Any) -> int:
+def stage_one_split(job: JobDir, split: int, app: Any, *, fast_tokenizer: bool = True) -> int:
     """Stage one split (a stage task on a worker); complete staging if it was the last one.
     Re-sends the tasks of the split's shards already staged without output (a redelivered
     stage task does not know whether its predecessor sent them)."""
@@ -54,8 +55,8 @@ def stage_one_split(job: JobDir, split: int, app: Any) -> int:
             _send(app, job, [cp.shard], m.queue)
             sent += 1
 
-    stage_splits(Path(m.input["path"]), [s], job_stage_config(job), root=job.root, procs=1,
-                 on_shard=on_shard)
+    cfg = replace(job_stage_config(job), fast_tokenizer=fast_tokenizer)
+    stage_splits(Path(m.input["path"]), [s], cfg, root=job.root, procs=1, on_shard=on_shard)
     ledgers = ledger.read_all(job.root)
     if all(ledgers.get(d["index"]) and ledgers[d["index"]][-1].done for d in m.splits or []):
         complete_staging(job)

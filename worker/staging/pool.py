@@ -43,7 +43,7 @@ def stage_splits(path: Path, splits: Iterable[Split], cfg: StageConfig, *, root:
     head = list(itertools.islice(it, 2))
     todo = _unfinished(root, itertools.chain(head, it))
     if procs <= 1 or len(head) <= 1:
-        tok = _tokenizer(cfg)
+        tok = staging_tokenizer(cfg)
         out: list[Checkpoint] = []
         hits = 0
         for s, cp, data in _with_data(path, todo):
@@ -132,7 +132,7 @@ def _init_child(cfg: StageConfig, events: Any, root: Path | None,
                 lookup: dict[str, Any] | None) -> None:
     _die_with_parent()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _child.update(cfg=cfg, events=events, root=root, lookup=lookup, tok=_tokenizer(cfg))
+    _child.update(cfg=cfg, events=events, root=root, lookup=lookup, tok=staging_tokenizer(cfg))
 
 
 def _child_stage(path: str, split: dict[str, Any], cp: dict[str, Any] | None,
@@ -188,10 +188,14 @@ def _last(root: Path | None, split: int) -> Checkpoint | None:
     return cps[-1] if cps else None
 
 
-def _tokenizer(cfg: StageConfig) -> Any:
+def staging_tokenizer(cfg: StageConfig) -> Any:
+    """The bundle's tokenizer for staging (no truncation), its encoder chosen per ``cfg``."""
     from storage.bundle import load_bundle
+    from worker.staging.fastcount import choose
 
-    return load_bundle(cfg.bundle_path).load_tokenizer(truncate=False)
+    tok = load_bundle(cfg.bundle_path).load_tokenizer(truncate=False)
+    choose(tok, fast=cfg.fast_tokenizer)
+    return tok
 
 
 def _die_with_parent() -> None:
@@ -210,7 +214,7 @@ def chunk_texts(path: Path, cfg: StageConfig) -> tuple[list[str], dict[str, int]
 
     texts: list[str] = []
     splits, _ = plan_splits(path, 1 << 62)  # one split: the whole file
-    tok, cps = _tokenizer(cfg), []
+    tok, cps = staging_tokenizer(cfg), []
     for s in splits:
         records = iter_split(path, s, s.start, s.first_line, text_field=cfg.text_field,
                              id_field=cfg.id_field, max_line_bytes=cfg.max_line_bytes)

@@ -47,6 +47,9 @@ class StageConfig:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     shard_tokens: int = DEFAULT_SHARD_TOKENS
     shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS
+    fast_tokenizer: bool = True
+    """Count short documents with nanotoken where it matches (EMBED_FAST_TOKENIZER; a setting
+    of the process that stages, not of the job: never recorded in the manifest)."""
 
 
 class _Segment:

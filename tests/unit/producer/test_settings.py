@@ -15,6 +15,8 @@ def test_from_env_reads_broker_home_and_events() -> None:
     assert (s.broker, s.home, s.events) == ("redis://h/0", Path("/h"), True)
     s = ProducerSettings.from_env({"XDG_CACHE_HOME": "/x"})
     assert (s.broker, s.home, s.events) == (None, Path("/x/embedfleet"), False)
+    assert s.fast_tokenizer and not ProducerSettings.from_env(
+        {"EMBED_FAST_TOKENIZER": "0"}).fast_tokenizer
 
 
 def test_the_cli_group_reads_them_once_for_its_commands(monkeypatch, tmp_path) -> None:

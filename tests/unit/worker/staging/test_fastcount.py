@@ -64,7 +64,15 @@ def test_disagreement_falls_back_with_a_warning(minilm_bundle: Path,
     assert "nanotoken's ids differ" in caplog.text
 
 
-def test_switched_off(minilm_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMBED_FAST_TOKENIZER", "0")
+def test_switched_off(minilm_bundle: Path) -> None:
+    """EMBED_FAST_TOKENIZER=0 reaches staging as StageConfig.fast_tokenizer=False."""
+    from worker.staging.pool import staging_tokenizer
+    from worker.staging.shards import StageConfig
+
+    tok = staging_tokenizer(StageConfig(bundle_path=str(minilm_bundle), max_tokens=256,
+                                        fast_tokenizer=False))
+    assert fastcount.encoder_for(tok).__qualname__.startswith("_reference")
+    assert not fastcount.is_fast(tok)
     tok = load_bundle(minilm_bundle).load_tokenizer(truncate=False)
+    fastcount.choose(tok, fast=False)
     assert fastcount.encoder_for(tok).__qualname__.startswith("_reference")
