@@ -122,13 +122,13 @@ def iter_objects(
     opener = gzip.open if path.suffix == ".gz" or magic == _GZIP_MAGIC else open
     with opener(path, "rb") as stream:
         try:
-            for line_no, data, size, _ in _iter_lines(stream, max_line_bytes):
+            for line_no, data, size, _ in iter_lines(stream, max_line_bytes):
                 if data is None:
                     reason = f"line is {size} bytes, over the cap of {max_line_bytes} bytes"
                     yield Reject(line_no, None, reason)
                 elif data.strip():
                     try:
-                        yield line_no, _parse_line(data)
+                        yield line_no, parse_line(data)
                     except _Refused as refused:
                         yield Reject(line_no, None, refused.reason)
         except EOFError as exc:  # gzip raises EOFError, not OSError, for a cut-off stream
@@ -144,7 +144,7 @@ def file_checksum(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _iter_lines(stream: _LineReader, cap: int, *, first_line: int = 1, start: int = 0,
+def iter_lines(stream: _LineReader, cap: int, *, first_line: int = 1, start: int = 0,
                 end: int | None = None) -> Iterator[tuple[int, bytes | None, int, int]]:
     """Yield ``(line_no, content, size, offset)``; content is None for a line over ``cap`` bytes.
 
@@ -181,7 +181,7 @@ def _terminator_len(data: bytes) -> int:
     return 2 if data.endswith(b"\r\n") else 1 if data.endswith((b"\n", b"\r")) else 0
 
 
-def _parse_line(data: bytes) -> Any:
+def parse_line(data: bytes) -> Any:
     """Decode strictly and parse; raise _Refused with a stable reason."""
     try:
         line = data.decode("utf-8")
@@ -211,10 +211,10 @@ def _parse_int(digits: str) -> int:
 def judge_object(line_no: int, obj: Any, text_field: str = "text",
                  id_field: str = "id") -> Record | Reject:
     """The same checks as for a JSONL line, for an already-parsed object (the Python API)."""
-    return _judge(line_no, lambda: obj, text_field, id_field)
+    return judge_record(line_no, lambda: obj, text_field, id_field)
 
 
-def _judge(
+def judge_record(
     line_no: int, load: Callable[[], Any], text_field: str, id_field: str
 ) -> Record | Reject:
     """Turn one line into a Record or a Reject; never raises (except KeyboardInterrupt etc.)."""
@@ -296,4 +296,4 @@ def iter_parquet_rows(
                 yield row - 1, Reject(row, None, reason)
                 continue
             row_obj: partial[dict[str, Any]] = partial(dict, {text_field: text, id_field: doc_id})
-            yield row - 1, _judge(row, row_obj, text_field, id_field)
+            yield row - 1, judge_record(row, row_obj, text_field, id_field)

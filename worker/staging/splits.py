@@ -23,8 +23,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from worker.staging.corpus import (Record, Reject, _iter_lines, _judge, _parse_line, file_checksum,
-                             iter_parquet_rows)
+from worker.staging.corpus import (Record, Reject, file_checksum, iter_lines, iter_parquet_rows,
+                                   judge_record, parse_line)
 
 DEFAULT_SPLIT_BYTES = 16 * 2**20
 """Input bytes per split: 16 MB is ~10 s of staging per process, so splits balance across
@@ -122,7 +122,7 @@ def iter_split(path: Path, split: Split, pos: int, line: int, *, text_field: str
             elif data is None:
                 f.seek(pos)
             end = split.end
-            for no, data, size, off in _iter_lines(f, max_line_bytes, first_line=line,
+            for no, data, size, off in iter_lines(f, max_line_bytes, first_line=line,
                                                    start=pos, end=end):
                 rec = _judge_line(no, data, size, max_line_bytes, text_field, id_field)
                 if rec is not None:
@@ -203,9 +203,9 @@ def _skip(stream: Any, n: int) -> None:
 
 def _judge_line(line_no: int, data: bytes | None, size: int, cap: int, text_field: str,
                id_field: str) -> Record | Reject | None:
-    """One JSONL line (from ``_iter_lines``) as a Record or Reject; None for a blank line."""
+    """One JSONL line (from ``iter_lines``) as a Record or Reject; None for a blank line."""
     if data is None:
         return Reject(line_no, None, f"line is {size} bytes, over the cap of {cap} bytes")
     if not data.strip():
         return None
-    return _judge(line_no, partial(_parse_line, data), text_field, id_field)
+    return judge_record(line_no, partial(parse_line, data), text_field, id_field)
