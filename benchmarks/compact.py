@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from producer.tools.report import load_job, summarize  # noqa: E402
+from producer.tools.report import load_report, summarize  # noqa: E402
 from storage.quantize import DTYPES  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def bytes_per_chunk(corpus: Path, bundle: Path, tmp: Path) -> list[dict]:
                    "--job-id", job, "--model", str(bundle), "--precision", "fp32",
                    "--dtype", dtype] + (["--dim", str(dim), "--force-dim"] if dim else [])
             subprocess.run(cmd, check=True, env=env, capture_output=True)
-            manifest, metrics, _ = load_job(tmp / "out" / job)
+            manifest, metrics, _ = load_report(tmp / "out" / job)
             b = summarize(manifest, metrics)["bytes_per_chunk"]["dense"]
             rows.append({"dim": b["dim"], "dtype": dtype, "raw": b["raw"], "disk": b["disk"],
                          "encoded": b["encoded"]})

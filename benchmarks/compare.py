@@ -174,9 +174,9 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 def _chunk(corpus: Path, bundle: Any, work: Path) -> tuple[dict[str, Any], Path]:
     """Read + chunk the corpus once with the producer's staging code (one process, counting
     only, as ``producer submit --dry-run``); keep the chunk texts in order."""
-    from producer.corpus import Record, iter_records
-    from producer.staging import StageConfig
-    from producer.streaming import chunk_texts
+    from worker.staging.corpus import Record, iter_records
+    from worker.staging.shards import StageConfig
+    from worker.staging.pool import chunk_texts
 
     cfg = bundle.config
     nbytes = sum(len(r.text.encode("utf-8")) for r in iter_records(corpus)
@@ -281,7 +281,7 @@ def _measure_child(method: str, precision: str, kind: str, cargs: dict[str, Any]
 
 def _producer_run(method: str, precision: str, corpus: Path, bundle: Path, home: Path,
                   job_id: str, threads: int, work: Path) -> dict[str, Any]:
-    from producer.tools.report import load_job, summarize
+    from producer.tools.report import load_report, summarize
 
     say(f"{method} {precision} ...")
     out = work / "jobs"
@@ -291,7 +291,7 @@ def _producer_run(method: str, precision: str, corpus: Path, bundle: Path, home:
     wall, rss, rc, log = _run_tree(cmd, work / f"{job_id}.log")
     if rc != 0:
         return _skipped(method, precision, f"failed (exit {rc}): {log[-300:]}")
-    s = summarize(*load_job(out / job_id)[:2])
+    s = summarize(*load_report(out / job_id)[:2])
     docs = s["documents"]["accepted"]
     tok = s["tokens"]
     return {"method": method, "precision": precision, "status": "ok",

@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def calibration_chunks(bundle, corpus: Path, n: int) -> list[str]:
     """The first ``n`` chunks the producer would make of ``corpus`` (its own chunking code)."""
-    from producer.staging import StageConfig
-    from producer.streaming import chunk_texts
+    from worker.staging.shards import StageConfig
+    from worker.staging.pool import chunk_texts
 
     texts, _ = chunk_texts(corpus, StageConfig(bundle_path=str(bundle.path),
                                                max_tokens=bundle.config.max_length,

@@ -7,7 +7,7 @@ one thread, per 1,000 chunks:
   worker side   tokenising as the worker does (HF) (``encode_batch``, offsets computed), the
                 same with ``encode_batch_fast`` (no offsets), and reading stored ids back from a
                 Parquet column (read + to numpy);
-  staging side  staging's encoder (producer/fastcount.py: nanotoken where it matches), the extra cost of keeping the ids staging already has (build the list<int32>
+  staging side  staging's encoder (worker/staging/fastcount.py: nanotoken where it matches), the extra cost of keeping the ids staging already has (build the list<int32>
                 column, write it with zstd) and the input shard's size with and without it.
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from producer.chunking import chunk_budget, chunk_document  # noqa: E402
+from worker.staging.chunking import chunk_budget, chunk_document  # noqa: E402
 from storage.bundle import load_bundle  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main() -> None:
             texts += [doc[s.char_start:s.char_end]
                       for s in chunk_document(doc, tok, max_tokens=mt, budget=budget)]
     n = len(texts)
-    from producer.fastcount import encoder_for
+    from worker.staging.fastcount import encoder_for
 
     fast = encoder_for(wtok.__class__.from_str(tok.to_str()))
     ids = [e.ids for e in wtok.encode_batch_fast(texts)]

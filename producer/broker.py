@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from producer.errors import BrokerUnreachable
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
-from worker.settings import DEFAULT_BROKER_URL, WorkerSettings, env_name, mask_url
+from storage.urls import DEFAULT_BROKER_URL, mask_url
+from worker.settings import WorkerSettings
 
 
-def connect(broker: str | None) -> Any:
+def connect(broker: str | None, *, events: bool = False) -> Any:
     """A Celery app for ``broker`` whose connection works, else BrokerUnreachable naming it.
 
-    With ``EMBED_EVENTS=1`` (Flower is watching) it sends ``task-sent`` events, as workers do.
+    ``events`` (EMBED_EVENTS=1, Flower is watching): send ``task-sent`` events, as workers do.
     """
     from worker.celery_app import create_app
 
     url = broker or DEFAULT_BROKER_URL
-    var = env_name("events")
-    events = WorkerSettings.from_env({var: os.environ.get(var, "")}).events
     app = create_app(WorkerSettings(broker_url=url, events=events))
     try:
         with app.connection_for_write() as conn:

@@ -8,6 +8,7 @@ error type into a message and an exit code (listed in ``producer --help`` and th
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ from click.core import ParameterSource
 
 from producer.errors import Interrupted, JobFailed, UsageError
 from producer.exitcodes import EXIT_CODES, USAGE_EXIT, _exit_code_help, exit_code  # noqa: F401
+from producer.settings import ProducerSettings
 from producer.tools.cli import register as register_tools
 from storage.jobdir import JobDir
-from worker.settings import DEFAULT_BROKER_URL, mask_url
+from storage.urls import BROKER_ENV, DEFAULT_BROKER_URL, mask_url
 
 
 class _Main(click.Group):
@@ -118,7 +120,8 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]},
              epilog=_exit_code_help())
 @click.version_option(package_name="embedfleet")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """embedfleet: embed large corpora with a Celery fleet of ONNX Runtime workers.
 
     \b
@@ -129,9 +132,12 @@ def main() -> None:
     producer resume OUT/JOB              re-send shards whose messages were lost (a fleet job)
     producer export SRC --out DIR        turn a sentence-transformers model into a bundle
     """
+    ctx.obj = ProducerSettings.from_env(os.environ)  # the environment, read once
 
 
-BROKER_ENV = ["EMBED_BROKER_URL", "CELERY_BROKER_URL"]
+def _settings() -> ProducerSettings:
+    obj = click.get_current_context().find_root().obj
+    return obj if isinstance(obj, ProducerSettings) else ProducerSettings.from_env(os.environ)
 
 
 @main.command()
@@ -153,15 +159,17 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
     if dry_run:
         from producer.dryrun import dry_run as run_dry
 
-        run_dry(corpus, cache_url=cache_url or broker, **kw)
+        run_dry(corpus, cache_url=cache_url or broker, settings=_settings(), **kw)
         return
     from producer.job import submit as submit_job
     from producer.progress import fleet_progress
     from producer.broker import connect
 
-    bar = fleet_progress(connect(broker), "cpu" if kw["queue"] == "auto" else kw["queue"],
-                         mask_url(broker), warn=lambda w: click.echo(w, err=True))
-    job = submit_job(corpus, out, broker=broker, log=click.echo,
+    s = _settings()
+    bar = fleet_progress(connect(broker, events=s.events),
+                         "cpu" if kw["queue"] == "auto" else kw["queue"], mask_url(broker),
+                         warn=lambda w: click.echo(w, err=True))
+    job = submit_job(corpus, out, broker=broker, log=click.echo, settings=s,
                      progress=bar if wait else False, stage_on=stage_on, **kw)
     click.echo(f"job {job.path.name}\n{job.path}")
     if wait:
@@ -194,13 +202,12 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
     --resume OUT/JOB, to continue an interrupted job.
     """
     from producer.job import Job, new_job_id
-    from producer.local import fleet_roots, local_fleet
-    from producer.models import embedfleet_home, resolve_model
+    from producer.models import resolve_model
     from producer.resume import interrupted_message, plan_run
 
     if (corpus is None) == (resume_from is None):
         raise UsageError("give CORPUS to embed, or --resume OUT/JOB to continue a job")
-    home_path = Path(home) if home else embedfleet_home()
+    home_path = Path(home) if home else _settings().home
     root = Path(resume_from) if resume_from else Path(out) / (kw["job_id"] or new_job_id())
     ctx = click.get_current_context()
     given = {k for k in kw if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
@@ -208,23 +215,39 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
                     model_path=lambda m: resolve_model(m, home_path))
     if plan.pending == 0:  # every shard is done or failed: nothing to start
         click.echo(plan.note)
-        _finish(Job(plan.root), progress=False)
+        _finish(Job(plan.root, settings=_settings()), progress=False)
         return
     try:
-        bundle = resolve_model(plan.options["model"], home_path)  # export the default once
-        with local_fleet(workers=workers or 1, threads=threads, home=home_path,
-                         queue=plan.queue, broker=broker, cache_url=cache_url,
-                         extra_env={"EMBED_HOME": str(home_path),
-                                    **fleet_roots(plan.root.parent, bundle)}
-                         ) as (broker_url, _cache, fleet):
-            click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
-            if plan.note:
-                click.echo(plan.note)
-            job = plan.start(broker_url, home_path, log=click.echo)
-            fleet.wait_ready()
-            _finish(job, progress=True)
+        _run_locally(plan, home_path, workers=workers,
+                     threads=threads, broker=broker, cache_url=cache_url)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(root)) from None
+
+
+def _run_locally(plan: Any, home: Path, *, workers: int | None,
+                 threads: int | None, broker: str | None, cache_url: str | None) -> None:
+    """Start the private fleet; submit a new job to it (``plan.corpus``) or continue one."""
+    from producer.job import submit as submit_job
+    from producer.local import fleet_roots, local_fleet
+    from producer.models import resolve_model
+    from storage.manifest import RUN_MADE_BY
+
+    bundle = resolve_model(plan.options["model"], home)  # export the default once
+    with local_fleet(workers=workers or 1, threads=threads, home=home, queue=plan.queue,
+                     broker=broker, cache_url=cache_url,
+                     extra_env={"EMBED_HOME": str(home), **fleet_roots(plan.root.parent, bundle)}
+                     ) as (broker_url, _cache, fleet):
+        click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
+        if plan.note:
+            click.echo(plan.note)
+        if plan.corpus is None:
+            job = plan.start(broker_url, log=click.echo, settings=_settings())
+        else:
+            job = submit_job(plan.corpus, plan.root.parent, broker=broker_url, log=click.echo,
+                             home=home, made_by=RUN_MADE_BY, progress=True, settings=_settings(),
+                             **dict(plan.options, job_id=plan.root.name))
+        fleet.wait_ready()
+        _finish(job, progress=True)
 
 
 def _finish(job: Any, progress: Any) -> None:
@@ -245,7 +268,7 @@ def status(job_dir: str, as_json: bool) -> None:
     from producer.job import Job
     from producer.progress import status_lines
 
-    st = Job(job_dir).status()
+    st = Job(job_dir, settings=_settings()).status()
     if as_json:
         click.echo(json.dumps({**st.__dict__, "tokens_per_s": st.tokens_per_s}, indent=2))
         return
@@ -272,8 +295,9 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
     jd = JobDir.open(job_dir)
     refuse_run_job(jd)
     url = fleet_broker(jd, broker)
-    job = Job(job_dir, broker=url)
-    bar = fleet_progress(connect(url), jd.manifest.queue, mask_url(url),
+    s = _settings()
+    job = Job(job_dir, broker=url, settings=s)
+    bar = fleet_progress(connect(url, events=s.events), jd.manifest.queue, mask_url(url),
                          warn=lambda w: click.echo(w, err=True))
     bar.enabled = wait
     n = job.resume(stage_procs=stage_procs, progress=bar)

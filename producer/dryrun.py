@@ -4,62 +4,66 @@ MB/s is the staging throughput (``benchmarks/staging.py`` measures it this way).
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from producer.chunking import prefix_text
-from producer.models import embedfleet_home, resolve_model
-from producer.outputs import estimate_bytes, format_bytes, parse_dense, parse_outputs
-from producer.splits import DEFAULT_SPLIT_BYTES, plan_splits
-from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, StageConfig
-from producer.streaming import default_procs, stage_splits
+from producer.settings import ProducerSettings
+from producer.outputs import estimate_bytes, format_bytes
+from producer.spec import JobOptions, JobSpec, job_spec
 from storage import ledger
-from storage.bundle import load_bundle
-from worker.contract import Device, default_precision
+from worker.model.policy import fingerprint
+from worker.staging.pool import default_procs, stage_splits
+from worker.staging.splits import plan_splits
 
 
-def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision: str,
-            queue: str, text_field: str, id_field: str, max_line_bytes: int,
-            max_tokens: int | None, overlap: int, prefix: str, shard_tokens: int,
-            stage_procs: int | None = None, split_bytes: int = DEFAULT_SPLIT_BYTES,
-            shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS, outputs: str = "dense",
-            dim: int | None = None, dtype: str = "float32", force_dim: bool = False,
-            **_: Any) -> dict[str, Any]:
-    bundle = load_bundle(resolve_model(model, embedfleet_home()))
-    cfg = bundle.config
-    wanted = parse_outputs(outputs, cfg, str(bundle.path))
-    dense = parse_dense(dim, dtype, force_dim, cfg, str(bundle.path))
-    pfx = prefix_text(prefix, cfg.passage_prefix, cfg.query_prefix)
-    prec = default_precision(Device.GPU if queue == "gpu" else Device.CPU, bundle.variants,
-                             precision)
-    stage = StageConfig(bundle_path=str(bundle.path),
-                        max_tokens=min(cfg.max_length, max_tokens or cfg.max_length),
-                        overlap=overlap, prefix=pfx, text_field=text_field, id_field=id_field,
-                        max_line_bytes=max_line_bytes, shard_tokens=shard_tokens,
-                        shard_max_chunks=shard_max_chunks)
-    lookup = ({"cache_url": cache_url, "fingerprint": bundle.fingerprint(prec), "dim": cfg.dim,
-               "outputs": wanted}
+def dry_run(corpus: str, *, cache_url: str | None, settings: ProducerSettings | None = None,
+            **options: Any) -> dict[str, Any]:
+    """Stage ``corpus`` with nothing written; print and return counts, cache hits and MB/s.
+
+    ``options`` are ``submit``'s (``producer.spec.JobOptions``; others, such as ``job_id``,
+    are ignored). The cache is keyed as a worker on the job's queue will key it: with the
+    runtime its policy chooses (``JobSpec.runtime``).
+    """
+    s = settings or ProducerSettings.from_env(os.environ)  # the API's edge; the CLI passes it
+    spec = job_spec(JobOptions.pick(options)[0], s.home)
+    runtime = spec.runtime(s.home)
+    lookup = ({"cache_url": cache_url, "fingerprint": fingerprint(spec.bundle, runtime),
+               "dim": spec.bundle.config.dim, "outputs": spec.outputs}
               if cache_url else None)
-    procs = stage_procs or default_procs()
+    procs = spec.options.stage_procs or default_procs()
     t0 = time.perf_counter()
-    splits, _ = plan_splits(corpus, split_bytes)
+    splits, _ = plan_splits(corpus, spec.options.split_bytes)
+    stage = replace(spec.stage, fast_tokenizer=s.fast_tokenizer)
     cps, hits = stage_splits(Path(corpus), splits, stage, root=None, procs=procs,
                              on_shard=lambda cp: None, lookup=lookup)
     wall = time.perf_counter() - t0
     t = ledger.totals({0: cps})
     size = Path(corpus).stat().st_size
-    click.echo(f"dry run of {Path(corpus).name} with {cfg.source} ({prec}):")
-    click.echo(f"  documents {t['accepted']} accepted, {t['rejected']} rejected")
-    click.echo(f"  chunks    {t['chunks']} in {t['shards']} shards, {t['tokens']:,} tokens")
-    click.echo(f"  cached    {hits}/{t['chunks']} chunks already in the cache")
-    click.echo(f"  staging   {size / 1e6:.1f} MB in {wall:.1f}s = {size / 1e6 / wall:.2f} MB/s "
-               f"with {procs} process(es), {len(splits)} split(s)")
-    disk = estimate_bytes(wanted, cfg, t["chunks"], t["tokens"], dense)
+    disk = estimate_bytes(spec.outputs, spec.bundle.config, t["chunks"], t["tokens"], spec.dense)
+    got = {**t, "cached": hits, "precision": runtime.precision, "provider": runtime.provider,
+           "wall_s": wall, "mb_per_s": size / 1e6 / wall, "procs": procs,
+           "outputs": list(spec.outputs), "disk_bytes": disk, "splits": len(splits),
+           "dense": spec.dense}
+    _print(Path(corpus), spec, size, got)
+    return got
+
+
+def _print(corpus: Path, spec: JobSpec, size: int, got: dict[str, Any]) -> None:
+    where = got["provider"].removesuffix("ExecutionProvider")
+    click.echo(f"dry run of {corpus.name} with {spec.bundle.config.source} "
+               f"({got['precision']} on {where}):")
+    click.echo(f"  documents {got['accepted']} accepted, {got['rejected']} rejected")
+    click.echo(f"  chunks    {got['chunks']} in {got['shards']} shards, {got['tokens']:,} tokens")
+    click.echo(f"  cached    {got['cached']}/{got['chunks']} chunks already in the cache")
+    click.echo(f"  staging   {size / 1e6:.1f} MB in {got['wall_s']:.1f}s = "
+               f"{got['mb_per_s']:.2f} MB/s with {got['procs']} process(es), "
+               f"{got['splits']} split(s)")
+    disk = got["disk_bytes"]
     click.echo(f"  disk      about {format_bytes(sum(disk.values()))} of vectors ("
                + ", ".join(f"{k} {format_bytes(v)}" for k, v in disk.items())
                + "; uncompressed, zstd saves little on floats)")
-    return {**t, "cached": hits, "wall_s": wall, "mb_per_s": size / 1e6 / wall,
-            "procs": procs, "outputs": list(wanted), "disk_bytes": disk, "dense": dense}

@@ -1,11 +1,11 @@
 """Errors the producer raises where the user must act; the CLI maps each type to an exit code.
 
     EmbedfleetError (storage/errors.py)
+    ├── UsageError              a bad option or value (storage/errors.py: staging raises it too)
+    ├── CorpusError             the corpus cannot be read as asked (storage/errors.py, likewise)
     └── ProducerError
-        ├── UsageError          a bad option or value; the message names the option
         ├── BrokerUnreachable   the broker cannot be reached; the message names the masked URL
         ├── JobConflict         OUT/JOB already holds a job that this command must not touch
-        ├── CorpusError         the corpus file cannot be read as asked (e.g. no such column)
         ├── FleetError          the private fleet of ``producer run`` did not start
         ├── JobFailed           the job finished with failed shards (the CLI's exit code 2)
         └── Interrupted         Ctrl-C; the message says how to continue
@@ -17,15 +17,14 @@ keep working.
 
 from __future__ import annotations
 
-from storage.errors import EmbedfleetError
+from storage.errors import CorpusError, EmbedfleetError, UsageError
+
+__all__ = ["BrokerUnreachable", "CorpusError", "FleetError", "Interrupted", "JobConflict",
+           "JobFailed", "ProducerError", "UsageError"]
 
 
 class ProducerError(EmbedfleetError):
     """Base class for errors raised by the producer."""
-
-
-class UsageError(ProducerError, ValueError):
-    """A bad option or value (``--overlap``, ``--prefix``, ``--max-tokens``, ``--queue``...)."""
 
 
 class BrokerUnreachable(ProducerError, ConnectionError):
@@ -34,10 +33,6 @@ class BrokerUnreachable(ProducerError, ConnectionError):
 
 class JobConflict(ProducerError, FileExistsError):
     """The job directory already holds a job that this command must not overwrite or mix."""
-
-
-class CorpusError(ProducerError, ValueError):
-    """The corpus cannot be read with the given options; the message names file and field."""
 
 
 class FleetError(ProducerError, RuntimeError):

@@ -1,4 +1,5 @@
-"""Stages 1-4 for one job: stage its splits, send each shard's task as soon as it is durable.
+"""Stage 3 on the producer, and stage 4's sending: stage a job's splits, send each shard's
+task as soon as it is durable.
 
 ``run_staging`` is what ``submit`` does after writing the manifest; ``continue_staging`` is what
 ``resume`` does for a job whose producer died while staging: it checks the corpus is the one the
@@ -12,28 +13,30 @@ file and the command that continues it; the ledger holds only whole lines and du
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from producer import faults
-from producer.corpus import Record, Reject
-from producer.splits import Planner, Split, plan_splits
-from producer.staging import StageConfig, stage_split
-from producer.streaming import stage_splits
+from worker.staging import faults
+from worker.staging.corpus import Record, Reject
+from worker.staging.splits import Planner, Split, plan_splits
+from worker.staging.shards import StageConfig, stage_split
+from worker.staging.pool import stage_splits, staging_tokenizer
 from producer.broker import send_shards
 from storage import ledger
 from producer.errors import CorpusError
 from storage.atomic import remove_stale_tmp
 from storage.errors import DiskFull
 from storage.jobdir import JobDir
-from producer.fleet_stage import complete_staging, stage_config
+from worker.staging.fleet import complete_staging, job_stage_config
 
 Tick = Callable[[], None]
 
 
 def run_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
-                records: Iterable[Record | Reject] | None = None) -> int:
+                records: Iterable[Record | Reject] | None = None,
+                fast_tokenizer: bool = True) -> int:
     """Stage every unfinished split of ``job`` (or ``records``, the Python API's iterable);
     return the shard tasks sent.
 
@@ -41,7 +44,7 @@ def run_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
         DiskFull: a write found no space left; names the job, the file and how to continue.
     """
     m = job.manifest
-    cfg = stage_config(job)
+    cfg = replace(job_stage_config(job), fast_tokenizer=fast_tokenizer)
     last = [0.0]
     sent = [0]
 
@@ -69,7 +72,7 @@ def _stage(job: JobDir, cfg: StageConfig, procs: int, on_shard: Callable[..., No
            records: Iterable[Record | Reject] | None) -> None:
     m = job.manifest
     if records is not None:
-        tok = _tokenizer(cfg)
+        tok = staging_tokenizer(cfg)
         stage_split(((i, r) for i, r in enumerate(records)), tok, cfg, split=0, end=0,
                     root=job.root, on_shard=on_shard)
     elif m.splits is None:  # a fresh job: stage while the plan is being made, then record it
@@ -102,7 +105,8 @@ def send_stage_tasks(app: Any, job: JobDir, splits: list[int] | None = None) -> 
     return len(todo)
 
 
-def continue_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None) -> int:
+def continue_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
+                     fast_tokenizer: bool = True) -> int:
     """Finish staging a job whose producer stopped; return the shard tasks re-sent."""
     m = job.manifest
     if m.input.get("path") == "<iterable>":
@@ -127,7 +131,8 @@ def continue_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = N
     if (m.staging or {}).get("on") == "fleet":
         send_stage_tasks(app, job)  # redelivery usually does this; a lost message does not
         return len(pending)
-    return len(pending) + run_staging(job, app, procs=procs, tick=tick)
+    return len(pending) + run_staging(job, app, procs=procs, tick=tick,
+                                      fast_tokenizer=fast_tokenizer)
 
 
 def _recorded(splits: Iterable[Split], into: list[Split]) -> Iterator[Split]:
@@ -147,7 +152,4 @@ def _check_ledger(job: JobDir, splits: list[Split], path: Path) -> None:
                               "no longer matches); submit it as a new job")
 
 
-def _tokenizer(cfg: StageConfig) -> Any:
-    from storage.bundle import load_bundle
 
-    return load_bundle(cfg.bundle_path).load_tokenizer(truncate=False)

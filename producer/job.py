@@ -13,35 +13,36 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from producer.corpus import Record, Reject, judge_object
+from worker.staging.corpus import Record, Reject, judge_object
 from producer.errors import JobConflict, UsageError
+from producer.ingest import run_staging, send_stage_tasks
 from producer.broker import broker_backlog, connect, send_shards
-from producer.models import embedfleet_home, resolve_model
-from producer.outputs import parse_dense, parse_outputs
 from producer.progress import JobStatus, staging_progress
-from producer.splits import DEFAULT_SPLIT_BYTES, plan_splits
-from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, StageConfig
-from producer.streaming import default_procs
-from storage.bundle import load_bundle
+from producer.routing import choose_queue
+from producer.settings import ProducerSettings
+from producer.spec import JobOptions, JobSpec, job_spec
+from worker.staging.splits import plan_splits
+from worker.staging.pool import default_procs
 from storage.jobdir import JobDir
 from storage.manifest import Manifest
 from storage.metrics import metrics_totals
 from storage.readers import read_matrix, read_table
-from worker.settings import DEFAULT_BROKER_URL, env_broker, mask_url
+from storage.urls import DEFAULT_BROKER_URL, mask_url
 
 
 class Job:
     """A handle on a job directory (and the broker, to resubmit shards)."""
 
-    def __init__(self, path: str | os.PathLike[str], broker: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], broker: str | None = None, *,
+                 settings: ProducerSettings | None = None) -> None:
         self.dir = JobDir.open(path)
-        self.broker = broker or env_broker(os.environ) or _usable_hint(
+        self.settings = settings or ProducerSettings.from_env(os.environ)  # the API's edge
+        self.broker = broker or self.settings.broker or _usable_hint(
             self.dir.manifest.broker_hint)
         self._done: dict[int, tuple[int, int]] = {}  # shard -> (tokens, cache hits)
 
@@ -108,13 +109,17 @@ class Job:
             from producer.ingest import continue_staging
 
             tick = (lambda: progress.update(self.status())) if progress is not None else None
-            return continue_staging(self.dir, connect(self.broker), tick=tick,
+            return continue_staging(self.dir, self._connect(), tick=tick,
+                                    fast_tokenizer=self.settings.fast_tokenizer,
                                     procs=stage_procs or default_procs())
         pending = [s.shard for s in self.dir.shard_states() if s.state == "pending"]
         if pending:
-            send_shards(connect(self.broker), self.dir, pending, self.dir.manifest.queue)
+            send_shards(self._connect(), self.dir, pending, self.dir.manifest.queue)
         self.dir.finalize()
         return len(pending)
+
+    def _connect(self) -> Any:
+        return connect(self.broker, events=self.settings.events)
 
     def wait(self, *, progress: Any = False, poll_s: float = 1.0,
              stall_s: float | None = 120.0, timeout_s: float | None = None) -> JobStatus:
@@ -168,130 +173,116 @@ def new_job_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-def submit(
-    corpus: str | os.PathLike[str] | Iterable[dict[str, Any]],
-    out: str | os.PathLike[str],
-    *,
-    model: str | None = None,
-    job_id: str | None = None,
-    precision: str = "auto",
-    queue: str = "cpu",
-    broker: str | None = None,
-    text_field: str = "text",
-    id_field: str = "id",
-    max_line_bytes: int = 64 * 2**20,
-    max_tokens: int | None = None,
-    overlap: int = 0,
-    prefix: str = "passage",
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
-    shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS,
-    max_batch_tokens: int | None = None,
-    max_attempts: int = 3,
-    outputs: str | Sequence[str] = "dense",
-    dim: int | None = None, dtype: str = "float32", force_dim: bool = False,  # dense output
-    cpu_queue: str = "cpu",
-    gpu_queue: str = "gpu",
-    home: str | os.PathLike[str] | None = None,
-    log: Any = None,
-    made_by: str = "producer submit",
-    stage_procs: int | None = None,
-    split_bytes: int = DEFAULT_SPLIT_BYTES,
-    progress: Any = False,
-    stage_on: str = "producer",
-) -> Job:
+def submit(corpus: str | os.PathLike[str] | Iterable[dict[str, Any]],
+           out: str | os.PathLike[str], *, job_id: str | None = None,
+           broker: str | None = None, cpu_queue: str = "cpu", gpu_queue: str = "gpu",
+           home: str | os.PathLike[str] | None = None, log: Any = None,
+           made_by: str = "producer submit", progress: Any = False,
+           stage_on: str = "producer", settings: ProducerSettings | None = None,
+           **options: Any) -> Job:
     """Stream, chunk and stage ``corpus`` into ``out/<job_id>``, sending each shard's task as
     soon as the shard is durable (workers start within seconds, whatever the corpus size).
 
-    ``stage_procs``: staging processes (default: the cores of this machine).
-    ``stage_on="fleet"``: only cut splits here; workers consuming the ``stage`` queue stage
-    them (they must be able to read the corpus path).
+    ``options``: ``producer.spec.JobOptions`` (the CLI's flags). ``stage_on="fleet"``: only
+    cut splits here; workers on the ``stage`` queue stage them (they must read the corpus).
 
     Raises:
         BrokerUnreachable: the broker cannot be reached (checked before anything is written).
         UsageError: a bad option value (``--prefix``, ``--overlap``, ``--max-tokens``...).
         JobConflict: ``out/<job_id>`` already holds a job.
     """
-    from producer.chunking import chunk_budget, chunking_settings, prefix_text
-    from producer.routing import choose_queue
-
     say = log or (lambda *_: None)
-    broker = broker or env_broker(os.environ) or DEFAULT_BROKER_URL
-    app = connect(broker)  # fail fast, before staging anything
-    queue = choose_queue(app, queue, cpu_queue=cpu_queue, gpu_queue=gpu_queue, log=say)
-    bundle = load_bundle(resolve_model(model, Path(home) if home else embedfleet_home()))
-    cfg = bundle.config
-    wanted = parse_outputs(outputs, cfg, str(bundle.path))  # before anything is staged
-    dense = parse_dense(dim, dtype, force_dim, cfg, str(bundle.path))
-    pfx = prefix_text(prefix, cfg.passage_prefix, cfg.query_prefix)
-    chunking = chunking_settings(max_length=cfg.max_length, max_tokens=max_tokens,
-                                 overlap=overlap, prefix=pfx, text_field=text_field,
-                                 id_field=id_field, shard_tokens=shard_tokens,
-                                 shard_max_chunks=shard_max_chunks)
-    window = chunking["max_tokens"]
-    tokenizer = bundle.load_tokenizer(truncate=False)
-    budget = chunk_budget(tokenizer, cfg.max_length, max_tokens, pfx)  # raises if nothing fits
-    if not 0 <= overlap <= budget // 2:
-        raise UsageError(f"--overlap {overlap}: must be between 0 and {budget // 2} "
-                         f"(half of the {budget} content tokens per chunk)")
+    s = settings or ProducerSettings.from_env(os.environ)  # the API's edge; the CLI passes it
+    broker = broker or s.broker or DEFAULT_BROKER_URL
+    app = connect(broker, events=s.events)  # fail fast, before staging anything
+    spec = job_spec(JobOptions(**options), Path(home) if home else s.home)
+    queue = choose_queue(app, spec.options.queue, cpu_queue=cpu_queue, gpu_queue=gpu_queue,
+                         log=say)
+    job = _new_job_dir(out, job_id)
+    source, splits, records = _source(corpus, spec, stage_on)
+    job.write_manifest(_manifest(job, spec, source, splits, queue=queue, broker=broker,
+                                 made_by=made_by, stage_on=stage_on))  # resumable from here
+    say(f"staging {source['path']} into {job.root} ({_procs(spec)} staging process(es)); "
+        f"tasks go to queue {queue!r} as shards land")
+    handle = Job(job.root, broker=broker, settings=s)
+    if stage_on == "fleet":
+        say(f"sent {send_stage_tasks(app, job)} stage task(s) to the fleet")
+    else:
+        _stage_here(handle, app, _procs(spec), records, progress)
+        _say_totals(job, queue, say)
+    return handle
+
+
+def _procs(spec: JobSpec) -> int:
+    return spec.options.stage_procs or default_procs()
+
+
+def _new_job_dir(out: str | os.PathLike[str], job_id: str | None) -> JobDir:
     job = JobDir.create(out, job_id or new_job_id())
     if job.manifest_path.exists():
         raise JobConflict(f"{job.root} already holds a job; pick another --job-id "
-                              f"or run `producer resume {job.root}`")
-    records = None
-    splits: list[dict[str, Any]] | None = None
-    if isinstance(corpus, (str, os.PathLike)):
-        digest = ""  # on the producer, the plan and checksum are made while staging runs
+                          f"or run `producer resume {job.root}`")
+    return job
+
+
+def _source(corpus: str | os.PathLike[str] | Iterable[dict[str, Any]], spec: JobSpec,
+            stage_on: str) -> tuple[dict[str, Any], list[dict[str, Any]] | None,
+                                    Iterable[Record | Reject] | None]:
+    """The manifest's ``input`` record, the split plan (fleet staging) and the records of a
+    Python iterable."""
+    if not isinstance(corpus, (str, os.PathLike)):
         if stage_on == "fleet":
-            plan, digest = plan_splits(corpus, split_bytes)
-            splits = [sp.to_dict() for sp in plan]
-        source = {"path": str(Path(corpus).resolve()), "sha256": digest,
-                  "bytes": os.path.getsize(corpus)}
-    elif stage_on == "fleet":
-        raise UsageError("--stage-on fleet needs a corpus file the workers can read")
-    else:
-        source = {"path": "<iterable>", "sha256": "", "bytes": 0}
-        records = _records_from_dicts(corpus, text_field, id_field)
-    procs = stage_procs or default_procs()
-    stage = StageConfig(bundle_path=str(bundle.path), max_tokens=window, overlap=overlap,
-                      prefix=pfx, text_field=text_field, id_field=id_field,
-                      max_line_bytes=max_line_bytes, shard_tokens=shard_tokens,
-                      shard_max_chunks=shard_max_chunks)
+            raise UsageError("--stage-on fleet needs a corpus file the workers can read")
+        return ({"path": "<iterable>", "sha256": "", "bytes": 0}, None,
+                _records_from_dicts(corpus, spec.stage.text_field, spec.stage.id_field))
+    digest, splits = "", None  # on the producer, the plan and checksum are made while staging
+    if stage_on == "fleet":
+        plan, digest = plan_splits(corpus, spec.options.split_bytes)
+        splits = [sp.to_dict() for sp in plan]
+    return ({"path": str(Path(corpus).resolve()), "sha256": digest,
+             "bytes": os.path.getsize(corpus)}, splits, None)
+
+
+def _manifest(job: JobDir, spec: JobSpec, source: dict[str, Any],
+              splits: list[dict[str, Any]] | None, *, queue: str, broker: str, made_by: str,
+              stage_on: str) -> Manifest:
+    bundle, cfg, o = spec.bundle, spec.bundle.config, spec.options
     now = time.time()
-    manifest = Manifest(
+    return Manifest(
         job_id=job.root.name, created_at=now, created_by=socket.gethostname(), input=source,
         model={"source": cfg.source, "bundle_path": str(bundle.path), "dim": cfg.dim,
                "max_length": cfg.max_length, "pooling": cfg.pooling.value,
                "normalize": cfg.normalize,
                "fingerprints": {p: bundle.fingerprint(p) for p in bundle.variants}},
-        precision=precision, queue=queue, broker_hint=mask_url(broker),
-        chunking=chunking, outputs=list(wanted),
-        colbert_dim=cfg.colbert_dim if "colbert" in wanted else 0, made_by=made_by, dense=dense,
-        max_batch_tokens=max_batch_tokens, max_attempts=max_attempts,
+        precision=o.precision, queue=queue, broker_hint=mask_url(broker),
+        chunking=spec.chunking(), outputs=list(spec.outputs),
+        colbert_dim=cfg.colbert_dim if "colbert" in spec.outputs else 0, made_by=made_by,
+        dense=spec.dense,
+        max_batch_tokens=o.max_batch_tokens, max_attempts=o.max_attempts,
         staged=False, status="staging", submitted_at=now, splits=splits,
-        staging={"procs": procs, "on": stage_on, "split_bytes": split_bytes,
-                 "config": asdict(stage)},
+        staging={"procs": _procs(spec), "on": stage_on, "split_bytes": o.split_bytes},
     )
-    job.write_manifest(manifest)  # a valid job from here on: `producer resume` finishes it
-    say(f"staging {source['path']} into {job.root} ({procs} staging process(es)); "
-        f"tasks go to queue {queue!r} as shards land")
-    handle = Job(job.root, broker=broker)
-    from producer.ingest import run_staging, send_stage_tasks
+
+
+def _stage_here(handle: Job, app: Any, procs: int, records: Iterable[Record | Reject] | None,
+                progress: Any) -> None:
+    """Stage on this machine, sending each shard's task as it lands."""
     from producer.progress import Progress
 
-    if stage_on == "fleet":
-        say(f"sent {send_stage_tasks(app, job)} stage task(s) to the fleet")
-        return handle
     bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
-    run_staging(job, app, procs=procs, records=records,
+    run_staging(handle.dir, app, procs=procs, records=records,
+                fast_tokenizer=handle.settings.fast_tokenizer,
                 tick=(lambda: bar.update(handle.status())) if progress else None)
     bar.close()
+
+
+def _say_totals(job: JobDir, queue: str, say: Any) -> None:
     t = job.reload().totals
     say(f"{t['accepted']} accepted, {t['rejected']} rejected, {t['chunks']} chunks, "
         f"{t['tokens']} tokens in {len(job.manifest.shards)} shards → queue {queue!r}")
     if t["duplicate_ids"]:
         say(f"warning: {t['duplicate_ids']} duplicate ids (e.g. {t['duplicate_examples']}); "
             "each record is embedded separately")
-    return handle
 
 
 def _records_from_dicts(items: Iterable[dict[str, Any]], text_field: str,

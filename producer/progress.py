@@ -160,8 +160,8 @@ def fleet_progress(app: Any, queue: str, broker_label: str,
 def summary_lines(job: Any, st: Any) -> list[str]:
     """What `producer run` and `submit --wait` print when the job finishes."""
     m = job.dir.reload()
-    res = m.get("result", {})
-    tot = m.get("totals", {})
+    res = m.result or {}
+    tot = m.totals
     wall = res.get("wall_s", st.elapsed_s)
     hits = res.get("cache_hits", st.cache_hits)
     chunks = res.get("embedded_chunks", st.chunks_done)

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.chunking import chunking_settings, prefix_text
-from producer.corpus import file_checksum
 from producer.errors import JobConflict, UsageError
-from producer.staging import DEFAULT_SHARD_MAX_CHUNKS
+from producer.spec import JobOptions, chunking_of, stage_config
+from worker.staging.corpus import file_checksum
 from storage.jobdir import JobDir
 from storage.manifest import RUN_MADE_BY  # noqa: F401  (also imported from here)
-from worker.settings import DEFAULT_BROKER_URL
+from storage.urls import DEFAULT_BROKER_URL
 
 CHUNK_OPTIONS = ("max_tokens", "overlap", "prefix", "text_field", "id_field", "shard_tokens")
 """Options that change the staged chunks; an existing job must be continued with its own."""
@@ -40,22 +39,19 @@ class RunPlan:
     pending: int = -1
     """Shards to send (-1: not staged yet); 0 means no fleet is needed."""
 
-    def start(self, broker: str, home: Path, log: Callable[[str], Any]) -> Any:
-        """Send the pending shards to ``broker``, or stage the corpus and send; the ``Job``."""
-        from producer.job import Job, submit
-
+    def start(self, broker: str, log: Callable[[str], Any], settings: Any = None) -> Any:
+        """Send the pending shards to ``broker``, or continue staging; the ``Job``. (A plan
+        with a ``corpus`` is a new job: the caller submits it.)"""
+        from producer.job import Job
         from producer.progress import Progress
 
-        if self.corpus is None:  # staged shards pending, or staging to continue
-            job = Job(self.root, broker=broker)
-            bar = Progress(enabled=self.pending < 0)
-            n = job.resume(stage_procs=self.options.get("stage_procs"), progress=bar)
-            bar.close()
-            log(f"sent {n} pending shard(s)")
-            return job
-        return submit(self.corpus, self.root.parent, broker=broker, log=log, home=home,
-                      made_by=RUN_MADE_BY, progress=True,
-                      **dict(self.options, job_id=self.root.name))
+        assert self.corpus is None, "a new job is submitted, not resumed; this is a bug"
+        job = Job(self.root, broker=broker, settings=settings)
+        bar = Progress(enabled=self.pending < 0)
+        n = job.resume(stage_procs=self.options.get("stage_procs"), progress=bar)
+        bar.close()
+        log(f"sent {n} pending shard(s)")
+        return job
 
 
 def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
@@ -75,26 +71,26 @@ def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
         check_same_corpus(job, corpus)
     if not resume or "model" in given:
         asked = Path(model_path(options.get("model"))).resolve()
-        if asked != Path(m["model"]["bundle_path"]).resolve():
-            raise JobConflict(f"--model: {job.root} is embedded with {m['model']['bundle_path']}"
+        if asked != Path(m.bundle_path).resolve():
+            raise JobConflict(f"--model: {job.root} is embedded with {m.bundle_path}"
                               f", this command asks for {asked}; use the job's model or "
                               "another --job-id")
     keys = [k for k in CHUNK_OPTIONS if not resume or k in given]
     check_same_chunking(job, requested_chunking(job, options), keys)
     check_same_dense(m, options, given if resume else DENSE_KEYS)
-    if m.get("staged"):
+    if m.staged:
         states = job.shard_states()
         done = sum(s.state == "done" for s in states)
         pending = sum(s.state == "pending" for s in states)
-        return RunPlan(job.root, None, {"model": m["model"]["bundle_path"]}, queue=m["queue"],
+        return RunPlan(job.root, None, {"model": m.bundle_path}, queue=m.queue,
                        pending=pending, note=(
             f"resuming {job.root}: {done} of {len(states)} shard(s) done and kept, "
             f"{pending} pending"))
     if corpus is None:
-        check_same_corpus(job, m["input"]["path"])
-    return RunPlan(job.root, None, {"model": m["model"]["bundle_path"],
+        check_same_corpus(job, m.input["path"])
+    return RunPlan(job.root, None, {"model": m.bundle_path,
                                     "stage_procs": options.get("stage_procs")},
-                   queue=m["queue"], note=f"resuming {job.root}: staging continues from its "
+                   queue=m.queue, note=f"resuming {job.root}: staging continues from its "
                    "last durable point; the shards staged so far are kept")
 
 
@@ -115,7 +111,7 @@ def check_same_dense(m: Any, options: Mapping[str, Any], given: Collection[str])
 
 def check_same_corpus(job: JobDir, corpus: str) -> None:
     """JobConflict unless ``corpus`` has the checksum the job recorded (names both)."""
-    rec = job.manifest.get("input", {})
+    rec = job.manifest.input
     if not rec.get("sha256"):  # staging stopped before the checksum was recorded: by size,
         size = Path(corpus).stat().st_size if Path(corpus).is_file() else -1  # the plan
         if size == rec.get("bytes"):  # check in producer.ingest covers the rest
@@ -136,20 +132,14 @@ def requested_chunking(job: JobDir, options: Mapping[str, Any]) -> dict[str, Any
     """The chunking settings ``options`` would record, with the job's bundle prompts."""
     from storage.bundle import load_bundle
 
-    cfg = load_bundle(job.manifest["model"]["bundle_path"]).config
-    return chunking_settings(
-        max_length=cfg.max_length, max_tokens=options.get("max_tokens"),
-        overlap=options.get("overlap", 0),
-        prefix=prefix_text(options.get("prefix", "passage"), cfg.passage_prefix,
-                           cfg.query_prefix),
-        text_field=options.get("text_field", "text"), id_field=options.get("id_field", "id"),
-        shard_tokens=options.get("shard_tokens", 0), shard_max_chunks=DEFAULT_SHARD_MAX_CHUNKS)
+    opts, _ = JobOptions.pick(dict(options))
+    return chunking_of(stage_config(load_bundle(job.manifest.bundle_path), opts))
 
 
 def check_same_chunking(job: JobDir, requested: Mapping[str, Any],
                         keys: Collection[str]) -> None:
     """JobConflict naming each of ``keys`` whose value differs from the job's."""
-    have = job.manifest.get("chunking", {})
+    have = job.manifest.chunking
     diff = [k for k in keys if have.get(k) != requested.get(k)]
     if diff:
         both = "; ".join(f"--{k.replace('_', '-')}: the job has {have.get(k)!r}, this command "
@@ -162,7 +152,7 @@ def fleet_broker(job: JobDir, broker: str | None) -> str:
     """``--broker`` if given, else the broker the job was submitted to (never a masked URL)."""
     if broker:
         return broker
-    hint = job.manifest.get("broker_hint")
+    hint = job.manifest.broker_hint
     if not hint:
         return DEFAULT_BROKER_URL
     if "***" in hint:
@@ -173,7 +163,7 @@ def fleet_broker(job: JobDir, broker: str | None) -> str:
 
 def refuse_run_job(job: JobDir) -> None:
     """A ``producer run`` job's broker and workers are gone: say how to continue it."""
-    if job.manifest.get("made_by") == RUN_MADE_BY:
+    if job.manifest.made_by == RUN_MADE_BY:
         raise JobConflict(f"{job.root} was made by `producer run`, whose private Redis and "
                           f"workers are gone; continue it with `producer run --resume "
                           f"{job.root}`")

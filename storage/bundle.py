@@ -52,12 +52,6 @@ class Pooling(str, Enum):
     LAST = "last"
 
 
-class Precision(str, Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
-
-
 @dataclass(frozen=True)
 class BundleConfig:
     """What ``embedfleet.json`` says about a model; everything that changes a vector is here."""

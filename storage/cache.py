@@ -1,4 +1,4 @@
-"""Stage 9b: the Redis content-hash cache (an optimisation only).
+"""Stage 9: the Redis content-hash cache (an optimisation only).
 
 Values are raw little-endian vectors (float16 by default, 2 × dim bytes), length-checked on
 read: a wrong length is a miss. Lookups are one ``MGET``; writes are bounded, non-transactional

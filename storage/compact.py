@@ -69,7 +69,7 @@ def compact_job(job_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
         raise CompactError(f"--out {final}: inside the job being compacted; pick another")
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         raise CompactError(f"--out {final}: exists and is not empty; compact never overwrites")
-    shards = [job.embeddings_path(int(s["shard"])) for s in job.manifest.get("shards", [])]
+    shards = [job.embeddings_path(s.shard) for s in job.manifest.shards]
     shards = [p for p in shards if p.is_file()]
     tmp = tmp_name(final)
     try:
@@ -80,7 +80,7 @@ def compact_job(job_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
         _write_metrics(job, new)
         if job.rejects_path.is_file():
             shutil.copyfile(job.rejects_path, new.rejects_path)
-        manifest = dict(job.manifest)
+        manifest = job.manifest.to_dict()
         manifest.update(job_id=f"{manifest.get('job_id', job.root.name)}-compacted",
                         shards=listing, compacted_from={"path": str(job.root),
                                                         "shards": len(shards)})

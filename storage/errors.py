@@ -1,6 +1,8 @@
 """The root of embedfleet's errors, and the ones raised by storage.
 
     EmbedfleetError                 every error a user must act on (the CLI maps each to an exit code)
+    ├── UsageError                  a bad option or value; the message names the option
+    ├── CorpusError                 the corpus cannot be read as asked (e.g. no such column)
     └── StorageError                job directories, shards and bundles on disk
         ├── InvalidJobId            a job id that is not a safe directory name
         ├── JobNotFound             a directory without manifest.json
@@ -15,7 +17,9 @@
             └── LoadConflict            a row's (doc_id, chunk_index) is already in the table
 
 The worker's errors (``worker/errors.py``) and the producer's (``producer/errors.py``) derive
-from ``EmbedfleetError`` too: storage is the layer every process imports.
+from ``EmbedfleetError`` too: storage is the layer every process imports. ``UsageError`` and
+``CorpusError`` live here because staging (``worker/staging/``) raises them on the producer and
+on a staging worker alike; ``producer.errors`` re-exports them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from __future__ import annotations
 
 class EmbedfleetError(Exception):
     """Base class for embedfleet errors."""
+
+
+class UsageError(EmbedfleetError, ValueError):
+    """A bad option or value (``--overlap``, ``--prefix``, ``--max-tokens``, ``--queue``...)."""
+
+
+class CorpusError(EmbedfleetError, ValueError):
+    """The corpus cannot be read with the given options; the message names file and field."""
 
 
 class StorageError(EmbedfleetError):

@@ -1,4 +1,4 @@
-"""Stage 9a: content hashes and cache keys (pure)."""
+"""Stage 9: content hashes and cache keys (pure)."""
 
 from __future__ import annotations
 

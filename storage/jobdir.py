@@ -85,7 +85,6 @@ class JobDir:
     metrics_dir = property(lambda self: self.root / "metrics")
     state_dir = property(lambda self: self.root / "_state")
     rejects_path = property(lambda self: self.root / "rejects.jsonl")
-    ingest_rejects_path = property(lambda self: self.state_dir / "ingest-rejects.jsonl")
     success_path = property(lambda self: self.root / SUCCESS)
 
     def input_path(self, shard: int) -> Path:
@@ -232,8 +231,6 @@ class JobDir:
                 write_bytes_atomic(self.success_path, b"")
             return True
         lines: list[bytes] = []
-        if self.ingest_rejects_path.is_file():
-            lines.extend(x for x in self.ingest_rejects_path.read_bytes().splitlines() if x)
         for p in ledger.reject_files(self.root):  # streamed staging: one file per segment
             lines.extend(x for x in p.read_bytes().splitlines() if x)
         for s in states:

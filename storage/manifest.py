@@ -103,20 +103,6 @@ class Manifest:
             return f"producer run --resume {root}"
         return f"producer resume {root}"
 
-    # Read-only mapping view of the JSON form, for modules not yet moved to the fields
-    # (they were written against the dict this replaced): ``m["shards"]``, ``m.get("model")``.
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
-
-    def keys(self) -> Any:
-        return self.to_dict().keys()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.to_dict()
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         known = {f.name for f in fields(cls)} - {"extra"}

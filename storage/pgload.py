@@ -38,7 +38,7 @@ from storage.pgtable import (BASE_COLUMNS, Layout, Target, build_hnsw, claim_sha
 from storage.readers import open_job
 from storage.quantize import packed_bits
 from storage.shards import dense_matrix, dense_spec, read_metadata
-from worker.settings import mask_url
+from storage.urls import mask_url
 
 Progress = Callable[[str, int, int], None]
 """``progress(what, done, total)`` with ``what`` in ``"rows"``, ``"index"``."""
@@ -103,8 +103,8 @@ def inspect_job(job_dir: str | os.PathLike[str], *, vector_type: str | None = No
     dims: set[tuple[str, int]] = set()
     sparse: set[bool] = set()
     vocab = sparse_vocab
-    for s in job.manifest.get("shards", []):
-        path = job.embeddings_path(int(s["shard"]))
+    for s in job.manifest.shards:
+        path = job.embeddings_path(s.shard)
         if not path.is_file():
             continue
         schema = pq.read_schema(path)
@@ -113,12 +113,12 @@ def inspect_job(job_dir: str | os.PathLike[str], *, vector_type: str | None = No
         dims.add(dense_spec(path))
         sparse.add(all(c in schema.names for c in SPARSE_COLUMNS))
         vocab = vocab or _int_or_none(meta.get("sparse_vocab"))
-        shards.append(JobShard(int(s["shard"]), path, pq.read_metadata(path).num_rows))
+        shards.append(JobShard(s.shard, path, pq.read_metadata(path).num_rows))
     if len(fingerprints) > 1 or len(dims) > 1 or len(sparse) > 1:
         raise LoadError(f"{job.root}: shards differ in model, dimension or sparse columns "
                         f"(fingerprints {sorted(fingerprints)}, dtypes/dims {sorted(dims)}); "
                         "load them into separate tables")
-    model = job.manifest.get("model", {})
+    model = job.manifest.model
     dtype, dim = dims.pop() if dims else (job.manifest.dense_dtype, job.manifest.dense_dim)
     vector_type = vector_type_for(dtype, vector_type, str(job.root))
     if sparse == {True}:
@@ -131,14 +131,14 @@ def inspect_job(job_dir: str | os.PathLike[str], *, vector_type: str | None = No
                     model=str(model.get("source", "?")),
                     dim=dim, vector_type=vector_type,
                     sparse_vocab=vocab if sparse == {True} else None, dtype=dtype)
-    return JobSpec(str(job.manifest.get("job_id", job.root.name)), layout, shards)
+    return JobSpec(str(job.manifest.job_id or job.root.name), layout, shards)
 
 
 def _int_or_none(v: Any) -> int | None:
     return int(v) if v not in (None, "") else None
 
 
-def connect(dsn: str) -> Any:
+def connect_db(dsn: str) -> Any:
     """A psycopg connection with pgvector's types, or DatabaseUnreachable (password masked)."""
     try:
         import psycopg
@@ -194,7 +194,7 @@ def load_job(job_dir: str | os.PathLike[str], dsn: str, table: str, *, create: b
         raise LoadError(f"--index {index!r}: use hnsw or none")
     target = Target.parse(table)
     spec = inspect_job(job_dir, vector_type=vector_type, sparse_vocab=sparse_vocab)
-    with connect(dsn) as conn:
+    with connect_db(dsn) as conn:
         t0 = time.perf_counter()
         vtype = prepare(conn, target, spec.layout, create=create)
         _register_types(conn)

@@ -21,6 +21,7 @@ import numpy as np
 
 from storage import calibration
 from storage.jobdir import JobDir
+from storage.manifest import Manifest
 from storage.quantize import (RANGED, Calibration, bytes_per_vector, calibrate,
                               calibration_sample, to_stored, truncate)
 
@@ -34,9 +35,9 @@ class DenseSpec:
     full_dim: int = 0
 
     @classmethod
-    def for_job(cls, manifest: Any, full_dim: int) -> DenseSpec:
+    def for_job(cls, manifest: Manifest, full_dim: int) -> DenseSpec:
         """From the manifest's ``dense`` (absent: float32 at the model's dimension)."""
-        spec = manifest.get("dense") or {}
+        spec = manifest.dense or {}
         dim = int(spec.get("dim") or full_dim)
         if not 0 < dim <= full_dim:
             raise ValueError(f"manifest dense.dim {dim}: the model gives {full_dim} dims")

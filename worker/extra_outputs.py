@@ -9,7 +9,7 @@ model's ``run`` is called as before, the cache holds plain vectors, the schema i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,11 +29,6 @@ class ShardOutputs:
         self.dense_bytes: int | None = None
         """Bytes of one stored dense vector (--dim/--dtype); None: float32 at the model's dim."""
         self.extra: dict[str, list[Any]] = {o: [None] * n for o in self.names if o != "dense"}
-
-    @classmethod
-    def for_job(cls, manifest: Mapping[str, Any], n: int, colbert_dim: int) -> ShardOutputs:
-        """The set the manifest records (jobs from before outputs existed: dense)."""
-        return cls(manifest.get("outputs") or DENSE, n, colbert_dim)
 
     @property
     def dense_only(self) -> bool:

@@ -1,4 +1,5 @@
-"""Stage 0 of a task: accept only the job directories and model bundles under this fleet's roots.
+"""Before a task does anything: accept only the job directories and model bundles under this
+fleet's roots.
 
 A task message names a job directory, and through its manifest a bundle path (and, for a stage
 task, the corpus it reads). Anyone who can write to the broker can put any path there; without a
@@ -53,7 +54,7 @@ def check_under(path: str | os.PathLike[str], roots: Sequence[str], what: str) -
     return resolved
 
 
-def open_job(settings: WorkerSettings, job_dir: str | os.PathLike[str], *,
+def open_allowed_job(settings: WorkerSettings, job_dir: str | os.PathLike[str], *,
              stage: bool = False) -> JobDir:
     """The task's job directory, after its path and its manifest's bundle path are checked;
     for a stage task (``stage=True``) also the bundle its staging loads the tokenizer from and
@@ -68,8 +69,9 @@ def open_job(settings: WorkerSettings, job_dir: str | os.PathLike[str], *,
         job = JobDir.open(root)
         m = job.manifest
         bundles = [str((m.model or {}).get("bundle_path", ""))]
-        if stage:
-            bundles.append(str(((m.staging or {}).get("config") or {}).get("bundle_path", "")))
+        staged_with = ((m.staging or {}).get("config") or {}).get("bundle_path")
+        if stage and staged_with:  # manifests before issue 25 also stored it here
+            bundles.append(str(staged_with))
         for bundle in dict.fromkeys(bundles):
             check_under(bundle, settings.model_roots, f"model bundle ({env_name('model_roots')})")
         if stage:

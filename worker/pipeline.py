@@ -98,7 +98,7 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
         # 5. The model (one session per process) and the staged chunks.
         model = ctx.load_model()
         cfg = model.bundle.config
-        rows = ShardRows.read(job.input_path(shard), cfg.dim, job.manifest.get("outputs") or DENSE)
+        rows = ShardRows.read(job.input_path(shard), cfg.dim, job.manifest.outputs or DENSE)
         model = rows.outputs.bind(model)  # BGE-M3 outputs come from the same session run
         dense = DenseSpec.for_job(job.manifest, cfg.dim)  # --dim/--dtype: cast at stage 10
         rows.outputs.dense_bytes = dense.bytes_per_vector

@@ -3,7 +3,8 @@
 Nothing reads ``os.environ`` at import time: ``WorkerSettings.from_env(os.environ)`` is called
 once when the Celery app is built (``worker.celery_app.default_app``); tests hand in a dict.
 Each field names its environment variable once (``field metadata``) and is parsed by its type;
-the README's configuration table is ``settings_table()`` (tests/unit/test_settings.py checks it).
+the README's configuration table is ``settings_table()`` (checked by
+tests/unit/worker/test_settings.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from functools import cache
 from typing import Any, Union, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit, urlunsplit
 
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+from storage.urls import DEFAULT_BROKER_URL, env_broker, mask_url
+
+__all__ = ["DEFAULT_BROKER_URL", "WorkerSettings", "env_broker", "env_name", "mask_url",
+           "settings_table"]
 _OFF = ("", "none", "off")
 
 
@@ -161,11 +164,6 @@ def env_name(name: str) -> str:
     return _fields()[name].metadata["env"][0]
 
 
-def env_broker(env: Mapping[str, str]) -> str | None:
-    """The broker URL the environment names (its first variable that is set), else None."""
-    return _lookup(_fields()["broker_url"], env)[1]
-
-
 def settings_table() -> str:
     """The README's configuration table (markdown), one row per field."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
@@ -174,28 +172,6 @@ def settings_table() -> str:
         shown = f.metadata["shown"] or f"`{_show(f.default)}`"
         rows.append(f"| {names} | {shown} | {f.metadata['meaning']} |")
     return "\n".join(rows)
-
-
-def mask_url(url: str | None) -> str:
-    """A URL with its password replaced by ``***`` (safe for logs and status output).
-
-    >>> mask_url("redis://user:secret@host:6379/0")
-    'redis://user:***@host:6379/0'
-    """
-    if not url:
-        return str(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}" if user else f":***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 # -- parsing by type ---------------------------------------------------------------------------

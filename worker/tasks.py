@@ -25,7 +25,7 @@ from worker.attempts import RetryShard
 from worker.contract import TASK_NAME, ShardTask
 from worker.errors import BadMessage
 from worker.model.batching import batch_budget
-from worker.paths import open_job
+from worker.paths import open_allowed_job
 from worker.pipeline import ShardContext
 from worker.pipeline import embed_shard as run_pipeline
 from worker.settings import WorkerSettings
@@ -112,7 +112,7 @@ def read_payload(payload: Any) -> ShardTask:
 
 def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
     """Open the job directory and decide queue, device, precision, attempts and batch budget."""
-    job = open_job(task.settings, message.job_dir)  # only paths under EMBED_*_ROOTS
+    job = open_allowed_job(task.settings, message.job_dir)  # only paths under EMBED_*_ROOTS
     if job.expected_chunks(message.shard) is None:
         raise BadMessage(f"shard {message.shard} is not in {job.manifest_path}")
     s = task.settings
@@ -120,16 +120,16 @@ def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
     queue = info.get("routing_key") or info.get("queue") or s.cpu_queue
     device = device_for_queue(s, queue)
     manifest = job.manifest
-    precision = manifest.get("precision", "auto")
+    precision = manifest.precision
     if precision == "auto":
         precision = s.precision
     return ShardContext(
         job=job, shard=message.shard, queue=queue,
         hostname=task.request.hostname or socket.gethostname(),
-        max_attempts=int(manifest.get("max_attempts") or s.max_attempts),
-        max_batch_tokens=int(manifest.get("max_batch_tokens")
+        max_attempts=int(manifest.max_attempts or s.max_attempts),
+        max_batch_tokens=int(manifest.max_batch_tokens
                              or batch_budget(device, s.max_batch_tokens)),
-        load_model=lambda: task.model_for(manifest["model"]["bundle_path"], device, precision),
+        load_model=lambda: task.model_for(manifest.bundle_path, device, precision),
         cache_for=task.cache_for, faults=s.faults, soft_time_limit=s.soft_time_limit,
     )
 
@@ -143,7 +143,7 @@ def _home(s: WorkerSettings) -> Path:
 def register(app: Celery) -> None:
     @app.task(name=TASK_NAME, bind=True, base=ModelTask, acks_late=True,
               reject_on_worker_lost=True, max_retries=None)
-    def embed_shard(self: ModelTask, payload: dict[str, Any]) -> dict[str, Any]:
+    def embed_shard_task(self: ModelTask, payload: dict[str, Any]) -> dict[str, Any]:
         ctx = shard_context(self, read_payload(payload))
         try:
             return run_pipeline(ctx).to_dict()

@@ -63,7 +63,7 @@ class BenchRow:
 def read_texts(corpus: str | Path | None, text_field: str = "text",
                limit: int | None = None) -> list[str]:
     """Texts of ``corpus`` (.jsonl, .jsonl.gz, .parquet; default: examples/sample.jsonl)."""
-    from producer.corpus import Record, iter_records
+    from worker.staging.corpus import Record, iter_records
 
     if corpus is None and not SAMPLE.is_file():
         from worker.export.samples import SAMPLE_TEXTS
@@ -169,7 +169,7 @@ def skip_reason(provider: str, precision: str, variants: Sequence[str],
     return _cpu_refusal(provider, precision, available, variants) or None
 
 
-def format_table(rows: Sequence[BenchRow]) -> str:
+def format_bench_table(rows: Sequence[BenchRow]) -> str:
     head = ("variant", "provider", "batches", "p50 ms", "p95 ms", "tokens/s", "docs/s",
             "peak RSS MB", "cos min", "cos mean")
     cells = []

@@ -92,9 +92,9 @@ def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def report(job_dir: str, html_path: str | None, as_json: bool) -> None:
     """Throughput, padding, latency, cache hits and a per-worker breakdown of JOB_DIR."""
-    from producer.tools.report import format_text, load_job, summarize
+    from producer.tools.report import format_text, load_report, summarize
 
-    manifest, rows, lengths = load_job(job_dir)
+    manifest, rows, lengths = load_report(job_dir)
     summary = summarize(manifest, rows)
     if html_path:
         from producer.tools.html import write_html
@@ -132,7 +132,7 @@ def bench(model: str | None, precisions: str, providers: str, corpus: str | None
           home: str | None, json_path: str | None) -> None:
     """Embed a sample through each variant × provider directly (no broker) and compare them."""
     from producer.models import embedfleet_home, resolve_model
-    from producer.tools.bench import format_table, read_texts, run_bench
+    from producer.tools.bench import format_bench_table, read_texts, run_bench
     from producer.tools.evaluate import evaluation_lines
     from storage.bundle import load_bundle
 
@@ -145,7 +145,7 @@ def bench(model: str | None, precisions: str, providers: str, corpus: str | None
     click.echo(f"bench {path}: {len(texts)} documents (truncated to the model window)")
     rows = run_bench(path, texts, precisions=precs, providers=provs, threads=threads,
                      max_batch_tokens=max_batch_tokens, log=click.echo)
-    click.echo(format_table(rows))
+    click.echo(format_bench_table(rows))
     for line in evaluation_lines(load_bundle(path).config.evaluation):
         click.echo(line)
     if json_path:

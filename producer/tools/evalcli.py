@@ -50,7 +50,7 @@ def eval_command(bundle: str, data: str, task: str | None, variants: str, provid
     --dim/--dtype also each compact form of every variant's vectors and its bytes."""
     from producer.models import embedfleet_home, resolve_model
     from producer.tools.evaldata import read_eval_data
-    from producer.tools.evaluate import format_table, run_eval
+    from producer.tools.evaluate import format_eval_table, run_eval
 
     precs = [p.strip() for p in (ALL_VARIANTS if variants == "all" else variants).split(",")
              if p.strip()]
@@ -66,7 +66,7 @@ def eval_command(bundle: str, data: str, task: str | None, variants: str, provid
                     max_batch_tokens=max_batch_tokens, log=click.echo, dims=dim_list,
                     dtypes=[t.strip().lower() for t in dtypes.split(",") if t.strip()])
     _describe(labelled)
-    click.echo(format_table(rows, labelled.task))
+    click.echo(format_eval_table(rows, labelled.task))
     if json_path:
         doc = {"bundle": str(path), "data": data, "task": labelled.task,
                "size": labelled.size, "rows": [r.to_dict() for r in rows],

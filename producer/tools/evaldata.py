@@ -1,6 +1,6 @@
 """``producer eval``'s labelled data: read and check triplets, scored pairs or a retrieval set.
 
-Not a stage of the job flow. Lines are read with ``producer.corpus.iter_objects`` (the corpus
+Not a stage of the job flow. Lines are read with ``worker.staging.corpus.iter_objects`` (the corpus
 reader's byte cap, UTF-8 and JSON checks), then judged here: every bad line becomes a
 ``DataReject`` with its file, line number and reason, and the rest is kept, as a job keeps the
 good documents of a corpus. A file (or retrieval set) with no usable line is an error.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.corpus import Reject, iter_objects
+from worker.staging.corpus import Reject, iter_objects
 from producer.errors import CorpusError
 
 TASKS = ("triplets", "pairs", "retrieval")

@@ -9,7 +9,7 @@ sentence-transformers' evaluators build:
   ``encode_query``/``encode_document``); pairs: the texts as they are (``encode``); both cut at
   the model window by the tokenizer, as sentence-transformers does;
 - retrieval: queries with the query prefix; every corpus document chunked exactly as a job
-  chunks it (``producer.chunking.chunk_document``, the bundle's window, passage prefix, no
+  chunks it (``worker.staging.chunking.chunk_document``, the bundle's window, passage prefix, no
   overlap) and scored by its best chunk (max-sim, ``evalmetrics.retrieval_metrics``). A
   document that fits the window is one chunk, so the figures equal the evaluator's.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from producer.chunking import chunk_document
+from worker.staging.chunking import chunk_document
 from producer.tools import evalmetrics as em
 from producer.tools.bench import DEVICES, PROVIDERS, check_names, runnable_rows
 from producer.tools.evalcompact import RESCORE, combinations, compact_rows, rescorer
@@ -234,7 +234,7 @@ def embed_timed(model: Any, texts: Sequence[str], max_batch_tokens: int | None,
     return out
 
 
-def format_table(rows: Sequence[EvalRow], task: str) -> str:
+def format_eval_table(rows: Sequence[EvalRow], task: str) -> str:
     """One line per row: the primary metric and its delta first, then the others; with
     compact rows (``--dim``/``--dtype``) also dim, dtype and bytes per vector."""
     main = em.primary_metric(task)

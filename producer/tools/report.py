@@ -4,7 +4,7 @@ Works on a finished or a running job (only the shards that landed have metrics).
 have one row per inference batch plus, per shard with cache hits, one row with
 ``batch_index == -1`` (the hits, ``padded_tokens == 0``): latency and padding use inference rows
 only, the cache hit rate and end-to-end token counts use both. ``summarize`` and the renderers
-are pure; only ``load_job`` touches files. The HTML page with its charts is ``html.py``; the
+are pure; only ``load_report`` touches files. The HTML page with its charts is ``html.py``; the
 totals come from ``storage.metrics.sum_metrics`` (the same sums as the manifest's result).
 """
 
@@ -36,7 +36,7 @@ METRIC_COLUMNS = ("shard", "batch_index", "hostname", "queue", "provider", "prec
                   "total_ms", "timestamp")
 
 
-def load_job(job_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[int]]:
+def load_report(job_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[int]]:
     """The manifest, the metrics rows of every landed shard, and the chunk lengths in tokens.
 
     Chunk lengths come from the staged input shards (every chunk of the job), else from the
@@ -44,7 +44,7 @@ def load_job(job_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]],
     """
     job = JobDir.open(job_dir)
     manifest = job.manifest.to_dict()
-    manifest["_rejects_so_far"] = _count_lines(job.ingest_rejects_path) + sum(
+    manifest["_rejects_so_far"] = sum(
         _count_lines(p) for p in [*(job.state_dir / "rejects").glob("*.jsonl"),
                                   *ledger.reject_files(job.root)])
     manifest["_evaluation"] = bundle_evaluation(manifest.get("model") or {})

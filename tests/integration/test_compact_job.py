@@ -137,7 +137,7 @@ def test_loaded_as_bit_with_a_hamming_index_that_matches_numpy(  # noqa: F811
 
 def test_int8_refused_with_the_reason(tmp_path: Path, dsn) -> None:  # noqa: F811
     from storage.errors import LoadError
-    from tests.unit.test_compact_readers import compact_job
+    from tests.unit.storage.test_readers import compact_job
 
     jd, _ = compact_job(tmp_path, "int8")
     with pytest.raises(LoadError, match="cannot be stored by pgvector"):

@@ -41,7 +41,7 @@ def staged(tmp_path, redis_url, minilm_bundle):
                                                 for r in sample_records()[:24]])
     job = submit(corpus, tmp_path / "out", model=str(minilm_bundle), broker=redis_url,
                  job_id="corrupt", shard_tokens=1500, max_attempts=1)
-    assert len(job.dir.manifest["shards"]) >= 4
+    assert len(job.dir.manifest.shards) >= 4
     return job
 
 
@@ -63,7 +63,7 @@ def test_garbage_and_truncated_input_shards(staged, fleet, record):
     for p, data in originals.items():  # the checker needs what was staged, to classify it
         p.write_bytes(data)
     res = check_job(staged.path)
-    assert res.failed == sum(s["chunks"] for s in staged.dir.manifest["shards"][:2])
+    assert res.failed == sum(s.chunks for s in staged.dir.manifest.shards[:2])
     assert not (res.lost or res.duplicated or res.unexpected), res.describe()
     record("garbage + truncated input shards (max_attempts=1)", res,
            "both tasks fail naming the file; status: 'input shard N (path) is damaged: submit "

@@ -146,9 +146,47 @@ def test_bf16_on_a_cpu_without_bf16_math_fails_the_job_with_the_reason(
 
 def _texts_in_order(job, ids):
     texts = {}
-    for s in job.dir.reload()["shards"]:
-        t = pq.read_table(job.dir.input_path(s["shard"]))
+    for s in job.dir.reload().shards:
+        t = pq.read_table(job.dir.input_path(s.shard))
         for d, c, x in zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist(),
                            t["text"].to_pylist()):
             texts[(d, c)] = x
     return [texts[k] for k in ids]
+
+
+@needs_openvino
+def test_dry_run_after_an_auto_job_counts_its_chunks_as_cached(
+        tmp_path, fleet, redis_server, redis_url, minilm_bundle, monkeypatch):
+    """The dry run asks the worker's policy (the probe's stored choice), so after a job its
+    precision is the one the worker ran and every chunk counts as cached (issue 25: it keyed
+    the cache with the CPU-EP default and said 0 cached after an OpenVINO job)."""
+    from producer.dryrun import dry_run
+
+    import time
+
+    from worker.model.probe import PROBE_VERSION, machine_key
+
+    # Stored figures where the OpenVINO EP won (as it does on AMX machines): the worker reads
+    # them instead of measuring, so its choice is not left to timing noise.
+    bundle = load_bundle(minilm_bundle)
+    key = machine_key(bundle, _available(), _flags(), 1)  # EMBED_THREADS=1
+    rows = [{"provider": p, "precision": "fp32", "tokens_per_s": tps, "cos_min": 1.0,
+             "error": ""} for p, tps in (("CPUExecutionProvider", 1000.0), (OPENVINO, 3000.0))]
+    path = tmp_path / "home" / "runtime" / f"{key}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"version": PROBE_VERSION, "bundle": str(bundle.path),
+                                "measured_at": time.time(), "rows": rows}))
+    corpus = write_jsonl(tmp_path / "c.jsonl", sample_records()[:20])
+    w = fleet()
+    job, st = _job(corpus, tmp_path, minilm_bundle, redis_url, "auto", "auto")
+    assert st.status == "succeeded", st
+    assert "CPU runtime probe:" not in w.text()  # it used the stored figures
+    met = _metrics(job)
+    assert (met["provider"] == OPENVINO).all()
+    monkeypatch.setenv("EMBED_HOME", str(tmp_path / "home"))
+    got = dry_run(str(corpus), cache_url=redis_server.url(1), model=str(minilm_bundle),
+                  precision="auto", queue="cpu", text_field="text", id_field="id",
+                  max_line_bytes=2**20, max_tokens=None, overlap=0, prefix="passage",
+                  shard_tokens=32768)
+    assert (got["provider"], got["precision"]) == (met["provider"][0], met["precision"][0])
+    assert got["chunks"] == st.chunks and got["cached"] == got["chunks"], got

@@ -88,7 +88,7 @@ def test_retrieval_equals_information_retrieval_evaluator(tmp_path, minilm_bundl
 def test_long_document_scores_by_its_best_chunk(tmp_path, minilm_bundle, st_model) -> None:
     """The long document is chunked as a job chunks it; its score is the max over chunks,
     recomputed here from sentence-transformers' vectors of those same chunk texts."""
-    from producer.chunking import chunk_document
+    from worker.staging.chunking import chunk_document
 
     data = read_eval_data(retrieval(tmp_path / "beir", long_doc=True))
     bundle = load_bundle(minilm_bundle)

@@ -84,7 +84,7 @@ def test_output_disk_full_mid_job_then_resume(tmp_path, small_disk, fleet, redis
     job = submit(corpus, small_disk / "out", model=str(bundle), precision="fp32",
                  broker=redis_url, job_id="full-disk", shard_tokens=600, max_batch_tokens=256,
                  max_attempts=1)
-    shards = [s["shard"] for s in job.dir.manifest["shards"]]
+    shards = [s.shard for s in job.dir.manifest.shards]
     assert len(shards) >= 8, shards
     w = fleet(env=wenv(EMBED_FAULTS="sleep=0.3"))
     wait_until(lambda: (job.dir.embeddings_dir / "part-00000.parquet").exists(), 120,

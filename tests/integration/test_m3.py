@@ -91,7 +91,7 @@ def test_job_outputs_match_flagembedding(tmp_path, fleet, redis_url, m3_bundle, 
                  max_batch_tokens=3 * XLMR_WINDOW, job_id="m3")
     st = job.wait(timeout_s=600)
     assert st.status == "succeeded", st
-    assert job.dir.reload()["outputs"] == ["dense", "sparse", "colbert"]
+    assert job.dir.reload().outputs == ["dense", "sparse", "colbert"]
     ids, dense = read_matrix(job.path)
     sp_ids, sparse = read_sparse(job.path)
     colbert = dict(iter_colbert(job.path))

@@ -139,7 +139,8 @@ def test_stage_tasks_accept_only_their_roots(tmp_path, fleet, redis_server, redi
     tok = fleet_job(corpus, jobs, "tok")  # its staging would load a tokenizer from outside
     shutil.copytree(bundle, outside / "bundle")
     edit(via, lambda m: m["input"].update(path=str(corpora / "link.jsonl")))
-    edit(tok, lambda m: m["staging"]["config"].update(bundle_path=str(outside / "bundle")))
+    edit(tok, lambda m: m["staging"].update(  # as a manifest from before issue 25 stored it
+        config={"bundle_path": str(outside / "bundle")}))
     redis_server.client().delete(STAGE_QUEUE)
     before = {d: snapshot(d) for d in (bad, far, via, tok, outside)}
 

@@ -1,7 +1,7 @@
 """Streaming, resumable staging end to end: a producer SIGKILLed while staging, then resumed.
 
 Real redis-server, real ``celery worker``, real MiniLM bundle, the real CLI in a subprocess;
-the kill points are the producer's failpoints (``producer/faults.py``).
+the kill points are the producer's failpoints (``worker/staging/faults.py``).
 """
 
 from __future__ import annotations

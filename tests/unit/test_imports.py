@@ -1,9 +1,11 @@
 """The import graph of producer/, worker/ and storage/, read from the source with ``ast``.
 
 Module-level and function-level imports both count (a deferred import hides a cycle, it does
-not remove it). Two rules: no cycle among the project's modules, and a producer module outside
-``producer/tools/`` imports from ``worker`` at module level only ``worker.contract`` and
-``worker.settings`` (the producer never pulls in onnxruntime, Celery's task code or the model).
+not remove it). The rules: no cycle among the project's modules; layers point down at package
+level (storage imports neither worker nor producer, worker never imports producer); a producer
+module outside ``producer/tools/`` imports from ``worker`` at module level only the light
+modules in ``PRODUCER_MAY_IMPORT`` and never onnxruntime itself (the producer never pulls in
+onnxruntime, Celery's task code or the model).
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("producer", "worker", "storage")
-PRODUCER_MAY_IMPORT = {"worker.contract", "worker.settings"}
+PRODUCER_MAY_IMPORT = {"worker.contract", "worker.settings", "worker.staging",
+                       "worker.model.policy"}
+"""What the producer imports from ``worker`` at module level (a package: its modules too):
+the message types, settings, the staging core both processes run, and the runtime policy
+the dry run asks (it reads stored figures; no onnxruntime)."""
+LAYERS = {"storage": 0, "worker": 1, "producer": 2}
+"""Package layers: an import points to the same layer or below (a deferred one too)."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +135,53 @@ def test_producer_imports_only_contract_and_settings_from_worker_at_module_level
            if e.module_level and e.source.startswith("producer")
            and not e.source.startswith("producer.tools")
            and (e.target == "worker" or e.target.startswith("worker."))
-           and e.target not in PRODUCER_MAY_IMPORT]
+           and not any(e.target == m or e.target.startswith(m + ".")
+                       for m in PRODUCER_MAY_IMPORT)]
     assert not bad, "producer imports worker internals at module level:\n" + "\n".join(bad)
+
+
+def upward_edges(edges: list[Edge]) -> list[str]:
+    """Imports that point up a layer (storage -> worker/producer, worker -> producer)."""
+    def layer(mod: str) -> int:
+        return LAYERS[mod.split(".")[0]]
+
+    return [f"{e.source}:{e.line} imports {e.target}"
+            + ("" if e.module_level else " (deferred)")
+            for e in edges if layer(e.target) > layer(e.source)]
+
+
+def test_layers_point_down_at_package_level():
+    bad = upward_edges(project_edges())
+    assert not bad, "imports that point up a layer:\n" + "\n".join(bad)
+
+
+def onnxruntime_imports(source: str) -> list[int]:
+    """Lines that import onnxruntime (at any depth)."""
+    return [n.lineno for n in ast.walk(ast.parse(source))
+            if (isinstance(n, ast.Import) and any(a.name.split(".")[0] == "onnxruntime"
+                                                  for a in n.names))
+            or (isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0]
+                == "onnxruntime")]
+
+
+def test_producer_outside_its_tools_never_imports_onnxruntime():
+    mods = project_modules()
+    bad = [f"{name}:{line}" for name, path in mods.items()
+           if name.startswith("producer") and not name.startswith("producer.tools")
+           for line in onnxruntime_imports(path.read_text(encoding="utf-8"))]
+    assert not bad, "producer modules import onnxruntime: " + ", ".join(bad)
+    # ... nor through what they import at module level: load them all in a fresh interpreter
+    import subprocess
+    import sys
+
+    names = sorted(n for n in mods if n.startswith("producer")
+                   and not n.startswith("producer.tools") and n != "producer.__main__")
+    code = ("import importlib, sys\n" + "".join(f"importlib.import_module({n!r})\n"
+                                                 for n in names)
+            + "print(sorted(m for m in sys.modules if m.split('.')[0] == 'onnxruntime'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]", out
 
 
 def test_the_walk_sees_every_package():
@@ -168,6 +221,19 @@ def test_imports_of_sees_module_and_function_level_and_relative():
 ])
 def test_find_cycle(graph, cycle):
     assert find_cycle(graph) == cycle
+
+
+def test_an_upward_import_is_reported_even_deferred(tmp_path):
+    for pkg in ("producer", "worker", "storage"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "worker" / "task.py").write_text("def run():\n    from producer import job\n")
+    (tmp_path / "producer" / "job.py").write_text("import worker.task\nimport storage.x\n")
+    (tmp_path / "storage" / "x.py").write_text("from worker.task import run\n")
+    assert sorted(upward_edges(project_edges(tmp_path))) == [
+        "storage.x:1 imports worker.task", "worker.task:2 imports producer.job (deferred)"]
+    assert onnxruntime_imports("def f():\n    import onnxruntime as ort\n") == [2]
+    assert onnxruntime_imports("from onnxruntime.quantization import x\nimport os\n") == [1]
 
 
 def test_a_cycle_in_a_real_tree_is_reported(tmp_path):

@@ -1,4 +1,4 @@
-"""Stage 8b: BGE-M3's sparse and ColBERT outputs from the graph's per-token values (pure numpy).
+"""Stage 8: BGE-M3's sparse and ColBERT outputs from the graph's per-token values (pure numpy).
 
 The graph returns raw per-token values for the whole padded batch (worker/export/m3.py); the
 rules that need the attention mask are applied here, as FlagEmbedding applies them

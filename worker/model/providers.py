@@ -1,4 +1,4 @@
-"""Stage 5a: choose ONNX Runtime providers and the precision for a device (pure).
+"""Stage 5: choose ONNX Runtime providers and the precision for a device (pure).
 
 The pattern is fastembed's ``_load_onnx_model`` with infinity's ``device_to_onnx``: an explicit,
 priority-ordered provider list; after loading, the caller reads ``session.get_providers()`` back

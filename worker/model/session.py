@@ -1,4 +1,4 @@
-"""Stage 5b/7: build an ONNX Runtime session for a bundle variant and run batches through it.
+"""Stages 5 and 7: build an ONNX Runtime session for a bundle variant and run batches through it.
 
 This is the only module that imports onnxruntime. Sessions are created lazily in the process
 that uses them (never before a Celery prefork), and what the session really runs on is read

@@ -1,0 +1,207 @@
+"""Stage 3: chunk one split's records into shards under a token budget, each durably recorded.
+
+Streams: records come in one at a time, chunks are buffered only until a shard is full, so
+memory does not grow with the corpus or the split. Each flushed shard is written
+(``input/part-NNNNN.parquet``), then its segment is appended to the ledger
+(``storage.ledger``), then ``on_shard`` is told (the caller sends the shard's task). A staging
+process killed at any instant is continued from the last checkpoint with the same result:
+shard contents depend only on the records and the settings (rows sorted by length, stable).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.staging import faults
+from worker.staging.chunking import chunk_budget, chunk_document, is_short
+from worker.staging.fastcount import is_fast
+from worker.staging.tokenwise import additivity, encode_ids
+from worker.staging.corpus import DEFAULT_MAX_LINE_BYTES, Record, Reject
+from storage import ledger
+from storage.hashing import text_sha256
+from storage.ledger import Checkpoint
+from storage.jobdir import JobDir
+from storage.shards import input_table, write_table
+
+DEFAULT_SHARD_TOKENS = 32768
+"""Real tokens per task: small enough to finish in well under a minute on one CPU worker."""
+DEFAULT_SHARD_MAX_CHUNKS = 2048
+COUNT_BATCH = 64
+"""Short records counted per ``encode_batch`` call."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Everything a staging process needs (plain data: it crosses process boundaries)."""
+
+    bundle_path: str
+    max_tokens: int
+    overlap: int = 0
+    prefix: str = ""
+    text_field: str = "text"
+    id_field: str = "id"
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    shard_tokens: int = DEFAULT_SHARD_TOKENS
+    shard_max_chunks: int = DEFAULT_SHARD_MAX_CHUNKS
+    fast_tokenizer: bool = True
+    """Count short documents with nanotoken where it matches (EMBED_FAST_TOKENIZER; a setting
+    of the process that stages, not of the job: never recorded in the manifest)."""
+
+
+class _Segment:
+    """Counts and rejects of the records finished since the last checkpoint."""
+
+    def __init__(self, pos: int) -> None:
+        self.start = pos
+        self.records = self.accepted = self.rejected = self.chars = 0
+        self.rejects: list[bytes] = []
+
+    def reject(self, rec: Reject) -> None:
+        self.records += 1
+        self.rejected += 1
+        self.rejects.append(json.dumps({"line": rec.line, "doc_id": rec.doc_id,
+                                        "reason": rec.reason}, ensure_ascii=False).encode()
+                            + b"\n")
+
+
+def stage_split(
+    records: Iterable[tuple[int, Record | Reject]],
+    tokenizer: Any,
+    cfg: StageConfig,
+    *,
+    split: int,
+    end: int,
+    root: Path | None,
+    resume: Checkpoint | None = None,
+    start: int = 0,
+    on_shard: Callable[[Checkpoint], None] | None = None,
+    on_chunk: Callable[[str], None] | None = None,
+    on_record: Callable[[Record], None] | None = None,
+) -> list[Checkpoint]:
+    """Stage ``records`` (``(position, record)`` from the split's resume point to ``end``).
+
+    ``root=None`` counts only (the dry run). ``resume`` is the split's last durable checkpoint:
+    its record's first ``skip`` chunks are already staged. Returns the new checkpoints; the
+    last one has ``done=True``.
+    """
+    seq = resume.seq + 1 if resume else 0
+    k = resume_shards(root, split) if resume else 0
+    skip = resume.skip if resume else 0
+    seg = _Segment(resume.pos if resume else start)
+    rows: list[dict[str, Any]] = []
+    tokens = 0
+    out: list[Checkpoint] = []
+
+    def flush(pos: int, line: int, skip_at: int, done: bool) -> None:
+        nonlocal seq, k, rows, tokens, seg
+        shard = None
+        if rows:
+            shard = ledger.shard_number(split, k)
+            rows.sort(key=lambda r: r["n_tokens"])  # the worker's batches then barely pad
+            if root is not None:
+                faults.hit("mid_shard_write", lambda: _partial_write(root, shard))
+                write_table(JobDir(root).input_path(shard), input_table(rows))
+            k += 1
+        cp = Checkpoint(split, seq, shard, pos, line, skip_at, done, seg.records, seg.accepted,
+                        seg.rejected, seg.chars, len(rows), tokens, pos - seg.start)
+        if root is not None:
+            ledger.append(root, cp, seg.rejects)
+            if shard is not None:
+                faults.hit("after_record")
+        if on_shard is not None:
+            on_shard(cp)
+        faults.pause("slow_shard")
+        out.append(cp)
+        seq += 1
+        rows, tokens, seg = [], 0, _Segment(pos)
+
+    budget = chunk_budget(tokenizer, cfg.max_tokens, None, cfg.prefix)
+    add = additivity(tokenizer, cfg.prefix)
+    for pos, rec, ids in _counted(records, tokenizer, cfg):
+        if isinstance(rec, Record):
+            try:
+                spans = chunk_document(rec.text, tokenizer, max_tokens=cfg.max_tokens,
+                                       overlap=cfg.overlap, prefix=cfg.prefix, budget=budget,
+                                       whole=None if ids is None else len(ids), add=add)
+            except ValueError as exc:  # e.g. one character that encodes past the window
+                rec = Reject(rec.line, rec.doc_id, f"cannot chunk: {exc}")
+        if isinstance(rec, Reject):
+            seg.reject(rec)
+            continue
+        if on_record is not None:
+            on_record(rec)
+        chunk_ids = _chunk_ids(rec.text, spans, ids, tokenizer, cfg.prefix)
+        for sp in spans[skip:]:
+            if rows and (tokens + sp.n_tokens > cfg.shard_tokens
+                         or len(rows) >= cfg.shard_max_chunks):
+                flush(pos, rec.line, sp.index, False)
+            text = cfg.prefix + rec.text[sp.char_start:sp.char_end]
+            if on_chunk is not None:
+                on_chunk(text)
+            rows.append({
+                "line": rec.line, "doc_id": rec.doc_id, "chunk_index": sp.index,
+                "chunk_count": len(spans), "char_start": sp.char_start,
+                "char_end": sp.char_end, "n_tokens": sp.n_tokens, "text": text,
+                "text_sha256": text_sha256(text),
+                "input_ids": chunk_ids[sp.index],
+            })
+            tokens += sp.n_tokens
+        skip = 0
+        seg.records += 1
+        seg.accepted += 1
+        seg.chars += len(rec.text)
+    flush(end if end >= 0 else seg.start, 0, 0, True)  # gzip: its end is not known ahead
+    return out
+
+
+def _counted(records: Iterable[tuple[int, Record | Reject]], tokenizer: Any, cfg: StageConfig
+             ) -> Iterator[tuple[int, Record | Reject, list[int] | None]]:
+    """Records with the whole-text token ids of the short ones, encoded 64 at a time."""
+    group: list[tuple[int, Record | Reject]] = []
+    for item in records:
+        group.append(item)
+        if len(group) == COUNT_BATCH:
+            yield from _count_group(group, tokenizer, cfg)
+            group = []
+    yield from _count_group(group, tokenizer, cfg)
+
+
+def _count_group(group: list[tuple[int, Record | Reject]], tokenizer: Any, cfg: StageConfig
+                 ) -> Iterator[tuple[int, Record | Reject, list[int] | None]]:
+    short = [i for i, (_, r) in enumerate(group)
+             if isinstance(r, Record) and is_short(r.text, cfg.max_tokens)]
+    counts = dict(zip(short, encode_ids([group[i][1].text for i in short],  # type: ignore[union-attr]
+                                        tokenizer, cfg.prefix), strict=True))
+    for i, (pos, rec) in enumerate(group):
+        yield pos, rec, counts.get(i)
+
+
+def _chunk_ids(text: str, spans: list[Any], whole: list[int] | None, tokenizer: Any,
+               prefix: str) -> list[list[int] | None]:
+    """The ids to keep per chunk: the whole text's for a one-chunk document; for a long one,
+    each chunk encoded when the fast encoder makes that cheap (else None: the worker encodes)."""
+    if len(spans) == 1 and whole is not None:
+        return [whole]
+    if not is_fast(tokenizer):
+        return [None] * len(spans)
+    found = encode_ids([text[s.char_start:s.char_end] for s in spans], tokenizer, prefix)
+    return [x if len(x) == s.n_tokens else None for x, s in zip(found, spans, strict=True)]
+
+
+def resume_shards(root: Path | None, split: int) -> int:
+    """Shards the split's ledger already holds (the next one's number within the split)."""
+    if root is None:
+        return 0
+    return sum(cp.shard is not None for cp in ledger.read_split(root, split))
+
+
+def _partial_write(root: Path, shard: int) -> None:
+    """The failpoint's half-written shard: a temporary file, as a killed writer leaves it."""
+    from storage.atomic import tmp_name
+
+    final = JobDir(root).input_path(shard)
+    tmp_name(final).write_bytes(b"PAR1 half a shard")

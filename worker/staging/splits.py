@@ -1,0 +1,211 @@
+"""Stage 3: cut a corpus file into splits that can be read (and resumed) alone.
+
+JSONL: byte ranges of about ``split_bytes``, each starting at a line start. One pass over the
+file (about 1 GB/s) finds the boundaries, counts the newlines before each (so line numbers in
+rejects stay exact) and computes the checksum the manifest records. A line longer than a split
+just makes the split longer: a boundary is never inside a line. Parquet: whole row groups.
+Gzip cannot be cut without decompressing: the plan decompresses once to find the same line
+boundaries in the decompressed stream, and while staging one reader decompresses again and
+hands each split's bytes to a staging process (``gzip_blocks``).
+
+The plan depends only on the file and ``split_bytes``, never on the number of processes, so
+the same corpus and settings always give the same shards.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from worker.staging.corpus import (Record, Reject, file_checksum, iter_lines, iter_parquet_rows,
+                                   judge_record, parse_line)
+
+DEFAULT_SPLIT_BYTES = 16 * 2**20
+"""Input bytes per split: 16 MB is ~10 s of staging per process, so splits balance across
+processes and a killed stage task redoes little; a 1 GB corpus gives 64 splits."""
+
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Split:
+    """``kind`` jsonl/gzip: ``[start, end)`` are byte offsets (end -1: to EOF, gzip);
+    parquet: row indices, ``groups`` the row groups. ``first_line``: line number at start."""
+
+    index: int
+    kind: str
+    start: int
+    end: int
+    first_line: int
+    groups: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "groups": list(self.groups)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Split:
+        return cls(**{**d, "groups": tuple(d.get("groups", ()))})
+
+
+def corpus_kind(path: Path) -> str:
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if path.suffix == ".parquet" or magic == b"PAR1":
+        return "parquet"
+    return "gzip" if path.suffix == ".gz" or magic[:2] == b"\x1f\x8b" else "jsonl"
+
+
+def plan_splits(path: str | Path, split_bytes: int = DEFAULT_SPLIT_BYTES
+                ) -> tuple[list[Split], str]:
+    """Return ``(splits, sha256 hex of the file)``.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    path = Path(path)
+    kind = corpus_kind(path)
+    if kind == "jsonl":
+        planner = Planner(path, split_bytes)
+        return list(planner), planner.digest
+    if kind == "gzip":
+        with gzip.open(path, "rb") as f:
+            try:
+                plan = list(_plan_lines(f, split_bytes, "gzip", hashlib.sha256()))
+                return plan, file_checksum(path)
+            except EOFError as exc:
+                raise OSError(f"{path}: compressed stream is truncated ({exc})") from exc
+    return _plan_parquet(path, split_bytes), file_checksum(path)
+
+
+def gzip_blocks(path: Path, splits: list[Split]) -> Iterator[tuple[Split, bytes]]:
+    """One pass of decompression: each wanted split's bytes, in order (a split at a time in
+    memory, ``split_bytes`` plus its last line)."""
+    with gzip.open(path, "rb") as f:
+        pos = 0
+        for s in sorted(splits, key=lambda s: s.start):
+            _skip(f, s.start - pos)
+            data = f.read(s.end - s.start)
+            pos = s.start + len(data)
+            yield s, data
+
+
+def iter_split(path: Path, split: Split, pos: int, line: int, *, text_field: str,
+               id_field: str, max_line_bytes: int, data: bytes | None = None
+               ) -> Iterator[tuple[int, Record | Reject]]:
+    """Yield ``(position, record)`` from ``pos`` (at line/row ``line``) to the split's end.
+    ``data``: the split's bytes already read (gzip), else the file is read.
+
+    Raises:
+        OSError: the file cannot be read (a truncated gzip stream included).
+    """
+    if split.kind == "parquet":
+        for row, rec in iter_parquet_rows(path, text_field, id_field, max_line_bytes,
+                                          row_groups=list(split.groups),
+                                          first_row=split.start):
+            if row >= pos:
+                yield row, rec
+        return
+    if data is not None:
+        f: Any = io.BytesIO(data[pos - split.start:])
+    else:
+        f = gzip.open(path, "rb") if split.kind == "gzip" else open(path, "rb")
+    with f:
+        try:
+            if data is None and split.kind == "gzip":
+                _skip(f, pos)
+            elif data is None:
+                f.seek(pos)
+            end = split.end
+            for no, data, size, off in iter_lines(f, max_line_bytes, first_line=line,
+                                                   start=pos, end=end):
+                rec = _judge_line(no, data, size, max_line_bytes, text_field, id_field)
+                if rec is not None:
+                    yield off, rec
+        except EOFError as exc:  # gzip raises EOFError, not OSError, for a cut-off stream
+            raise OSError(f"{path}: compressed stream is truncated ({exc})") from exc
+
+
+class Planner:
+    """The plan as an iterator: each split is yielded as soon as its end is found (the first
+    after reading ``split_bytes``), so staging starts before the whole file is read;
+    ``digest`` (SHA-256 of the file) is set once the iterator is exhausted."""
+
+    def __init__(self, path: str | Path, split_bytes: int = DEFAULT_SPLIT_BYTES) -> None:
+        self.path, self.split_bytes = Path(path), split_bytes
+        self.digest = ""
+
+    def __iter__(self) -> Iterator[Split]:
+        kind = corpus_kind(self.path)
+        if kind != "jsonl":
+            splits, self.digest = plan_splits(self.path, self.split_bytes)
+            yield from splits
+            return
+        digest = hashlib.sha256()
+        with self.path.open("rb") as f:
+            yield from _plan_lines(f, self.split_bytes, kind, digest)
+        self.digest = digest.hexdigest()
+
+
+def _plan_lines(f: Any, split_bytes: int, kind: str, digest: Any) -> Iterator[Split]:
+    start, line = 0, 1  # the open split: its first byte and first line number
+    pos = newlines = 0
+    target = split_bytes
+    k = 0
+    for block in iter(lambda: f.read(_BLOCK), b""):
+        digest.update(block)
+        j = max(0, target - pos)
+        while j < len(block):
+            i = block.find(b"\n", j)  # the first line start at or after the target
+            if i < 0:
+                break
+            cut = pos + i + 1
+            yield Split(k, kind, start, cut, line)
+            k, start, line = k + 1, cut, newlines + block.count(b"\n", 0, i + 1) + 1
+            target = cut + split_bytes
+            j = max(i + 1, target - pos)
+        newlines += block.count(b"\n")
+        pos += len(block)
+    if pos > start or k == 0:  # the rest (a cut at the very end leaves nothing)
+        yield Split(k, kind, start, pos, line)
+
+
+def _plan_parquet(path: Path, split_bytes: int) -> list[Split]:
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(path).metadata
+    splits: list[Split] = []
+    groups: list[int] = []
+    row = first = size = 0
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        groups.append(g)
+        row += rg.num_rows
+        size += rg.total_byte_size
+        if size >= split_bytes or g == md.num_row_groups - 1:
+            splits.append(Split(len(splits), "parquet", first, row, first + 1, tuple(groups)))
+            groups, first, size = [], row, 0
+    return splits or [Split(0, "parquet", 0, 0, 1)]
+
+
+def _skip(stream: Any, n: int) -> None:
+    while n > 0:
+        data = stream.read(min(n, _BLOCK))
+        if not data:
+            return
+        n -= len(data)
+
+
+def _judge_line(line_no: int, data: bytes | None, size: int, cap: int, text_field: str,
+               id_field: str) -> Record | Reject | None:
+    """One JSONL line (from ``iter_lines``) as a Record or Reject; None for a blank line."""
+    if data is None:
+        return Reject(line_no, None, f"line is {size} bytes, over the cap of {cap} bytes")
+    if not data.strip():
+        return None
+    return judge_record(line_no, partial(parse_line, data), text_field, id_field)
