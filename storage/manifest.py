@@ -67,6 +67,12 @@ class Manifest:
     """The split plan (index, start, end, first line): fixed at submit, reused by resume."""
     staging: dict[str, Any] | None = None
     """How staging runs: procs, where (producer or fleet), split size."""
+    id_policy: str | None = None
+    """``--on-duplicate-id``: which record of a repeated id is kept (None: reject, the first)."""
+    delta: dict[str, Any] | None = None
+    """``--since``: the base job (``since``, ``since_job``), whether its rows are carried
+    (``carry``; False with ``--full-reembed``), and once staged the counts (added, changed,
+    deleted, unchanged, carried_rows)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -108,4 +114,4 @@ class Manifest:
 
 # Keys older manifests did not have until a later step: absent rather than null.
 _OMIT_IF_NONE = {"submitted_at", "result", "failed_shards", "splits", "staging", "outputs",
-                 "colbert_dim", "made_by"}
+                 "colbert_dim", "made_by", "id_policy", "delta"}
