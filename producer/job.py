@@ -253,7 +253,7 @@ def _manifest(job: JobDir, spec: JobSpec, source: dict[str, Any],
         chunking=spec.chunking(), outputs=list(spec.outputs),
         colbert_dim=cfg.colbert_dim if "colbert" in spec.outputs else 0, made_by=made_by,
         max_batch_tokens=o.max_batch_tokens, max_attempts=o.max_attempts,
-        staged=False, status="staging", submitted_at=now, splits=splits,
+        id_policy=o.on_duplicate_id, delta=spec.delta, staged=False, status="staging", submitted_at=now, splits=splits,
         staging={"procs": _procs(spec), "on": stage_on, "split_bytes": o.split_bytes},
     )
 
@@ -275,8 +275,14 @@ def _say_totals(job: JobDir, queue: str, say: Any) -> None:
     say(f"{t['accepted']} accepted, {t['rejected']} rejected, {t['chunks']} chunks, "
         f"{t['tokens']} tokens in {len(job.manifest.shards)} shards → queue {queue!r}")
     if t["duplicate_ids"]:
-        say(f"warning: {t['duplicate_ids']} duplicate ids (e.g. {t['duplicate_examples']}); "
-            "each record is embedded separately")
+        say(f"{t['duplicate_ids']} record(s) rejected for a repeated id (e.g. "
+            f"{t['duplicate_examples']}; --on-duplicate-id {job.manifest.id_policy or 'reject'}"
+            "; rejects.jsonl names both lines)")
+    d = job.manifest.delta
+    if d and "added" in d:
+        say(f"since {d['since_job']}: {d['added']} added, {d['changed']} changed, "
+            f"{d['deleted']} deleted, {d['unchanged']} unchanged ({d['carried_rows']} rows "
+            "carried over)")
 
 
 def _records_from_dicts(items: Iterable[dict[str, Any]], text_field: str,

@@ -4,6 +4,7 @@
                                              from the base job's output (vector bytes equal),
                                              ``line`` set to the new corpus line; numbered after
                                              every split's range (CARRY_SPLIT_OFFSET)
+    OUT/<job>/metrics/part-NNNNN.parquet     a carried shard's: no rows (no inference batch)
     OUT/<job>/delta/changes.parquet          doc_id, change (added/changed/deleted), line
 
 ``settle`` runs when staging completes (before ``staged`` is set), so a killed producer's
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from storage import ledger
 from storage.docindex import read_index
 from storage.manifest import Manifest, ShardEntry
-from storage.shards import shard_name, write_table
+from storage.shards import metrics_table, shard_name, write_table
 
 CHANGES = Path("delta") / "changes.parquet"
 CHANGES_SCHEMA = pa.schema([
@@ -81,6 +82,7 @@ def _carry(root: Path, base: Path, index: pa.Table, carried: pa.Table,
     def flush() -> None:
         nonlocal next_shard, buf
         table = pa.concat_tables(buf)
+        write_table(root / "metrics" / shard_name(next_shard), metrics_table([]))  # no batches
         write_table(root / "embeddings" / shard_name(next_shard), table,
                     {"rejected": 0, "carried_from": base.name})
         entries.append(ShardEntry(next_shard, table.num_rows,

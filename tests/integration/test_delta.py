@@ -1,0 +1,151 @@
+"""Issue 27 with a real redis-server, a real celery worker and the real MiniLM bundle: ids as
+keys (a repeated id is rejected naming both lines) and ``--since`` delta jobs (unchanged rows
+carried over byte for byte, the change list, clear errors for a mismatched or unfinished base).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from producer.errors import UsageError
+from producer.job import submit
+from storage.carry import read_changes
+from storage.docindex import read_index
+from storage.readers import read_table
+from tests.conftest import sample_records, write_jsonl
+from tests.procs import Worker
+
+pytestmark = pytest.mark.integration
+
+
+def base_docs(n: int = 120) -> list[dict[str, str]]:
+    import re
+
+    docs = []
+    for rec in sample_records():
+        for k, part in enumerate(re.split(r"(?<=[.!?])\s+|\n+", rec["text"])):
+            if len(part.strip()) > 20:
+                docs.append({"id": f"{rec['id']}-{k}", "text": part.strip()})
+    docs = docs[: n - 2]
+    docs += [{"id": r["id"], "text": r["text"]} for r in sample_records()
+             if len(r["text"]) > 4000][:2]  # long documents: several chunks, across shards
+    return docs
+
+
+@pytest.fixture(scope="module")
+def fleet_env(tmp_path_factory, redis_server, minilm_bundle):
+    tmp = tmp_path_factory.mktemp("delta")
+    redis_server.client().flushall()
+    env = {"EMBED_BROKER_URL": redis_server.url(0), "EMBED_CACHE_URL": redis_server.url(1),
+           "EMBED_THREADS": "1", "EMBED_HOME": str(tmp / "home")}
+    w = Worker(env, tmp / "w.log", name=f"delta-{uuid.uuid4().hex[:6]}").start()
+    yield tmp, redis_server, minilm_bundle
+    w.stop()
+
+
+def _job(fleet_env, corpus: Path, job_id: str, **kw):
+    tmp, redis, bundle = fleet_env
+    redis.client(1).flushdb()  # an empty cache: carried rows come from the base job only
+    job = submit(corpus, tmp / "out", model=str(bundle), precision="fp32",
+                 broker=redis.url(0), shard_tokens=2000, job_id=job_id, **kw)
+    st = job.wait(timeout_s=600)
+    assert st.status == "succeeded", st
+    return job
+
+
+@pytest.fixture(scope="module")
+def base(fleet_env):
+    tmp = fleet_env[0]
+    docs = base_docs()
+    dup = {"id": docs[3]["id"], "text": "a later record that repeats the id of line four"}
+    return docs, _job(fleet_env, write_jsonl(tmp / "v1.jsonl", docs + [dup]), "v1")
+
+
+def test_repeated_id_is_a_reject_naming_both_lines(base):
+    docs, job = base
+    rejects = [json.loads(x) for x in (job.path / "rejects.jsonl").read_text().splitlines()]
+    dup = [r for r in rejects if "duplicate id" in r["reason"]]
+    n = len(docs) + 1
+    assert dup == [{"line": n, "doc_id": docs[3]["id"], "reason":
+                    f"duplicate id {docs[3]['id']!r}: line {n} repeats the id of line 4, "
+                    "which is kept (--on-duplicate-id reject)"}]
+    t = read_table(job.path)
+    keys = list(zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist()))
+    assert len(keys) == len(set(keys))  # the duplicate's rows are gone: `load` can key on them
+    assert n not in set(t["line"].to_pylist()) and 4 in set(t["line"].to_pylist())
+    m = job.dir.reload()
+    assert m.totals["duplicate_ids"] == 1 and m.totals["accepted"] == len(docs)
+    assert m.result["rejects"] == 1
+    idx = read_index(job.path)
+    assert set(idx["doc_id"].to_pylist()) == {d["id"] for d in docs}
+
+
+def _v2(docs: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, set[str]]]:
+    v2 = [dict(d) for d in docs]
+    v2[10]["text"] = v2[10]["text"] + " An added sentence changes this document."
+    v2[20]["text"] = v2[20]["text"].replace(" ", "  ", 1)  # whitespace only
+    deleted = {v2[30]["id"], v2[31]["id"]}
+    v2 = [d for d in v2 if d["id"] not in deleted]
+    added = [{"id": "new-1", "text": "A brand new document about delta indexing."},
+             {"id": "new-2", "text": "Another new document, embedded for the first time."}]
+    v2 = v2[:5] + [added[0]] + v2[5:] + [added[1]]  # new lines shift the old ones
+    return v2, {"changed": {docs[10]["id"], docs[20]["id"]}, "deleted": deleted,
+                "added": {"new-1", "new-2"}}
+
+
+def test_since_carries_unchanged_rows_and_records_the_delta(fleet_env, base):
+    docs, job1 = base
+    v2, want = _v2(docs)
+    job2 = _job(fleet_env, write_jsonl(fleet_env[0] / "v2.jsonl", v2), "v2",
+                since=str(job1.path))
+    m = job2.dir.reload()
+    assert {k: m.delta[k] for k in ("added", "changed", "deleted")} == {
+        k: len(v) for k, v in want.items()}
+    assert m.delta["unchanged"] == len(v2) - 4 and m.delta["since_job"] == "v1"
+    ch = read_changes(job2.path)
+    got = {c: set(ch.filter(pc.equal(ch["change"], c))["doc_id"].to_pylist()) for c in want}
+    assert got == want
+    t1, t2 = read_table(job1.path), read_table(job2.path)
+    assert set(t2["doc_id"].to_pylist()) == {d["id"] for d in v2}  # complete: every document
+    line_of = {d["id"]: i for i, d in enumerate(v2, 1)}
+    assert all(line_of[d] == ln for d, ln in zip(t2["doc_id"].to_pylist(),
+                                                 t2["line"].to_pylist()))
+    old = {(d, c): (v, s) for d, c, v, s in zip(*(t1[k].to_pylist() for k in (
+        "doc_id", "chunk_index", "embedding", "text_sha256")))}
+    new = {(d, c): (v, s) for d, c, v, s in zip(*(t2[k].to_pylist() for k in (
+        "doc_id", "chunk_index", "embedding", "text_sha256")))}
+    unchanged = {k for k in new if k[0] not in want["changed"] | want["added"]}
+    assert unchanged and all(new[k] == old[k] for k in unchanged)  # bytes equal
+    # embedded again: only the changed and added documents' chunks
+    embedded = sum(pq.read_metadata(p).num_rows for p in job2.dir.embeddings_dir.glob("*.parquet")
+                   if "carried_from" not in str(pq.read_schema(p).metadata))
+    assert embedded == sum(1 for k in new if k[0] in want["changed"] | want["added"])
+    # whitespace-only edit: the hash is of the raw text, so it is re-embedded; chunking keeps
+    # the text as is, so its vector moves only as far as the model sees the extra space
+    ws = docs[20]["id"]
+    assert np.allclose(new[(ws, 0)][0], old[(ws, 0)][0], atol=0.05)
+
+
+def test_since_another_chunking_or_unfinished_base_is_a_clear_error(fleet_env, base, tmp_path):
+    _, job1 = base
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "some text"}])
+    tmp, redis, bundle = fleet_env
+    with pytest.raises(UsageError, match=r"chunking differs: base job v1 has max_tokens=256, "
+                                         r"this job max_tokens=64"):
+        submit(corpus, tmp / "out", model=str(bundle), broker=redis.url(0), max_tokens=64,
+               since=str(job1.path))
+    m = json.loads((job1.path / "manifest.json").read_text())
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "manifest.json").write_text(json.dumps({**m, "status": "running",
+                                                          "job_id": "unfinished"}))
+    with pytest.raises(UsageError, match="job unfinished is running, not finished"):
+        submit(corpus, tmp / "out", model=str(bundle), broker=redis.url(0),
+               since=str(unfinished))
