@@ -78,7 +78,7 @@ class Job:
             failed_shards=[{"shard": s.shard, "reason": s.reason} for s in failed],
             duplicate_ids=totals.get("duplicate_ids", 0),
             duplicate_examples=totals.get("duplicate_examples", []),
-            reject_examples=self._chunk_rejects(), staging=staging,
+            reject_examples=self._chunk_rejects(), staging=staging, delta=m.delta,
         )
 
     def _chunk_rejects(self, limit: int = 5) -> list[dict[str, Any]]:
@@ -278,11 +278,10 @@ def _say_totals(job: JobDir, queue: str, say: Any) -> None:
         say(f"{t['duplicate_ids']} record(s) rejected for a repeated id (e.g. "
             f"{t['duplicate_examples']}; --on-duplicate-id {job.manifest.id_policy or 'reject'}"
             "; rejects.jsonl names both lines)")
-    d = job.manifest.delta
-    if d and "added" in d:
-        say(f"since {d['since_job']}: {d['added']} added, {d['changed']} changed, "
-            f"{d['deleted']} deleted, {d['unchanged']} unchanged ({d['carried_rows']} rows "
-            "carried over)")
+    if job.manifest.delta:
+        from producer.progress import delta_line
+
+        say(delta_line(job.manifest.delta))
 
 
 def _records_from_dicts(items: Iterable[dict[str, Any]], text_field: str,

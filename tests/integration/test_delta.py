@@ -149,3 +149,17 @@ def test_since_another_chunking_or_unfinished_base_is_a_clear_error(fleet_env, b
     with pytest.raises(UsageError, match="job unfinished is running, not finished"):
         submit(corpus, tmp / "out", model=str(bundle), broker=redis.url(0),
                since=str(unfinished))
+
+
+def test_delta_counts_in_status_summary_and_report(fleet_env, base):
+    from click.testing import CliRunner
+
+    from producer.cli import main
+
+    job2 = fleet_env[0] / "out" / "v2"
+    if not job2.is_dir():
+        pytest.skip("needs test_since_carries_unchanged_rows_and_records_the_delta's job")
+    want = "since v1: 2 added, 2 changed, 2 deleted"
+    for cmd in (["status", str(job2)], ["report", str(job2)]):
+        r = CliRunner().invoke(main, cmd)
+        assert r.exit_code == 0 and want in r.output, r.output
