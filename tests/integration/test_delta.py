@@ -163,3 +163,91 @@ def test_delta_counts_in_status_summary_and_report(fleet_env, base):
     for cmd in (["status", str(job2)], ["report", str(job2)]):
         r = CliRunner().invoke(main, cmd)
         assert r.exit_code == 0 and want in r.output, r.output
+
+
+# -- producer load of a delta job (real PostgreSQL + pgvector, tests/pgjobs.py) -------------
+
+from tests.integration.test_pgload import dsn, pg  # noqa: E402,F401  (fixtures)
+
+
+def _delta_jobs(fleet_env, base):
+    docs, job1 = base
+    job2 = fleet_env[0] / "out" / "v2"
+    if not job2.is_dir():
+        v2, _ = _v2(docs)
+        _job(fleet_env, write_jsonl(fleet_env[0] / "v2.jsonl", v2), "v2", since=str(job1.path))
+    return job1.path, job2
+
+
+def _table_rows(dsn: str, table: str) -> dict[tuple[str, int], tuple]:
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(dsn) as c:
+        register_vector(c)
+        got = c.execute(f"SELECT doc_id, chunk_index, char_start, char_end, n_tokens, "
+                        f"text_sha256, embedding FROM {table}").fetchall()
+    vec = [g[6].to_numpy() if hasattr(g[6], "to_numpy") else np.asarray(g[6]) for g in got]
+    return {(g[0], g[1]): (*g[2:6], v.astype(np.float32).tobytes()) for g, v in zip(got, vec)}
+
+
+def _job_rows(job: Path) -> dict[tuple[str, int], tuple]:
+    t = read_table(job)
+    cols = [t[c].to_pylist() for c in ("doc_id", "chunk_index", "char_start", "char_end",
+                                       "n_tokens", "text_sha256")]
+    emb = t["embedding"].combine_chunks().values.to_numpy().reshape(t.num_rows, -1)
+    return {(d, c): (a, b, n, s, emb[i].astype(np.float32).tobytes())
+            for i, (d, c, a, b, n, s) in enumerate(zip(*cols))}
+
+
+def test_load_applies_the_delta_and_refuses_another_base(fleet_env, base, dsn):
+    import psycopg
+
+    from storage.errors import LoadConflict
+    from storage.pgload import load_job
+
+    job1, job2 = _delta_jobs(fleet_env, base)
+    r1 = load_job(job1, dsn, "items", create=True, index="none")  # v1 repeats an id: it loads
+    assert _table_rows(dsn, "items") == _job_rows(job1)
+    r2 = load_job(job2, dsn, "items", index="none")
+    assert _table_rows(dsn, "items") == _job_rows(job2)  # row for row, vector bytes equal
+    assert 0 < r2.rows_added < r1.rows_added
+    again = load_job(job2, dsn, "items", index="none")
+    assert again.rows_added == 0 and _table_rows(dsn, "items") == _job_rows(job2)
+
+    load_job(job1, dsn, "other", create=True, index="none")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("UPDATE embedfleet_heads SET job_id = 'v0' WHERE table_name = 'public.other'")
+    with pytest.raises(LoadConflict, match="holds job v0; job v2 is a delta since job v1"):
+        load_job(job2, dsn, "other", index="none")
+    load_job(job2, dsn, "fresh", create=True, index="none")  # an empty table: in full
+    assert _table_rows(dsn, "fresh") == _job_rows(job2)
+
+
+def test_loader_killed_mid_delta_then_rerun_exactly_once(fleet_env, base, dsn):
+    import os
+    import subprocess
+    import sys
+
+    import psycopg
+
+    from storage.pgdelta import KILL_ENV
+    from storage.pgload import load_job
+    from tests.procs import ROOT
+
+    job1, job2 = _delta_jobs(fleet_env, base)
+    load_job(job1, dsn, "items", create=True, index="none")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), KILL_ENV: "1"}
+    p = subprocess.run([sys.executable, "-m", "producer", "load", str(job2), "--dsn", dsn,
+                        "--table", "items", "--index", "none", "--no-progress"], cwd=ROOT,
+                       env=env, capture_output=True, timeout=300)
+    assert p.returncode == -9, p.stdout + p.stderr
+    with psycopg.connect(dsn) as c:
+        units = c.execute("SELECT count(*) FROM embedfleet_loads WHERE job_id = 'v2'").fetchone()
+        head = c.execute("SELECT job_id FROM embedfleet_heads").fetchone()
+    assert units[0] >= 1 and head == ("v1",)  # one unit committed, the rest not yet
+    mid = _table_rows(dsn, "items")
+    assert mid != _job_rows(job1) and mid != _job_rows(job2)
+    res = load_job(job2, dsn, "items", index="none")
+    assert res.shards_skipped >= 1
+    assert _table_rows(dsn, "items") == _job_rows(job2)
