@@ -251,3 +251,15 @@ def test_loader_killed_mid_delta_then_rerun_exactly_once(fleet_env, base, dsn):
     res = load_job(job2, dsn, "items", index="none")
     assert res.shards_skipped >= 1
     assert _table_rows(dsn, "items") == _job_rows(job2)
+
+
+def test_dry_run_since_counts_the_unchanged_documents(fleet_env, base, capsys):
+    from producer.dryrun import dry_run
+
+    docs, job1 = base
+    v2, _ = _v2(docs)
+    corpus = write_jsonl(fleet_env[0] / "v2-dry.jsonl", v2)
+    got = dry_run(str(corpus), cache_url=None, model=str(fleet_env[2]), shard_tokens=2000,
+                  since=str(job1.path))
+    assert got["carried"] == len(v2) - 4 and got["accepted"] == len(v2)
+    assert f"since     v1: {len(v2) - 4} documents unchanged" in capsys.readouterr().out

@@ -130,7 +130,8 @@ def stage_split(
         if root is not None:
             docindex.write_segment_docs(root, split, seq, seg.docs)
         cp = Checkpoint(split, seq, shard, pos, line, skip_at, done, seg.records, seg.accepted,
-                        seg.rejected, seg.chars, len(rows), tokens, pos - seg.start)
+                        seg.rejected, seg.chars, len(rows), tokens, pos - seg.start,
+                        sum(d[3] for d in seg.docs))
         if root is not None:
             ledger.append(root, cp, seg.rejects)
             if shard is not None:
