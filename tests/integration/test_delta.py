@@ -263,3 +263,27 @@ def test_dry_run_since_counts_the_unchanged_documents(fleet_env, base, capsys):
                   since=str(job1.path))
     assert got["carried"] == len(v2) - 4 and got["accepted"] == len(v2)
     assert f"since     v1: {len(v2) - 4} documents unchanged" in capsys.readouterr().out
+
+
+def test_private_redis_is_bounded_and_evicts_only_cache_entries(tmp_path, monkeypatch):
+    import redis
+
+    from producer.local import LocalRedis
+    from storage.cache import EmbeddingCache
+
+    monkeypatch.setenv("EMBED_LOCAL_REDIS_MAXMEMORY", "8mb")
+    srv = LocalRedis(tmp_path / "redis")
+    srv.start()
+    try:
+        r = redis.Redis.from_url(srv.broker_url)
+        cfg = r.config_get("maxmemory*")
+        assert cfg["maxmemory"] == str(8 * 2**20) and cfg["maxmemory-policy"] == "volatile-lru"
+        r.rpush("cpu", *[b"task" * 50] * 100)  # broker keys: no TTL
+        cache = EmbeddingCache(redis.Redis.from_url(srv.cache_url), 384)
+        vecs = np.ones((20_000, 384), np.float32)  # ~22 MB of entries: over the cap
+        for i in range(0, 20_000, 1000):
+            cache.put_many([(f"k{j}", vecs[j]) for j in range(i, i + 1000)])
+        assert cache.errors == 0 and r.llen("cpu") == 100  # no task evicted, no cache error
+        assert int(r.info("stats")["evicted_keys"]) > 0
+    finally:
+        srv.stop()
