@@ -287,3 +287,16 @@ def test_private_redis_is_bounded_and_evicts_only_cache_entries(tmp_path, monkey
         assert int(r.info("stats")["evicted_keys"]) > 0
     finally:
         srv.stop()
+
+
+def test_full_reembed_embeds_everything_and_still_records_the_delta(fleet_env, base):
+    docs, job1 = base
+    v2, want = _v2(docs)
+    job = _job(fleet_env, write_jsonl(fleet_env[0] / "v2-full.jsonl", v2), "v2-full",
+               since=str(job1.path), max_tokens=128, full_reembed=True)
+    d = job.dir.reload().delta
+    assert d["carry"] is False and d["carried_rows"] == 0 and d["deleted"] == 2
+    assert d["added"] == 2 and d["changed"] == len(v2) - 2 and d["unchanged"] == 0
+    assert not any("carried_from" in str(pq.read_schema(p).metadata)
+                   for p in job.dir.embeddings_dir.glob("*.parquet"))
+    assert set(read_table(job.path)["doc_id"].to_pylist()) == {x["id"] for x in v2}
