@@ -109,6 +109,15 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      "BGE-M3 bundle; dense is always written)."),
         *DENSE_OPTIONS,
         STAGE_PROCS,
+        click.option("--on-duplicate-id", type=click.Choice(["reject", "last"]),
+                     default="reject", show_default=True,
+                     help="A repeated id: reject the later record (reject) or the earlier "
+                     "(last); the reject names both lines."),
+        click.option("--since", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="A finished job OUT/JOB: documents whose id and text are unchanged "
+                     "are carried over from it, not embedded; the job records the delta."),
+        click.option("--full-reembed", is_flag=True,
+                     help="With --since: embed every document (another model or chunking)."),
         click.option("--split-bytes", type=click.IntRange(4096, None), default=16 * 2**20,
                      envvar="EMBED_SPLIT_BYTES", help="Input bytes per split (16 MiB)."),
     ]

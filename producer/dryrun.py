@@ -58,6 +58,10 @@ def _print(corpus: Path, spec: JobSpec, size: int, got: dict[str, Any]) -> None:
     click.echo(f"dry run of {corpus.name} with {spec.bundle.config.source} "
                f"({got['precision']} on {where}):")
     click.echo(f"  documents {got['accepted']} accepted, {got['rejected']} rejected")
+    if spec.delta:
+        click.echo(f"  since     {spec.delta['since_job']}: {got['carried']} documents unchanged "
+                   "(rows carried over, not staged), the rest to embed"
+                   + ("" if spec.delta["carry"] else " (--full-reembed: none carried)"))
     click.echo(f"  chunks    {got['chunks']} in {got['shards']} shards, {got['tokens']:,} tokens")
     click.echo(f"  cached    {got['cached']}/{got['chunks']} chunks already in the cache")
     click.echo(f"  staging   {size / 1e6:.1f} MB in {got['wall_s']:.1f}s = "

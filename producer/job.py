@@ -81,7 +81,7 @@ class Job:
             failed_shards=[{"shard": s.shard, "reason": s.reason} for s in failed],
             duplicate_ids=totals.get("duplicate_ids", 0),
             duplicate_examples=totals.get("duplicate_examples", []),
-            reject_examples=self._chunk_rejects(), staging=staging,
+            reject_examples=self._chunk_rejects(), staging=staging, delta=m.delta,
         )
 
     def _chunk_rejects(self, limit: int = 5) -> list[dict[str, Any]]:
@@ -259,7 +259,7 @@ def _manifest(job: JobDir, spec: JobSpec, source: dict[str, Any],
         colbert_dim=cfg.colbert_dim if "colbert" in spec.outputs else 0, made_by=made_by,
         dense=spec.dense,
         max_batch_tokens=o.max_batch_tokens, max_attempts=o.max_attempts,
-        staged=False, status="staging", submitted_at=now, splits=splits,
+        id_policy=o.on_duplicate_id, delta=spec.delta, staged=False, status="staging", submitted_at=now, splits=splits,
         staging={"procs": _procs(spec), "on": stage_on, "split_bytes": o.split_bytes},
     )
 
@@ -281,8 +281,13 @@ def _say_totals(job: JobDir, queue: str, say: Any) -> None:
     say(f"{t['accepted']} accepted, {t['rejected']} rejected, {t['chunks']} chunks, "
         f"{t['tokens']} tokens in {len(job.manifest.shards)} shards → queue {queue!r}")
     if t["duplicate_ids"]:
-        say(f"warning: {t['duplicate_ids']} duplicate ids (e.g. {t['duplicate_examples']}); "
-            "each record is embedded separately")
+        say(f"{t['duplicate_ids']} record(s) rejected for a repeated id (e.g. "
+            f"{t['duplicate_examples']}; --on-duplicate-id {job.manifest.id_policy or 'reject'}"
+            "; rejects.jsonl names both lines)")
+    if job.manifest.delta:
+        from producer.progress import delta_line
+
+        say(delta_line(job.manifest.delta))
 
 
 def _records_from_dicts(items: Iterable[dict[str, Any]], text_field: str,

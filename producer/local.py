@@ -50,11 +50,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class LocalRedis:
-    """A private redis-server on a free port; the cache database persists under ``data_dir``."""
+DEFAULT_MAXMEMORY = "1gb"
+DEFAULT_POLICY = "volatile-lru"
+"""Broker and cache share the private server: only keys with a TTL (cache entries, see
+``EMBED_CACHE_TTL``) are evicted, never a queued task (broker keys have none)."""
 
-    def __init__(self, data_dir: Path) -> None:
+
+class LocalRedis:
+    """A private redis-server on a free port; the cache database persists under ``data_dir``.
+
+    Bounded: ``maxmemory`` (``EMBED_LOCAL_REDIS_MAXMEMORY``, default 1gb, about 1M cached
+    384-d vectors: README "Sizing the cache") and ``policy`` (``EMBED_LOCAL_REDIS_POLICY``)."""
+
+    def __init__(self, data_dir: Path, maxmemory: str | None = None,
+                 policy: str | None = None) -> None:
         self.data_dir = data_dir
+        self.maxmemory = maxmemory or os.environ.get("EMBED_LOCAL_REDIS_MAXMEMORY",
+                                                     DEFAULT_MAXMEMORY)
+        self.policy = policy or os.environ.get("EMBED_LOCAL_REDIS_POLICY", DEFAULT_POLICY)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -71,7 +84,8 @@ class LocalRedis:
         cmd = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                "--dir", str(self.data_dir), "--dbfilename", "cache.rdb", "--save", "",
                "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no",
-               "--logfile", str(self.data_dir / "redis.log")]
+               "--logfile", str(self.data_dir / "redis.log"),
+               "--maxmemory", self.maxmemory, "--maxmemory-policy", self.policy]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         import redis

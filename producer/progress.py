@@ -42,6 +42,8 @@ class JobStatus:
     duplicate_examples: list[str] = field(default_factory=list)
     reject_examples: list[dict[str, Any]] = field(default_factory=list)
     """Chunks the workers quarantined or could not embed (line, doc_id, chunk_index, reason)."""
+    delta: dict[str, Any] | None = None
+    """``--since``: the manifest's ``delta`` record (base job; counts once staged)."""
     staging: dict[str, Any] = field(default_factory=dict)
     """Staging progress from the ledger: bytes (input read), bytes_total, records, chunks,
     tokens, shards (staged), splits_done, splits, done (staging finished), mb_per_s."""
@@ -169,6 +171,8 @@ def summary_lines(job: Any, st: Any) -> list[str]:
         f"\n{st.status}: {tot.get('accepted', 0)} documents ({tot.get('rejected', 0)} rejected), "
         f"{chunks} chunks embedded, {st.tokens:,} tokens in {wall:.1f}s "
         f"({st.tokens / wall if wall else 0:,.0f} tokens/s), cache hits {hits}/{st.chunks}"]
+    if delta_line(m.delta):
+        out.append(f"delta:      {delta_line(m.delta)}")
     if res.get("rejects"):
         out.append(f"rejects:    {res['rejects']} in {job.dir.rejects_path}")
     out.extend(_failed_lines(st))
@@ -187,11 +191,30 @@ def status_lines(st: Any) -> list[str]:
            f"rejects    {st.rejects}   cache hits {st.cache_hits}",
            f"throughput {st.tokens_per_s:,.0f} tokens/s over {st.elapsed_s:.1f}s"]
     if st.duplicate_ids:
-        out.append(f"duplicate ids {st.duplicate_ids} (e.g. {', '.join(st.duplicate_examples)})")
+        out.append(f"duplicate ids {st.duplicate_ids} rejected (e.g. "
+                   f"{', '.join(st.duplicate_examples)}; rejects.jsonl names both lines)")
+    if delta_line(st.delta):
+        out.append(f"delta      {delta_line(st.delta)}")
     for r in st.reject_examples:
         out.append(f"rejected   doc {r.get('doc_id')!r} chunk {r.get('chunk_index')} "
                    f"(line {r.get('line')}): {r.get('reason')}")
     return out + _failed_lines(st)
+
+
+def delta_line(d: dict[str, Any] | None) -> str | None:
+    """``since JOB: 5 added, 3 changed, 2 deleted, 90 unchanged (120 rows carried over)``.
+
+    >>> delta_line({"since_job": "v1", "added": 1, "changed": 2, "deleted": 3,
+    ...             "unchanged": 4, "carried_rows": 5})
+    'since v1: 1 added, 2 changed, 3 deleted, 4 unchanged (5 rows carried over)'
+    """
+    if not d:
+        return None
+    if "added" not in d:
+        return f"since {d.get('since_job')}: staging"
+    return (f"since {d['since_job']}: {d['added']} added, {d['changed']} changed, "
+            f"{d['deleted']} deleted, {d['unchanged']} unchanged "
+            f"({d['carried_rows']} rows carried over)")
 
 
 def _failed_lines(st: Any) -> list[str]:

@@ -10,14 +10,16 @@ the cache with it).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from producer.errors import UsageError
 from producer.models import resolve_model
 from producer.outputs import parse_dense, parse_outputs
+from producer.since import since_record, since_root
 from storage.bundle import Bundle, load_bundle
+from storage.docindex import POLICIES
 from worker.contract import Device
 from worker.model.policy import Choice, planned_runtime
 from worker.staging.chunking import chunk_budget
@@ -54,6 +56,9 @@ class JobOptions:
     force_dim: bool = False
     stage_procs: int | None = None
     split_bytes: int = DEFAULT_SPLIT_BYTES
+    on_duplicate_id: str = "reject"
+    since: str | None = None
+    full_reembed: bool = False
 
     @classmethod
     def pick(cls, options: dict[str, Any]) -> tuple[JobOptions, dict[str, Any]]:
@@ -75,6 +80,8 @@ class JobSpec:
     """Content tokens per chunk: the window minus special and prefix tokens."""
     dense: dict[str, Any] | None = None
     """The manifest's ``dense`` (``--dim``/``--dtype``; None: float32 at the model's dim)."""
+    delta: dict[str, Any] | None = None
+    """``--since``: the manifest's ``delta`` record (``producer/since.py``)."""
 
     @property
     def window(self) -> int:
@@ -111,7 +118,17 @@ def job_spec(options: JobOptions, home: Path) -> JobSpec:
     if not 0 <= options.overlap <= budget // 2:
         raise UsageError(f"--overlap {options.overlap}: must be between 0 and {budget // 2} "
                          f"(half of the {budget} content tokens per chunk)")
-    return JobSpec(options, bundle, outputs, stage, budget, dense)
+    if options.on_duplicate_id not in POLICIES:
+        raise UsageError(f"--on-duplicate-id {options.on_duplicate_id!r}: use reject or last")
+    delta = None
+    if options.since:
+        fingerprints = {p: bundle.fingerprint(p) for p in bundle.variants}
+        delta = since_record(options.since, options.full_reembed, chunking_of(stage),
+                             fingerprints, list(outputs))
+        stage = replace(stage, since=since_root(delta))
+    elif options.full_reembed:
+        raise UsageError("--full-reembed needs --since OUT/JOB")
+    return JobSpec(options, bundle, outputs, stage, budget, dense, delta)
 
 
 def stage_config(bundle: Bundle, options: JobOptions) -> StageConfig:

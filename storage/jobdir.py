@@ -7,6 +7,8 @@
       embeddings/part-NNNNN.parquet
       metrics/part-NNNNN.parquet
       rejects.jsonl             every record (or chunk) not embedded, with the reason
+      docs/index.parquet        at finalize: doc_id -> text hash, shard, rows (storage.docindex)
+      delta/changes.parquet     a --since job's added/changed/deleted ids (storage.carry)
       _SUCCESS                  last, only when every shard exists and validates
       _state/                   attempts, failed shards, worker-side rejects (internal)
 
@@ -25,7 +27,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from storage import calibration, ledger
+from storage import calibration, docindex, ledger
 from storage.atomic import NO_SPACE, remove_stale_tmp, write_bytes_atomic, write_json_atomic
 from storage.errors import DiskFull, InvalidJobId, JobNotFound
 from storage.integrity import read_manifest
@@ -230,14 +232,16 @@ class JobDir:
             if not failed:
                 write_bytes_atomic(self.success_path, b"")
             return True
+        done = {s.shard: self.embeddings_path(s.shard) for s in states if s.state == "done"}
+        docindex.drop_excluded(self.root, done.values())  # later records of a repeated id
         lines: list[bytes] = []
-        for p in ledger.reject_files(self.root):  # streamed staging: one file per segment
-            lines.extend(x for x in p.read_bytes().splitlines() if x)
-        for s in states:
-            p = self.shard_rejects_path(s.shard)
-            if p.is_file():
+        for p in (*ledger.reject_files(self.root), self.state_dir / "duplicates.jsonl",
+                  *(self.shard_rejects_path(s.shard) for s in states)):
+            if p.is_file():  # staging (one file per segment), duplicate ids, then workers'
                 lines.extend(x for x in p.read_bytes().splitlines() if x)
         write_bytes_atomic(self.rejects_path, b"".join(x + b"\n" for x in lines))
+        docindex.write_index(self.root, done, _worker_reject_lines(
+            self.shard_rejects_path(s.shard) for s in states))
         manifest.result = self._totals(states, len(lines))
         manifest.failed_shards = failed_shards
         manifest.status = status
@@ -270,3 +274,12 @@ class JobDir:
             "tokens_per_s": round(m["real_tokens"] / wall, 1),
             **m,
         }
+
+
+def _worker_reject_lines(paths: Any) -> set[int]:
+    """Lines of records a worker rejected a chunk of (left out of the document index)."""
+    out: set[int] = set()
+    for p in paths:
+        if p.is_file():
+            out.update(json.loads(x).get("line", 0) for x in p.read_bytes().splitlines() if x)
+    return out

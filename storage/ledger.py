@@ -30,7 +30,7 @@ SHARDS_PER_SPLIT = 10_000
 """Shard numbers reserved per split. A 16 MB split of the shortest possible records (2,048
 chunks per shard, >= 8 bytes per chunk) needs about 1,000."""
 
-COUNTS = ("records", "accepted", "rejected", "chars", "chunks", "tokens", "bytes")
+COUNTS = ("records", "accepted", "rejected", "chars", "chunks", "tokens", "bytes", "carried")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Checkpoint:
     chunks: int = 0
     tokens: int = 0
     bytes: int = 0  # input consumed by this segment
+    carried: int = 0  # records carried over from a --since job (counted in accepted too)
 
 
 def split_dir(root: Path) -> Path:

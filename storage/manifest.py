@@ -74,6 +74,12 @@ class Manifest:
     calibration: dict[str, Any] | None = None
     """int8/uint8 jobs: per-dimension ``min``/``max``, ``sample_size`` and the ``shard`` they
     were calibrated on (storage/calibration.py; copied here when the job is finalised)."""
+    id_policy: str | None = None
+    """``--on-duplicate-id``: which record of a repeated id is kept (None: reject, the first)."""
+    delta: dict[str, Any] | None = None
+    """``--since``: the base job (``since``, ``since_job``), whether its rows are carried
+    (``carry``; False with ``--full-reembed``), and once staged the counts (added, changed,
+    deleted, unchanged, carried_rows)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -124,4 +130,4 @@ class Manifest:
 
 # Keys older manifests did not have until a later step: absent rather than null.
 _OMIT_IF_NONE = {"submitted_at", "result", "failed_shards", "splits", "staging", "outputs",
-                 "colbert_dim", "made_by", "dense", "calibration"}
+                 "colbert_dim", "made_by", "dense", "calibration", "id_policy", "delta"}

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from storage.errors import DatabaseUnreachable, LoadConflict, LoadError
 from storage.pgtable import (BASE_COLUMNS, Layout, Target, build_hnsw, claim_shard,
                              loaded_shards, prepare, vector_type_for)
+from storage.pgdelta import as_delta, set_current
 from storage.readers import open_job
 from storage.quantize import packed_bits
 from storage.shards import dense_matrix, dense_spec, read_metadata
@@ -198,12 +199,17 @@ def load_job(job_dir: str | os.PathLike[str], dsn: str, table: str, *, create: b
         t0 = time.perf_counter()
         vtype = prepare(conn, target, spec.layout, create=create)
         _register_types(conn)
+        shard = {s.shard: s for s in spec.shards}
+        delta = as_delta(conn, target, job_dir, spec.job_id, spec.layout.fingerprint, lambda c, n:
+                         copy_shard(c, target, spec, shard[n], vtype, batch_rows))
         done = loaded_shards(conn, target, spec.job_id)
-        todo = [s for s in spec.shards if s.shard not in done]
-        total, rows_added = sum(s.rows for s in todo), 0
+        todo = [] if delta else [s for s in spec.shards if s.shard not in done]
+        total, rows_added = sum(s.rows for s in todo), delta[2] if delta else 0
         for s in todo:
             if _load_shard(conn, target, spec, s, vtype, batch_rows, progress, rows_added, total):
                 rows_added += s.rows
+        if not delta and done | {s.shard for s in todo} >= {s.shard for s in spec.shards}:
+            set_current(conn, target, spec.job_id)
         if rows_added:  # fresh planner statistics for the first queries
             from psycopg import sql
 
@@ -214,39 +220,22 @@ def load_job(job_dir: str | os.PathLike[str], dsn: str, table: str, *, create: b
             built = build_hnsw(conn, target, vtype, maintenance_work_mem=maintenance_work_mem,
                                parallel_workers=parallel_workers, dsn=dsn, progress=progress)
             state = "built" if built else "exists"
-    return LoadResult(target.qualified, spec.job_id, vtype, len(todo),
-                      len(spec.shards) - len(todo), rows_added, state, round(load_s, 3),
-                      round(time.perf_counter() - t1, 3))
+    loaded, skipped = delta[:2] if delta else (len(todo), len(spec.shards) - len(todo))
+    return LoadResult(target.qualified, spec.job_id, vtype, loaded, skipped, rows_added, state,
+                      round(load_s, 3), round(time.perf_counter() - t1, 3))
 
 
 def _load_shard(conn: Any, target: Target, spec: JobSpec, s: JobShard, vtype: str,
                 batch_rows: int, progress: Progress | None, base: int, total: int) -> bool:
     """One shard in one transaction with its ledger row; False if another loader had it."""
     import psycopg
-    from psycopg import sql
 
-    cols = [*PLAIN, "embedding"] + (["sparse"] if spec.layout.sparse_vocab else [])
-    types = _COPY_TYPES + [vtype] + (["sparsevec"] if spec.layout.sparse_vocab else [])
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        target.ident(), sql.SQL(", ").join(map(sql.Identifier, cols)))
     try:
         with conn.transaction():
             if not claim_shard(conn, target, spec.job_id, s.shard, s.rows, spec.layout.fingerprint):
                 return False
             with conn.cursor() as cur:
-                with cur.copy(stmt) as cp:
-                    cp.set_types(types)
-                    n = 0
-                    for batch in _batches(s.path, batch_rows, bool(spec.layout.sparse_vocab)):
-                        for row in copy_rows(batch, vtype, spec.layout.sparse_vocab,
-                                             spec.layout.dtype, spec.layout.dim):
-                            cp.write_row(row)
-                        n += batch.num_rows
-                        if progress is not None:
-                            progress("rows", base + n, total)
-                if cur.rowcount != s.rows:
-                    raise LoadError(f"{s.path}: copied {cur.rowcount} rows, footer says "
-                                    f"{s.rows}; shard rolled back (this is a bug)")
+                copy_shard(cur, target, spec, s, vtype, batch_rows, progress, base, total)
     except psycopg.errors.UniqueViolation as exc:
         raise LoadConflict(
             f"{s.path}: {exc.diag.message_detail or exc} in {target.qualified}, from another "
@@ -255,6 +244,32 @@ def _load_shard(conn: Any, target: Target, spec: JobSpec, s: JobShard, vtype: st
         raise LoadError(f"{s.path}: {exc.diag.message_primary or exc}; shard {s.shard} "
                         "rolled back, nothing of it written") from None
     return True
+
+
+def copy_shard(cur: Any, target: Target, spec: JobSpec, s: JobShard, vtype: str,
+               batch_rows: int, progress: Progress | None = None, base: int = 0,
+               total: int = 0) -> int:
+    """COPY one shard's rows (inside the caller's transaction); returns them."""
+    from psycopg import sql
+
+    cols = [*PLAIN, "embedding"] + (["sparse"] if spec.layout.sparse_vocab else [])
+    types = _COPY_TYPES + [vtype] + (["sparsevec"] if spec.layout.sparse_vocab else [])
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        target.ident(), sql.SQL(", ").join(map(sql.Identifier, cols)))
+    with cur.copy(stmt) as cp:
+        cp.set_types(types)
+        n = 0
+        for batch in _batches(s.path, batch_rows, bool(spec.layout.sparse_vocab)):
+            for row in copy_rows(batch, vtype, spec.layout.sparse_vocab, spec.layout.dtype,
+                                 spec.layout.dim):
+                cp.write_row(row)
+            n += batch.num_rows
+            if progress is not None:
+                progress("rows", base + n, total)
+    if cur.rowcount != s.rows:
+        raise LoadError(f"{s.path}: copied {cur.rowcount} rows, footer says "
+                        f"{s.rows}; shard rolled back (this is a bug)")
+    return s.rows
 
 
 def _batches(path: Path, batch_rows: int, sparse: bool) -> Iterator[pa.RecordBatch]:

@@ -62,7 +62,9 @@ def embeddings_schema(dim: int, outputs: Sequence[str] = ("dense",),
                    pa.field("sparse_weights", pa.list_(pa.float32()))]
     if "colbert" in outputs:
         fields.append(pa.field("colbert", pa.list_(pa.list_(pa.float32(), colbert_dim))))
-    return pa.schema([*fields, pa.field("cached", pa.bool_())],
+    # ``line``: the 1-based line (row) of the corpus record the chunk comes from (issue 27:
+    # every row traceable to its source record; two records sharing an id differ here).
+    return pa.schema([*fields, pa.field("cached", pa.bool_()), pa.field("line", pa.int64())],
                      metadata={b"embedfleet.dtype": dtype.encode(),
                                b"embedfleet.dim": str(dim).encode()})
 

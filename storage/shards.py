@@ -138,6 +138,7 @@ def embeddings_table(inputs: pa.Table, vectors: np.ndarray, cached: np.ndarray,
         outputs.append("colbert")
         cols["colbert"] = _colbert_array([colbert[i] for i in rows], colbert_dim)  # type: ignore
     cols["cached"] = pa.array(cached, type=pa.bool_())
+    cols["line"] = inputs["line"]
     return pa.Table.from_pydict(cols, schema=embeddings_schema(dim, outputs, colbert_dim,
                                                                   dtype))
 

@@ -10,9 +10,10 @@ is classified against what the workers left behind:
     duplicated  more rows (or row + reject) than staged copies
     unexpected  a row nobody staged, or a row in the wrong shard file
 
-Keys are multisets: duplicate document ids are legal (each record is embedded separately), so
-``(doc_id, chunk_index, text_sha256)`` may be staged more than once and must then appear as
-many times. Vectors are checked too: finite, and unit-norm within ``norm_tol``.
+Keys are multisets: ``(doc_id, chunk_index, text_sha256)`` may be staged more than once and must
+then appear as many times. A record rejected for a repeated id (issue 27) may have been staged
+before the check that rejects it: its lines (``_state/excluded-lines.json``) count as not staged,
+and a row of one in the output is unexpected. Vectors are checked too: finite, and unit-norm within ``norm_tol``.
 
     res = check_job(job_dir)
     assert res.clean, res.describe()
@@ -28,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from storage.docindex import excluded_lines
 
 Key = tuple[str, int, str]  # (doc_id, chunk_index, text_sha256)
 
@@ -80,10 +83,12 @@ def check_job(job_dir: str | Path, *, norm_tol: float = 1e-3) -> CheckResult:
     # What was staged, per shard and overall.
     staged: Counter[Key] = Counter()
     staged_in: dict[int, Counter[Key]] = {}
+    excluded = excluded_lines(root)
     for p in sorted((root / "input").glob("part-*.parquet")):
-        t = pq.read_table(p, columns=["doc_id", "chunk_index", "text_sha256"])
-        c = Counter(zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist(),
-                        t["text_sha256"].to_pylist()))
+        t = pq.read_table(p, columns=["line", "doc_id", "chunk_index", "text_sha256"])
+        c = Counter(k for k, ln in zip(zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist(),
+                                           t["text_sha256"].to_pylist()), t["line"].to_pylist())
+                    if ln not in excluded)
         staged_in[_shard_of(p)] = c
         staged.update(c)
     res.expected = sum(staged.values())
@@ -96,6 +101,8 @@ def check_job(job_dir: str | Path, *, norm_tol: float = 1e-3) -> CheckResult:
     for p in sorted((root / "embeddings").glob("part-*.parquet")):
         n = _shard_of(p)
         t = pq.read_table(p)
+        if "line" in t.column_names and excluded:
+            res.unexpected += sum(ln in excluded for ln in t["line"].to_pylist())
         keys = list(zip(t["doc_id"].to_pylist(), t["chunk_index"].to_pylist(),
                         t["text_sha256"].to_pylist()))
         res.rows += len(keys)

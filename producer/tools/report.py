@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from producer.progress import delta_line
 from producer.tools.evaluate import evaluation_lines
 from producer.tools.table import text_table
 from storage import ledger
@@ -123,6 +124,7 @@ def summarize(manifest: dict[str, Any], rows: Sequence[dict[str, Any]],
         "fallback_workers": [g["hostname"] for g in groups if g["fallback"]],
         "evaluation": manifest.get("_evaluation"),
         "bytes_per_chunk": bytes_per_chunk(manifest),
+        "delta": manifest.get("delta"),
     }
 
 
@@ -151,6 +153,7 @@ def format_text(s: dict[str, Any]) -> str:
          f"{s['documents']['rejected']:,} rejected"),
         (f"chunks     {s['chunks']['done']:,}/{s['chunks']['total']:,} done, "
          f"rejects {s['rejects']:,}"),
+        *([f"delta      {delta_line(s['delta'])}"] if s.get("delta") else []),
         (f"tokens     {tok['inference_real']:,} real / {tok['inference_padded']:,} padded in "
          f"inference batches (padding {s['padding_fraction']:.1%}); "
          f"{tok['cached']:,} from the cache"),

@@ -125,7 +125,8 @@ def test_dense_only_job_on_an_m3_bundle_keeps_the_dense_schema(
     assert job.wait(timeout_s=300).status == "succeeded"
     shard = job.dir.embeddings_path(0)
     assert pq.read_schema(shard).names == ["doc_id", "chunk_index", "char_start", "char_end",
-                                           "n_tokens", "text_sha256", "embedding", "cached"]
+                                           "n_tokens", "text_sha256", "embedding", "cached",
+                                           "line"]
     with pytest.raises(ValueError, match="no sparse output"):
         read_sparse(job.path, require_success=False)
 

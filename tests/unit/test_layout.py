@@ -36,6 +36,9 @@ EXEMPT = {
                          "tests/integration/test_full_disk.py",
     "storage/calibration.py": "the claimed ranges: tests/unit/worker/test_dense.py "
                               "(shards of one job share them), tests/unit/storage/test_quantize.py",
+    "producer/since.py": "--since checks against a real base job: tests/integration/test_delta.py",
+    "storage/carry.py": "carried rows copied byte for byte: tests/integration/test_delta.py",
+    "storage/pgdelta.py": "delta loads into a real PostgreSQL: tests/integration/test_delta.py",
     "storage/cache.py": "tests/integration/test_cache.py (a real Redis)",
     "storage/integrity.py": "tests/unit/storage/test_jobdir.py, "
                             "tests/integration/test_corrupt_state.py",

@@ -16,7 +16,8 @@ from typing import Any
 from worker.staging.splits import Split
 from worker.staging.shards import StageConfig
 from worker.staging.pool import stage_splits
-from storage import ledger
+from storage import docindex, ledger
+from storage.carry import settle
 from storage.jobdir import JobDir
 from storage.manifest import ShardEntry
 from worker.contract import TASK_NAME, ShardTask
@@ -29,9 +30,11 @@ def job_stage_config(job: JobDir) -> StageConfig:
     written before issue 25 also stored them whole as ``staging.config``: read that)."""
     m = job.manifest
     old = (m.staging or {}).get("config")
+    since = str(m.delta["since"]) if m.delta and m.delta.get("carry") else ""
     if old:
-        return StageConfig(**old)
-    return StageConfig(bundle_path=m.bundle_path, **m.chunking)
+        return StageConfig(**{**old, "since": since})
+    chunking = {k: v for k, v in m.chunking.items() if k != "since"}
+    return StageConfig(bundle_path=m.bundle_path, since=since, **chunking)
 
 
 def stage_one_split(job: JobDir, split: int, app: Any, *, fast_tokenizer: bool = True) -> int:
@@ -71,40 +74,24 @@ def complete_staging(job: JobDir) -> None:
     m.shards = sorted((ShardEntry(cp.shard, cp.chunks, cp.tokens)
                        for cps in ledgers.values() for cp in cps if cp.shard is not None),
                       key=lambda e: e.shard)
-    dups, examples = _duplicates(job, m.shards)
-    m.totals = {"records": t["records"], "accepted": t["accepted"], "rejected": t["rejected"],
-                "chunks": t["chunks"], "tokens": t["tokens"], "chars": t["chars"],
-                "duplicate_ids": dups, "duplicate_examples": examples}
+    kept, losers = docindex.winners(docindex.read_docs(job.root), m.id_policy or "reject")
+    docindex.record_duplicates(job.root, losers)
+    carried: list[ShardEntry] = []
+    if m.delta is not None:
+        carried, counts = settle(job.root, m, kept)
+        m.delta = {**m.delta, **counts}
+        m.shards += carried
+    examples = list(dict.fromkeys(str(r["doc_id"]) for r in losers))[:DUPLICATE_EXAMPLES]
+    m.totals = {"records": t["records"], "accepted": t["accepted"] - len(losers),
+                "rejected": t["rejected"] + len(losers),
+                "chunks": t["chunks"] + sum(e.chunks for e in carried),
+                "tokens": t["tokens"] + sum(e.tokens for e in carried), "chars": t["chars"],
+                "duplicate_ids": len(losers), "duplicate_examples": examples}
     m.staged, m.status = True, "running"
     if m.staging is not None:
         m.staging["finished_at"] = time.time()
     job.write_manifest(m)
     job.finalize()  # an empty corpus (or all rejects, or every shard already done)
-
-
-def _duplicates(job: JobDir, shards: list[ShardEntry]) -> tuple[int, list[str]]:
-    """Records sharing an id, in input order: from each record's first chunk."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    parts = []
-    for s in shards:
-        t = pq.read_table(job.input_path(s.shard), columns=["line", "doc_id", "chunk_index"])
-        parts.append(t.filter(pc.equal(t["chunk_index"], 0)).select(["line", "doc_id"]))
-    if not parts:
-        return 0, []
-    ids = pa.concat_tables(parts).sort_by("line")["doc_id"].to_pylist()
-    seen: set[str] = set()
-    dups = 0
-    examples: list[str] = []
-    for d in ids:
-        if d in seen:
-            dups += 1
-            if len(examples) < DUPLICATE_EXAMPLES:
-                examples.append(d)
-        seen.add(d)
-    return dups, examples
 
 
 def _send(app: Any, job: JobDir, shards: list[int], queue: str) -> None:

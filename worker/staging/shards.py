@@ -21,7 +21,8 @@ from worker.staging.chunking import chunk_budget, chunk_document, is_short
 from worker.staging.fastcount import is_fast
 from worker.staging.tokenwise import additivity, encode_ids
 from worker.staging.corpus import DEFAULT_MAX_LINE_BYTES, Record, Reject
-from storage import ledger
+from storage import docindex, ledger
+from storage.docindex import doc_sha256
 from storage.hashing import text_sha256
 from storage.ledger import Checkpoint
 from storage.jobdir import JobDir
@@ -50,6 +51,23 @@ class StageConfig:
     fast_tokenizer: bool = True
     """Count short documents with nanotoken where it matches (EMBED_FAST_TOKENIZER; a setting
     of the process that stages, not of the job: never recorded in the manifest)."""
+    since: str = ""
+    """A finished job's directory (``--since``): records whose id and text hash its document
+    index holds are carried over, not chunked (empty: none)."""
+
+
+DOCS_PER_SEGMENT = 50_000
+"""A segment of carried-over records is cut here (their list is held until the checkpoint)."""
+
+
+@dataclass(frozen=True)
+class Carried:
+    """A record whose id and text hash match the ``--since`` job: its rows are copied."""
+
+    line: int
+    doc_id: str
+    sha: str
+    chars: int
 
 
 class _Segment:
@@ -59,6 +77,13 @@ class _Segment:
         self.start = pos
         self.records = self.accepted = self.rejected = self.chars = 0
         self.rejects: list[bytes] = []
+        self.docs: list[tuple[int, str, str, bool]] = []  # line, id, text hash, carried
+
+    def accept(self, line: int, doc_id: str, sha: str, chars: int, carried: bool) -> None:
+        self.records += 1
+        self.accepted += 1
+        self.chars += chars
+        self.docs.append((line, doc_id, sha, carried))
 
     def reject(self, rec: Reject) -> None:
         self.records += 1
@@ -106,8 +131,11 @@ def stage_split(
                 faults.hit("mid_shard_write", lambda: _partial_write(root, shard))
                 write_table(JobDir(root).input_path(shard), input_table(rows))
             k += 1
+        if root is not None:
+            docindex.write_segment_docs(root, split, seq, seg.docs)
         cp = Checkpoint(split, seq, shard, pos, line, skip_at, done, seg.records, seg.accepted,
-                        seg.rejected, seg.chars, len(rows), tokens, pos - seg.start)
+                        seg.rejected, seg.chars, len(rows), tokens, pos - seg.start,
+                        sum(d[3] for d in seg.docs))
         if root is not None:
             ledger.append(root, cp, seg.rejects)
             if shard is not None:
@@ -121,7 +149,13 @@ def stage_split(
 
     budget = chunk_budget(tokenizer, cfg.max_tokens, None, cfg.prefix)
     add = additivity(tokenizer, cfg.prefix)
-    for pos, rec, ids in _counted(records, tokenizer, cfg):
+    marked = _marked(records, docindex.previous_hashes(cfg.since) if cfg.since else None)
+    for pos, rec, ids in _counted(marked, tokenizer, cfg):
+        if len(seg.docs) >= DOCS_PER_SEGMENT and not skip:
+            flush(pos, rec.line, 0, False)
+        if isinstance(rec, Carried):
+            seg.accept(rec.line, rec.doc_id, rec.sha, rec.chars, True)
+            continue
         if isinstance(rec, Record):
             try:
                 spans = chunk_document(rec.text, tokenizer, max_tokens=cfg.max_tokens,
@@ -151,17 +185,30 @@ def stage_split(
             })
             tokens += sp.n_tokens
         skip = 0
-        seg.records += 1
-        seg.accepted += 1
-        seg.chars += len(rec.text)
+        seg.accept(rec.line, rec.doc_id, doc_sha256(rec.text), len(rec.text), False)
     flush(end if end >= 0 else seg.start, 0, 0, True)  # gzip: its end is not known ahead
     return out
 
 
-def _counted(records: Iterable[tuple[int, Record | Reject]], tokenizer: Any, cfg: StageConfig
-             ) -> Iterator[tuple[int, Record | Reject, list[int] | None]]:
+def _marked(records: Iterable[tuple[int, Record | Reject]], prev: dict[str, str] | None
+            ) -> Iterator[tuple[int, Record | Reject | Carried]]:
+    """Records whose id and text hash the ``--since`` job holds become ``Carried``."""
+    if prev is None:
+        yield from records
+        return
+    for pos, rec in records:
+        if isinstance(rec, Record) and rec.doc_id in prev:
+            sha = doc_sha256(rec.text)
+            if prev[rec.doc_id] == sha:
+                yield pos, Carried(rec.line, rec.doc_id, sha, len(rec.text))
+                continue
+        yield pos, rec
+
+
+def _counted(records: Iterable[tuple[int, Any]], tokenizer: Any, cfg: StageConfig
+             ) -> Iterator[tuple[int, Any, list[int] | None]]:
     """Records with the whole-text token ids of the short ones, encoded 64 at a time."""
-    group: list[tuple[int, Record | Reject]] = []
+    group: list[tuple[int, Any]] = []
     for item in records:
         group.append(item)
         if len(group) == COUNT_BATCH:
@@ -170,8 +217,8 @@ def _counted(records: Iterable[tuple[int, Record | Reject]], tokenizer: Any, cfg
     yield from _count_group(group, tokenizer, cfg)
 
 
-def _count_group(group: list[tuple[int, Record | Reject]], tokenizer: Any, cfg: StageConfig
-                 ) -> Iterator[tuple[int, Record | Reject, list[int] | None]]:
+def _count_group(group: list[tuple[int, Any]], tokenizer: Any, cfg: StageConfig
+                 ) -> Iterator[tuple[int, Any, list[int] | None]]:
     short = [i for i, (_, r) in enumerate(group)
              if isinstance(r, Record) and is_short(r.text, cfg.max_tokens)]
     counts = dict(zip(short, encode_ids([group[i][1].text for i in short],  # type: ignore[union-attr]

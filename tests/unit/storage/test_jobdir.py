@@ -253,8 +253,8 @@ def test_finalize_from_four_processes_at_once_is_consistent(tmp_path):
     assert outcomes == [[("ok", True)] * len(jobs)] * 4
     for job in jobs:
         names = sorted(p.name for p in job.root.iterdir())
-        assert names == ["_SUCCESS", "_state", "embeddings", "input", "manifest.json", "metrics",
-                         "rejects.jsonl"]
+        assert names == ["_SUCCESS", "_state", "docs", "embeddings", "input", "manifest.json",
+                         "metrics", "rejects.jsonl"]
         assert not [p for p in job.root.rglob("*") if p.name.endswith(".tmp")]
         m = job.reload()
         raw = json.loads(job.manifest_path.read_text())

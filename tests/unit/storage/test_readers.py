@@ -151,7 +151,7 @@ def test_duckdb_reads_the_glob(job):
     assert {r[0]: r[1] for r in described} == {
         "doc_id": "VARCHAR", "chunk_index": "INTEGER", "char_start": "BIGINT",
         "char_end": "BIGINT", "n_tokens": "INTEGER", "text_sha256": "VARCHAR",
-        "embedding": "FLOAT[]", "cached": "BOOLEAN"}
+        "embedding": "FLOAT[]", "cached": "BOOLEAN", "line": "BIGINT"}
     lengths = con.sql(f"SELECT DISTINCT len(embedding) FROM read_parquet('{glob}')").fetchall()
     assert lengths == [(DIM,)]
     t = con.sql(f"SELECT * REPLACE (embedding::FLOAT[{DIM}] AS embedding) "
@@ -170,7 +170,7 @@ def test_polars_reads_the_glob(job):
     assert df.schema == pl.Schema({
         "doc_id": pl.String, "chunk_index": pl.Int32, "char_start": pl.Int64,
         "char_end": pl.Int64, "n_tokens": pl.Int32, "text_sha256": pl.String,
-        "embedding": pl.Array(pl.Float32, DIM), "cached": pl.Boolean})
+        "embedding": pl.Array(pl.Float32, DIM), "cached": pl.Boolean, "line": pl.Int64})
     assert df.to_arrow().cast(embeddings_schema(DIM)).to_pylist() == expected.to_pylist()
     np.testing.assert_array_equal(df["embedding"].to_numpy(), matrix_of(expected))
 

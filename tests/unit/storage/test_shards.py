@@ -219,7 +219,8 @@ def test_hostile_doc_ids_never_reach_a_file_name(tmp_path):
     assert back.to_pylist() == table.to_pylist()
     assert job.finalize() is True
     assert all_files(out) - before == {"hostile/embeddings/part-00000.parquet",
-                                       "hostile/rejects.jsonl", "hostile/_SUCCESS"}
+                                       "hostile/rejects.jsonl", "hostile/_SUCCESS",
+                                       "hostile/docs/index.parquet"}
 
 
 # --- BGE-M3 output columns ------------------------------------------------------------------
@@ -229,7 +230,8 @@ def test_dense_only_schema_is_unchanged() -> None:
     from storage.schema import embeddings_schema
 
     assert embeddings_schema(8).names == ["doc_id", "chunk_index", "char_start", "char_end",
-                                          "n_tokens", "text_sha256", "embedding", "cached"]
+                                          "n_tokens", "text_sha256", "embedding", "cached",
+                                           "line"]
 
 
 def test_m3_columns_round_trip_and_skip_rejected_rows(tmp_path: Path) -> None:
