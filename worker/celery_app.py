@@ -34,11 +34,14 @@ log = logging.getLogger(__name__)
 def celery_config(s: WorkerSettings) -> dict[str, Any]:
     """The Celery configuration for ``s`` (a plain dict: unit-tested without a broker)."""
     transport: dict[str, Any] = {}
+    transport_cls = None
+    if s.broker_url.startswith(("redis://", "rediss://")):
+        transport_cls = "worker.transport:Transport"  # a failed ack frees its prefetch slot
     if s.broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
         transport = {
             "visibility_timeout": s.visibility_timeout,
             # socket_timeout must exceed kombu's 1 s BRPOP wait (redis/redis-py#583).
-            "socket_timeout": 30,
+            "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "socket_keepalive": True,
             "health_check_interval": 25,
@@ -72,6 +75,7 @@ def celery_config(s: WorkerSettings) -> dict[str, Any]:
         "task_soft_time_limit": s.soft_time_limit,
         "task_time_limit": s.time_limit,
         "broker_transport_options": transport,
+        "broker_transport": transport_cls,
         "visibility_timeout": s.visibility_timeout,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
@@ -122,9 +126,11 @@ def create_app(settings: WorkerSettings) -> Celery:
     app = Celery("embedfleet", set_as_current=False)
     app.conf.update(celery_config(settings))
     app.settings = settings  # type: ignore[attr-defined]
+    from worker.health import Health
     from worker.stage_task import register as register_stage
     from worker.tasks import register
 
+    app.steps["consumer"].add(Health)  # the state `python -m worker.health` judges
     register(app)
     register_stage(app)
     return app
