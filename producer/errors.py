@@ -4,6 +4,7 @@
     └── ProducerError
         ├── UsageError          a bad option or value; the message names the option
         ├── BrokerUnreachable   the broker cannot be reached; the message names the masked URL
+        ├── BrokerFull          the broker refuses writes (Redis at maxmemory, noeviction)
         ├── JobConflict         OUT/JOB already holds a job that this command must not touch
         ├── CorpusError         the corpus file cannot be read as asked (e.g. no such column)
         ├── FleetError          the private fleet of ``producer run`` did not start
@@ -30,6 +31,11 @@ class UsageError(ProducerError, ValueError):
 
 class BrokerUnreachable(ProducerError, ConnectionError):
     """The broker did not answer; nothing was written or sent."""
+
+
+class BrokerFull(ProducerError, ConnectionError):
+    """The broker refused a task (Redis over its ``maxmemory`` with ``noeviction``); staged
+    shards are kept, and the message says how to continue once memory is freed."""
 
 
 class JobConflict(ProducerError, FileExistsError):

@@ -1,4 +1,4 @@
-"""Worker liveness: a consumer step writes a small state file, ``python -m worker.health`` judges it.
+"""Worker liveness: a consumer step writes a state file; ``python -m worker.health`` judges it.
 
 Healthy means: the worker's event loop is running (the file is fresh), its consumer is
 connected, the broker answers this check, and the worker is not sitting idle while its queue

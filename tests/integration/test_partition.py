@@ -101,7 +101,8 @@ def partition_then_heal(tmp_path: Path, fleet, record, seconds: float,
                f"relayed worker consuming again {recovered_s:.1f}s after the heal (bound "
                f"{RECOVERY_S}s: took {len(_taken_by(job_b, w2))} of "
                f"{len(job_b.dir.manifest.shards)} shards of a 2nd job, other worker frozen); "
-               f"{failed_acks} failed ack(s); `worker.health` failed while cut off, passed after; 2nd job {res_b.ok}/{res_b.expected} once",
+               f"{failed_acks} failed ack(s); `worker.health` failed while cut off, passed "
+               f"after; 2nd job {res_b.ok}/{res_b.expected} once",
                recovered_s=round(recovered_s, 1))
     finally:
         relay.close()
