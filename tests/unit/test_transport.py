@@ -1,0 +1,71 @@
+"""worker/transport.py: an ack or reject that cannot reach Redis still frees the prefetch slot.
+
+A stand-in channel whose Redis pipeline raises ConnectionError (the real partition is in
+tests/integration/test_partition.py); kombu's own QoS keeps the slot taken in the same case.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis
+from kombu.transport import redis as kombu_redis
+
+from worker.celery_app import celery_config
+from worker.settings import WorkerSettings
+from worker.transport import QoS
+
+
+class _Unreachable:
+    def pipeline(self) -> Any:
+        return self
+
+    def zrem(self, *a: Any) -> Any:
+        return self
+
+    def hdel(self, *a: Any) -> Any:
+        return self
+
+    def execute(self) -> None:
+        raise redis.ConnectionError("partitioned")
+
+
+class _Channel:
+    unacked_key, unacked_index_key = "unacked", "unacked_index"
+    do_restore = False  # nothing to restore when the test's QoS is collected
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Any:
+        yield _Unreachable()
+
+
+def _qos(cls: type) -> Any:
+    q = cls.__new__(cls)
+    kombu_redis.virtual.QoS.__init__(q, _Channel(), prefetch_count=1)
+    kombu_redis.virtual.QoS.append(q, "message", "tag-1")  # delivered, not yet acked
+    assert not q.can_consume()
+    return q
+
+
+def test_kombu_keeps_the_slot_when_the_ack_fails() -> None:
+    q = _qos(kombu_redis.QoS)
+    with pytest.raises(redis.ConnectionError):
+        q.ack("tag-1")
+    assert not q.can_consume()  # the stuck state of issue 29
+
+
+@pytest.mark.parametrize("how", ["ack", "reject"])
+def test_a_failed_ack_or_reject_frees_the_slot_and_still_raises(how: str) -> None:
+    q = _qos(QoS)
+    with pytest.raises(redis.ConnectionError):
+        getattr(q, how)("tag-1")
+    assert q.can_consume()
+
+
+def test_redis_brokers_use_this_transport() -> None:
+    for url in ("redis://h:6379/0", "rediss://h:6380/0?ssl_cert_reqs=required"):
+        assert celery_config(WorkerSettings(broker_url=url))["broker_transport"] == \
+            "worker.transport:Transport"
+    assert celery_config(WorkerSettings(broker_url="amqp://g:g@h//"))["broker_transport"] is None
