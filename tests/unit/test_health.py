@@ -1,4 +1,4 @@
-"""worker/health.py's verdict, one state at a time (the real workers: integration/test_health.py)."""
+"""worker/health.py's verdict, one state at a time (real workers: integration/test_health.py)."""
 
 from __future__ import annotations
 
