@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 def celery_config(s: WorkerSettings) -> dict[str, Any]:
     """The Celery configuration for ``s`` (a plain dict: unit-tested without a broker)."""
     transport: dict[str, Any] = {}
-    transport_cls = None
-    if s.broker_url.startswith(("redis://", "rediss://")):
-        transport_cls = "worker.transport:Transport"  # a failed ack frees its prefetch slot
     if s.broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
         transport = {
             "visibility_timeout": s.visibility_timeout,
@@ -75,7 +72,6 @@ def celery_config(s: WorkerSettings) -> dict[str, Any]:
         "task_soft_time_limit": s.soft_time_limit,
         "task_time_limit": s.time_limit,
         "broker_transport_options": transport,
-        "broker_transport": transport_cls,
         "visibility_timeout": s.visibility_timeout,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
@@ -129,7 +125,9 @@ def create_app(settings: WorkerSettings) -> Celery:
     from worker.health import Health
     from worker.stage_task import register as register_stage
     from worker.tasks import register
+    from worker.transport import install as install_transport
 
+    install_transport()  # redis:// brokers: a failed ack frees its prefetch slot
     app.steps["consumer"].add(Health)  # the state `python -m worker.health` judges
     register(app)
     register_stage(app)

@@ -11,8 +11,12 @@ again although it is alive and, after the heal, connected. Nothing reports it.
 Freeing the slot is safe: the message is still in Redis's ``unacked`` index (or its removal
 did reach Redis), so it comes back after the visibility timeout, and a redelivered shard that
 already landed returns "already done" (shards are idempotent). The error is re-raised, so
-Celery still logs it. ``celery_app.celery_config`` selects this transport for ``redis://``,
-``rediss://`` and ``unix://`` brokers (``broker_transport``).
+Celery still logs it.
+
+``install()`` (called by ``celery_app.create_app``) points kombu's ``redis`` and ``rediss``
+URL schemes at this transport. Celery's ``broker_transport = "worker.transport:Transport"``
+would select it too, but kombu then prints every broker URL as
+``worker.transport:Transport://…`` (the worker banner, ``Connected to …``, Flower).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kombu.transport
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 
@@ -54,3 +59,10 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def install() -> None:
+    """Resolve ``redis://`` and ``rediss://`` broker URLs to ``Transport`` in this process."""
+    for scheme in ("redis", "rediss"):
+        kombu.transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+        getattr(kombu.transport, "_transport_cache", {}).pop(scheme, None)  # resolved earlier

@@ -13,9 +13,9 @@ import pytest
 import redis
 from kombu.transport import redis as kombu_redis
 
-from worker.celery_app import celery_config
+from worker.celery_app import create_app
 from worker.settings import WorkerSettings
-from worker.transport import QoS
+from worker.transport import QoS, Transport
 
 
 class _Unreachable:
@@ -64,8 +64,11 @@ def test_a_failed_ack_or_reject_frees_the_slot_and_still_raises(how: str) -> Non
     assert q.can_consume()
 
 
-def test_redis_brokers_use_this_transport() -> None:
-    for url in ("redis://h:6379/0", "rediss://h:6380/0?ssl_cert_reqs=required"):
-        assert celery_config(WorkerSettings(broker_url=url))["broker_transport"] == \
-            "worker.transport:Transport"
-    assert celery_config(WorkerSettings(broker_url="amqp://g:g@h//"))["broker_transport"] is None
+def test_redis_brokers_use_this_transport_and_still_read_redis() -> None:
+    for url in ("redis://:pw@h:6379/0", "rediss://:pw@h:6380/0?ssl_cert_reqs=required"):
+        conn = create_app(WorkerSettings(broker_url=url)).connection_for_write()
+        assert conn.transport_cls == url.split(":")[0]
+        assert type(conn.transport) is Transport
+        assert conn.as_uri().startswith(f"{conn.transport_cls}://:**@h:")  # logs, Flower
+    amqp = create_app(WorkerSettings(broker_url="amqp://g:g@h//")).connection_for_write()
+    assert not isinstance(amqp.transport, Transport)
