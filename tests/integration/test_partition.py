@@ -14,6 +14,9 @@ failed ack (``Couldn't ack …, reason: network: TimeoutError``) kept its only p
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from tests.integration.test_faults import (
     assert_clean, inflight, make_corpus, poll_finished, wait_until,
 )
 from tests.integration.test_health import health
-from tests.procs import RedisServer, Worker
+from tests.procs import ROOT, RedisServer, Worker
 from tests.relay import Relay
 from worker.export.hashing import export_hashing_bundle
 
@@ -89,6 +92,7 @@ def partition_then_heal(tmp_path: Path, fleet, record, seconds: float,
         assert recovered_s <= RECOVERY_S + 30, recovered_s
         wait_until(lambda: health(w2).returncode == 0, 60, "the healed worker to pass its "
                    "health check", poll=1)
+        assert "pong" in ping(w2).stdout  # remote control answers again too
         w1.freeze(False)
         assert poll_finished(job_b).status == "succeeded"
         res_a, res_b = check_job(job.path), check_job(job_b.path)
@@ -102,11 +106,18 @@ def partition_then_heal(tmp_path: Path, fleet, record, seconds: float,
                f"{RECOVERY_S}s: took {len(_taken_by(job_b, w2))} of "
                f"{len(job_b.dir.manifest.shards)} shards of a 2nd job, other worker frozen); "
                f"{failed_acks} failed ack(s); `worker.health` failed while cut off, passed "
-               f"after; 2nd job {res_b.ok}/{res_b.expected} once",
+               f"after (and inspect ping); 2nd job {res_b.ok}/{res_b.expected} once",
                recovered_s=round(recovered_s, 1))
     finally:
         relay.close()
         srv.stop()
+
+
+def ping(w: Worker) -> subprocess.CompletedProcess[str]:
+    """``celery -A worker inspect ping`` of one worker, through its own broker URL."""
+    return subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "inspect", "ping",
+                           "-d", f"{w.name}@{socket.gethostname()}", "-t", "10"], cwd=ROOT,
+                          env=w.env, capture_output=True, text=True, timeout=90)
 
 
 def _mid_batch_of(job: Job, w: Worker) -> None:
