@@ -175,17 +175,23 @@ def soak(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def probe_consumers(tmp: Path, workers: list[Worker], bundle: Path, srv: RedisServer,
                     timeout: float, rng: random.Random) -> dict[str, bool]:
-    """Each worker alone (the others frozen) must take a shard of a small probe job."""
+    """Each worker alone (the others frozen) must take a shard of a small probe job.
+
+    A frozen worker may still hold a BRPOP (1 s) that Redis answers with the next message
+    even though the worker is stopped: the probe job is sent after that second, and has many
+    more shards than there are frozen workers anyway.
+    """
     out: dict[str, bool] = {}
     for i, w in enumerate(workers):
         others = [o for o in workers if o is not w]
         for o in others:
             o.freeze()
         try:
+            time.sleep(1.5)  # kombu's BRPOP timeout: the frozen workers' last BRPOPs end
             tag = f"probe{i}"
-            job = submit(corpus(tmp / f"{tag}.jsonl", rng, 8, tag), tmp / "out",
-                         model=str(bundle), precision="fp32", broker=srv.url(0), job_id=tag,
-                         shard_tokens=200)
+            job = submit(corpus(tmp / f"{tag}.jsonl", rng, 20 * len(workers), tag),
+                         tmp / "out", model=str(bundle), precision="fp32", broker=srv.url(0),
+                         job_id=tag, shard_tokens=100)
             deadline = time.monotonic() + timeout
             took = False
             while not took and time.monotonic() < deadline:

@@ -84,6 +84,7 @@ def partition_then_heal(tmp_path: Path, fleet, record, seconds: float,
 
         # Only the healed worker can take the next job's shards.
         w1.freeze()
+        time.sleep(1.5)  # its last BRPOP (1 s) could still take the next message
         job_b = _submit(make_corpus(tmp_path / "b.jsonl", n=12), tmp_path, bundle, srv.url(0),
                         "part-b")
         wait_until(lambda: _taken_by(job_b, w2), RECOVERY_S + 30,

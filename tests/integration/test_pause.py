@@ -74,6 +74,7 @@ def test_worker_paused_past_visibility_timeout(tmp_path, fleet, redis_url, recor
     assert res.ok == res.expected
     # The paused worker is a full member again: healthy and taking a new job's shards.
     other.freeze()
+    time.sleep(1.5)  # its last BRPOP (1 s) could still take the next message
     try:
         job2 = submit(make_corpus(tmp_path / "c2.jsonl", n=6), tmp_path / "out",
                       model=str(bundle), precision="fp32", broker=redis_url,
