@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from producer.errors import BrokerUnreachable
+from producer.errors import BrokerFull, BrokerUnreachable
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
 from storage.urls import DEFAULT_BROKER_URL, mask_url
@@ -31,12 +31,51 @@ def connect(broker: str | None, *, events: bool = False) -> Any:
 
 
 def send_shards(app: Any, job: JobDir, shards: Sequence[int], queue: str) -> None:
-    """One small JSON message per shard; publish retries follow the app's retry policy."""
-    with app.producer_or_acquire() as producer:
-        for n in shards:
-            payload = ShardTask(job_id=job.root.name, job_dir=str(job.root), shard=n).to_dict()
-            app.send_task(TASK_NAME, args=[payload], queue=queue, producer=producer,
-                          retry=True)
+    """One small JSON message per shard; publish retries follow the app's retry policy.
+
+    Raises:
+        BrokerFull: Redis refused the message (over ``maxmemory``); names the limit and the
+            command that continues the job once memory is freed.
+    """
+    try:
+        with app.producer_or_acquire() as producer:
+            for n in shards:
+                payload = ShardTask(job_id=job.root.name, job_dir=str(job.root),
+                                    shard=n).to_dict()
+                app.send_task(TASK_NAME, args=[payload], queue=queue, producer=producer,
+                              retry=True)
+    except Exception as exc:
+        if not _out_of_memory(exc):
+            raise
+        url = app.conf.broker_url
+        raise BrokerFull(
+            f"the broker at {mask_url(url)} is full: {_memory(url)}, and it refuses new tasks "
+            f"(noeviction); the shards of {job.root} staged so far are kept. Free memory on "
+            f"the broker (or raise its maxmemory), then `{job.manifest.continue_command(job.root)}`"
+        ) from None
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what caused it) is Redis's OOM refusal."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if type(exc).__name__ == "OutOfMemoryError" or "used memory > 'maxmemory'" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _memory(url: str) -> str:
+    """``used X of maxmemory Y (policy P)`` from INFO (allowed at the limit), or a fallback."""
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3) as r:
+            m = r.info("memory")
+        return (f"used memory {m['used_memory_human']} is over its maxmemory "
+                f"{m['maxmemory_human']} (policy {m['maxmemory_policy']})")
+    except Exception:
+        return "used memory is over its maxmemory"
 
 
 def broker_backlog(broker: str | None, queue: str) -> int | None:

@@ -5,6 +5,7 @@
     ├── CorpusError             the corpus cannot be read as asked (storage/errors.py, likewise)
     └── ProducerError
         ├── BrokerUnreachable   the broker cannot be reached; the message names the masked URL
+        ├── BrokerFull          the broker refuses writes (Redis at maxmemory, noeviction)
         ├── JobConflict         OUT/JOB already holds a job that this command must not touch
         ├── FleetError          the private fleet of ``producer run`` did not start
         ├── JobFailed           the job finished with failed shards (the CLI's exit code 2)
@@ -29,6 +30,11 @@ class ProducerError(EmbedfleetError):
 
 class BrokerUnreachable(ProducerError, ConnectionError):
     """The broker did not answer; nothing was written or sent."""
+
+
+class BrokerFull(ProducerError, ConnectionError):
+    """The broker refused a task (Redis over its ``maxmemory`` with ``noeviction``); staged
+    shards are kept, and the message says how to continue once memory is freed."""
 
 
 class JobConflict(ProducerError, FileExistsError):

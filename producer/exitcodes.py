@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from producer.errors import (BrokerUnreachable, CorpusError, FleetError, Interrupted,
+from producer.errors import (BrokerFull, BrokerUnreachable, CorpusError, FleetError, Interrupted,
                              JobConflict, JobFailed, UsageError)
 from storage.errors import (BundleError, CompactError, DatabaseUnreachable, EmbedfleetError,
                             InvalidJobId, InvalidTableName, JobNotFound, LoadConflict,
@@ -16,8 +16,8 @@ from storage.errors import (BundleError, CompactError, DatabaseUnreachable, Embe
 
 USAGE_EXIT = 3
 EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
-    ((BrokerUnreachable, DatabaseUnreachable), 1, "the broker (or load's database) cannot be "
-     "reached"),
+    ((BrokerUnreachable, DatabaseUnreachable, BrokerFull), 1, "the broker (or load's "
+     "database) cannot be reached, or the broker is full"),
     ((JobFailed,), 2, "the job finished with failed shards"),
     ((UsageError, InvalidJobId, InvalidTableName, click.UsageError), USAGE_EXIT,
      "a bad option or value (the message names it)"),

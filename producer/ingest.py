@@ -25,7 +25,7 @@ from worker.staging.shards import StageConfig, stage_split
 from worker.staging.pool import stage_splits, staging_tokenizer
 from producer.broker import send_shards
 from storage import ledger
-from producer.errors import CorpusError
+from producer.errors import BrokerFull, CorpusError
 from storage.atomic import remove_stale_tmp
 from storage.errors import DiskFull
 from storage.jobdir import JobDir
@@ -60,6 +60,9 @@ def run_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
     try:
         _stage(job, cfg, procs, on_shard, records)
         complete_staging(job)
+    except BrokerFull:  # the staged shards stay recorded; `resume` sends them
+        remove_stale_tmp(job.root)
+        raise
     except DiskFull as exc:  # the staging processes are gone: their temporary files go too
         remove_stale_tmp(job.root)
         raise DiskFull(exc.errno, f"no space left on device while staging {job.root} (free "

@@ -38,7 +38,7 @@ def celery_config(s: WorkerSettings) -> dict[str, Any]:
         transport = {
             "visibility_timeout": s.visibility_timeout,
             # socket_timeout must exceed kombu's 1 s BRPOP wait (redis/redis-py#583).
-            "socket_timeout": 30,
+            "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "socket_keepalive": True,
             "health_check_interval": 25,
@@ -122,9 +122,13 @@ def create_app(settings: WorkerSettings) -> Celery:
     app = Celery("embedfleet", set_as_current=False)
     app.conf.update(celery_config(settings))
     app.settings = settings  # type: ignore[attr-defined]
+    from worker.health import Health
     from worker.stage_task import register as register_stage
     from worker.tasks import register
+    from worker.transport import install as install_transport
 
+    install_transport()  # redis:// brokers: a failed ack frees its prefetch slot
+    app.steps["consumer"].add(Health)  # the state `python -m worker.health` judges
     register(app)
     register_stage(app)
     return app

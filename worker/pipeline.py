@@ -126,6 +126,14 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
                                              rows.output_bytes(group)))
             # 9. Store the new vectors (a Redis outage only costs future hits).
             rows.outputs.store(cache, keys, rows.vectors, fresh)
+            # A late finisher (paused past the visibility timeout while a redelivered copy
+            # landed the shard) discards its result: the landed files and metrics stay as
+            # they are, nothing is counted twice.
+            if shard_is_valid(job.embeddings_path(shard), job.expected_chunks(shard)):
+                log.warning("shard %d landed while attempt %d ran (redelivered elsewhere): "
+                            "discarding this attempt's result", shard, attempt.number)
+                return ShardResult(shard, "already done", attempt=attempt.number,
+                                   finalized=job.finalize())
             # 10. Rejects first, metrics, the embeddings last (their presence means "done").
             _write_shards(job, shard, model, rows, metrics, dense)
         return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())

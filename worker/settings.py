@@ -98,6 +98,9 @@ class WorkerSettings:
                                         "corpus a stage task (`--stage-on fleet`) reads must be "
                                         "under", shown="`EMBED_JOB_ROOTS`")
     log_level: str = _env("INFO", "EMBED_LOG_LEVEL", "worker log level")
+    health_file: str | None = _env(None, "EMBED_HEALTH_FILE", "state file for `python -m "
+                                   "worker.health` (`%n` = node name)",
+                                   shown="`$TMPDIR/embedfleet-health/<node>.json`")
     faults: str = _env("", "EMBED_FAULTS", "failpoints for the fault-injection tests only "
                        "([worker/faults.py](worker/faults.py))", shown="empty")
 

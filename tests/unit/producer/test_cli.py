@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from producer import cli
 from producer.cli import EXIT_CODES, exit_code, main, submit_options
 from storage.errors import EmbedfleetError
-from producer.errors import (BrokerUnreachable, CorpusError, FleetError, Interrupted,
+from producer.errors import (BrokerFull, BrokerUnreachable, CorpusError, FleetError, Interrupted,
                              JobConflict, JobFailed, UsageError)
 from producer.local import free_port
 from storage.errors import (BundleError, CompactError, DatabaseUnreachable, InvalidJobId,
@@ -74,6 +74,8 @@ def test_job_commands_do_not_import_the_heavy_tools() -> None:
 # -- the table, through the group --------------------------------------------------------------
 RAISED = [UsageError("--overlap 999: too big"), InvalidJobId("job id 'a/b': bad"),
           BrokerUnreachable("cannot reach the broker at redis://u:***@h:1/0"),
+          BrokerFull("the broker at redis://h:1/0 is full: used memory 1M is over its "
+                     "maxmemory 1M (policy noeviction)"),
           JobFailed("1 of 3 shard(s) failed"), JobConflict("out/j already holds a job"),
           CorpusError("c.parquet has no column 'text'"), BundleError("m/: no tokenizer.json"),
           JobNotFound("x: not an embedfleet job directory"), FleetError("worker exited with 1"),
@@ -84,7 +86,8 @@ RAISED = [UsageError("--overlap 999: too big"), InvalidJobId("job id 'a/b': bad"
           CompactError("--out c: exists and is not empty"),
           TableMismatch("t.embedding is vector(16); this job needs vector(8)"),
           LoadConflict("Key (doc_id, chunk_index)=(d, 0) already exists")]
-EXPECTED = {UsageError: 3, InvalidJobId: 3, BrokerUnreachable: 1, JobFailed: 2, JobConflict: 4,
+EXPECTED = {UsageError: 3, InvalidJobId: 3, BrokerUnreachable: 1, BrokerFull: 1, JobFailed: 2,
+            JobConflict: 4,
             CorpusError: 5, BundleError: 6, JobNotFound: 7, FleetError: 8, Interrupted: 130,
             KeyboardInterrupt: 130, OSError: 1, ValueError: 1, DatabaseUnreachable: 1,
             InvalidTableName: 3, CompactError: 4, TableMismatch: 9, LoadConflict: 9}
