@@ -190,6 +190,8 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
     root = Path(resume_from) if resume_from else Path(out) / (kw["job_id"] or new_job_id())
     ctx = click.get_current_context()
     given = {k for k in kw if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    if (root / "manifest.json").is_file():
+        _uncancel(JobDir.open(root))
     plan = plan_run(root, corpus, kw, given, resume=resume_from is not None,
                     model_path=lambda m: resolve_model(m, home_path))
     if plan.pending == 0:  # every shard is done or failed: nothing to start
@@ -218,6 +220,9 @@ def _finish(job: Any, progress: Any) -> None:
 
     st = job.wait(progress=progress)
     click.echo("\n".join(summary_lines(job, st)))
+    if st.status == "cancelled":
+        raise JobFailed(f"cancelled with {st.done} of {st.shards} shard(s) done; continue "
+                        f"with `{job.dir.manifest.continue_command(job.path)}`")
     if st.status != "succeeded":
         raise JobFailed(f"{st.failed} of {st.shards} shard(s) failed; "
                         f"see `producer status {job.path}`")
@@ -258,6 +263,7 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
     jd = JobDir.open(job_dir)
     refuse_run_job(jd)
     url = fleet_broker(jd, broker)
+    _uncancel(jd)
     job = Job(job_dir, broker=url)
     bar = fleet_progress(connect(url), jd.manifest.queue, mask_url(url),
                          warn=lambda w: click.echo(w, err=True))
@@ -269,3 +275,27 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
 
 
 register_tools(main)
+
+
+def _uncancel(jd: JobDir) -> None:
+    from producer.cancel import uncancel
+
+    if uncancel(jd):
+        click.echo(f"{jd.root}: cancel cleared; continuing the job")
+
+
+@main.command()
+@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+def cancel(job_dir: str) -> None:
+    """Stop JOB_DIR: no further shard starts anywhere in the fleet; running shards stop at their
+    next batch boundary. Written shards stay valid; `producer resume` continues the job."""
+    from producer.cancel import cancel_job
+
+    jd = JobDir.open(job_dir)
+    c = cancel_job(jd)
+    if c.finished:
+        click.echo(f"{jd.root}: already finished ({c.finished}); nothing to cancel")
+        return
+    again = " (it already was)" if c.already else ""
+    click.echo(f"cancelled {jd.root}{again}: {c.done} of {c.shards} shard(s) done and kept; "
+               f"continue with `{jd.manifest.continue_command(jd.root)}`")

@@ -29,6 +29,7 @@ from producer.splits import DEFAULT_SPLIT_BYTES, plan_splits
 from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, StageConfig
 from producer.streaming import default_procs
 from storage.bundle import load_bundle
+from storage.cancel import is_cancelled
 from storage.jobdir import JobDir
 from storage.manifest import Manifest
 from storage.metrics import metrics_totals
@@ -68,6 +69,8 @@ class Job:
         if m.result:
             rejects = m.result.get("rejects", rejects)
         status = m.status or ("running" if m.staged else "staging")
+        if not m.finished and is_cancelled(self.dir):  # the record wins over a stale manifest
+            status = "cancelled"
         end = (m.result or {}).get("finished_at") or time.time()
         start = float(m.submitted_at or m.created_at or end)
         return JobStatus(

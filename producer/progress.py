@@ -26,7 +26,7 @@ CHECK_S = 5.0
 @dataclass
 class JobStatus:
     job_dir: str
-    status: str  # staging, running, succeeded, failed
+    status: str  # staging, running, succeeded, failed, cancelled
     shards: int
     done: int
     failed: int
@@ -48,7 +48,8 @@ class JobStatus:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed")
+        """Nothing more will happen without a user (a cancelled job waits for a resume)."""
+        return self.status in ("succeeded", "failed", "cancelled")
 
     @property
     def tokens_per_s(self) -> float:

@@ -67,6 +67,10 @@ class Manifest:
     """The split plan (index, start, end, first line): fixed at submit, reused by resume."""
     staging: dict[str, Any] | None = None
     """How staging runs: procs, where (producer or fleet), split size."""
+    priority: str | None = None
+    """``--priority`` (low, normal, high) its shard tasks are sent with (None: normal)."""
+    cancelled_at: float | None = None
+    """Set by ``producer cancel`` (``_state/cancel.json``, storage/cancel.py, is the truth)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -122,4 +126,4 @@ class Manifest:
 
 # Keys older manifests did not have until a later step: absent rather than null.
 _OMIT_IF_NONE = {"submitted_at", "result", "failed_shards", "splits", "staging", "outputs",
-                 "colbert_dim", "made_by"}
+                 "colbert_dim", "made_by", "priority", "cancelled_at"}
