@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from producer.errors import BrokerUnreachable
+from producer.priority import queue_keys, task_priority
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
 from worker.settings import DEFAULT_BROKER_URL, WorkerSettings, env_name, mask_url
@@ -33,16 +34,19 @@ def connect(broker: str | None) -> Any:
 
 
 def send_shards(app: Any, job: JobDir, shards: Sequence[int], queue: str) -> None:
-    """One small JSON message per shard; publish retries follow the app's retry policy."""
+    """One small JSON message per shard, at the job's ``--priority``; publish retries follow
+    the app's retry policy."""
+    priority = task_priority(job.manifest.priority)
     with app.producer_or_acquire() as producer:
         for n in shards:
             payload = ShardTask(job_id=job.root.name, job_dir=str(job.root), shard=n).to_dict()
             app.send_task(TASK_NAME, args=[payload], queue=queue, producer=producer,
-                          retry=True)
+                          retry=True, priority=priority)
 
 
 def broker_backlog(broker: str | None, queue: str) -> int | None:
-    """Messages queued or unacked on a Redis broker; None when it cannot tell (RabbitMQ)."""
+    """Messages queued (every priority list) or unacked on a Redis broker; None when it cannot
+    tell (RabbitMQ)."""
     if not broker or not broker.startswith(("redis://", "rediss://")):
         return None
     import redis
@@ -50,6 +54,6 @@ def broker_backlog(broker: str | None, queue: str) -> int | None:
     try:
         r = redis.Redis.from_url(broker, socket_timeout=3, socket_connect_timeout=3)
         with r:
-            return int(r.llen(queue)) + int(r.hlen("unacked"))
+            return sum(int(r.llen(k)) for k, _ in queue_keys(queue)) + int(r.hlen("unacked"))
     except Exception:
         return None

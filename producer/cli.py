@@ -47,6 +47,12 @@ class _Main(click.Group):
 STAGE_PROCS = click.option("--stage-procs", type=click.IntRange(1, 256), envvar="EMBED_STAGE_PROCS",
                            help="Processes that read and chunk the corpus (default: cores).")
 
+PRIORITY = click.option("--priority", type=click.Choice(["low", "normal", "high"]),
+                        default="normal", show_default=True,
+                        help="Task priority on a Redis broker: a worker takes high before "
+                        "normal before low, one shard at a time (README: Running a shared "
+                        "fleet).")
+
 
 def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options ``submit`` (also ``--dry-run``) and ``run`` share; all but ``--out`` reach
@@ -93,6 +99,7 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Comma-separated: dense, sparse, colbert (sparse and colbert need a "
                      "BGE-M3 bundle; dense is always written)."),
         STAGE_PROCS,
+        PRIORITY,
         click.option("--split-bytes", type=click.IntRange(4096, None), default=16 * 2**20,
                      envvar="EMBED_SPLIT_BYTES", help="Input bytes per split (16 MiB)."),
     ]
@@ -192,6 +199,10 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
     given = {k for k in kw if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     if (root / "manifest.json").is_file():
         _uncancel(JobDir.open(root))
+        if "priority" in given:
+            from producer.priority import set_priority
+
+            set_priority(JobDir.open(root), kw["priority"])
     plan = plan_run(root, corpus, kw, given, resume=resume_from is not None,
                     model_path=lambda m: resolve_model(m, home_path))
     if plan.pending == 0:  # every shard is done or failed: nothing to start
@@ -250,7 +261,10 @@ def status(job_dir: str, as_json: bool) -> None:
               "manifest; a URL whose password was masked there must be given again).")
 @click.option("--wait/--no-wait", default=False, help="Wait for the job to finish.")
 @STAGE_PROCS
-def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None) -> None:
+@click.option("--priority", type=click.Choice(["low", "normal", "high"]), default=None,
+              help="Change the job's priority: its pending shards are re-sent with it.")
+def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None,
+           priority: str | None) -> None:
     """Finish staging JOB_DIR and re-send every shard without valid output; safe to repeat.
 
     A job made by `producer run` is continued with `producer run --resume JOB_DIR` instead.
@@ -264,6 +278,10 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
     refuse_run_job(jd)
     url = fleet_broker(jd, broker)
     _uncancel(jd)
+    if priority:
+        from producer.priority import set_priority
+
+        set_priority(jd, priority)
     job = Job(job_dir, broker=url)
     bar = fleet_progress(connect(url), jd.manifest.queue, mask_url(url),
                          warn=lambda w: click.echo(w, err=True))

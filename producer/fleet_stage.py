@@ -100,7 +100,11 @@ def _duplicates(job: JobDir, shards: list[ShardEntry]) -> tuple[int, list[str]]:
 
 
 def _send(app: Any, job: JobDir, shards: list[int], queue: str) -> None:
+    from producer.priority import task_priority
+
+    priority = task_priority(job.manifest.priority)
     with app.producer_or_acquire() as producer:
         for n in shards:
             payload = ShardTask(job_id=job.root.name, job_dir=str(job.root), shard=n).to_dict()
-            app.send_task(TASK_NAME, args=[payload], queue=queue, producer=producer, retry=True)
+            app.send_task(TASK_NAME, args=[payload], queue=queue, producer=producer, retry=True,
+                          priority=priority)

@@ -200,6 +200,7 @@ def submit(
     split_bytes: int = DEFAULT_SPLIT_BYTES,
     progress: Any = False,
     stage_on: str = "producer",
+    priority: str = "normal",
 ) -> Job:
     """Stream, chunk and stage ``corpus`` into ``out/<job_id>``, sending each shard's task as
     soon as the shard is durable (workers start within seconds, whatever the corpus size).
@@ -207,6 +208,7 @@ def submit(
     ``stage_procs``: staging processes (default: the cores of this machine).
     ``stage_on="fleet"``: only cut splits here; workers consuming the ``stage`` queue stage
     them (they must be able to read the corpus path).
+    ``priority``: low, normal or high (``producer.priority``: Redis task priority).
 
     Raises:
         BrokerUnreachable: the broker cannot be reached (checked before anything is written).
@@ -268,7 +270,7 @@ def submit(
         chunking=chunking, outputs=list(wanted),
         colbert_dim=cfg.colbert_dim if "colbert" in wanted else 0, made_by=made_by,
         max_batch_tokens=max_batch_tokens, max_attempts=max_attempts,
-        staged=False, status="staging", submitted_at=now, splits=splits,
+        staged=False, status="staging", submitted_at=now, splits=splits, priority=priority,
         staging={"procs": procs, "on": stage_on, "split_bytes": split_bytes,
                  "config": asdict(stage)},
     )

@@ -1,0 +1,52 @@
+"""``--priority low|normal|high``: the Celery task priority a job's tasks are sent with.
+
+The Redis transport keeps one list per priority step of a queue (``cpu``, ``cpu\\x06\\x163``,
+``cpu\\x06\\x166``, ``cpu\\x06\\x169``: kombu's default ``priority_steps`` [0, 3, 6, 9]) and a
+worker's BRPOP names them in that order, so it always takes from the lowest step that holds a
+message: with Redis, 0 is the *highest* priority. Workers reserve one message per process (late
+ack, prefetch 1), so a high-priority task waits at most for the shard each process is running.
+A message sent without a priority (an older producer) lands in step 0, i.e. is treated as high.
+Within one priority, tasks are FIFO by send time: no fair share between jobs of equal priority.
+RabbitMQ would need ``x-max-priority`` on the queues (not declared here), and reverses the order.
+"""
+
+from __future__ import annotations
+
+from storage.jobdir import JobDir
+
+PRIORITIES = {"high": 0, "normal": 3, "low": 6}
+"""Name → Celery task priority on Redis (lower runs first)."""
+SEP = "\x06\x16"
+"""kombu's Redis separator between a queue name and its priority step."""
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def task_priority(name: str | None) -> int:
+    """>>> task_priority("high"), task_priority(None), task_priority("low")
+    (0, 3, 6)
+    """
+    return PRIORITIES[name or "normal"]
+
+
+def queue_keys(queue: str) -> list[tuple[str, int]]:
+    """The Redis lists of ``queue``, one per priority step, in the order workers take from them.
+
+    >>> [k for k, _ in queue_keys("cpu")][:2]
+    ['cpu', 'cpu\\x06\\x163']
+    """
+    return [(queue if p == 0 else f"{queue}{SEP}{p}", p) for p in PRIORITY_STEPS]
+
+
+def step_name(step: int) -> str:
+    """>>> step_name(0), step_name(9)
+    ('high', '9')
+    """
+    return next((k for k, v in PRIORITIES.items() if v == step), str(step))
+
+
+def set_priority(jd: JobDir, name: str) -> None:
+    """Record ``name`` in the manifest: the tasks sent from now on carry it."""
+    m = jd.reload()
+    if m.priority != name:
+        m.priority = name
+        jd.write_manifest(m)
