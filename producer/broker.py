@@ -36,7 +36,8 @@ def connect(broker: str | None) -> Any:
 def send_shards(app: Any, job: JobDir, shards: Sequence[int], queue: str) -> None:
     """One small JSON message per shard, at the job's ``--priority``; publish retries follow
     the app's retry policy."""
-    priority = task_priority(job.manifest.priority)
+    # A directory without a manifest yet (the unit tests' bare JobDir) has no priority set.
+    priority = task_priority(job.manifest.priority if job.manifest_path.is_file() else None)
     with app.producer_or_acquire() as producer:
         for n in shards:
             payload = ShardTask(job_id=job.root.name, job_dir=str(job.root), shard=n).to_dict()

@@ -22,7 +22,9 @@ PRIORITY_STEPS = (0, 3, 6, 9)
 
 
 def task_priority(name: str | None) -> int:
-    """>>> task_priority("high"), task_priority(None), task_priority("low")
+    """The Celery priority of a job's tasks (None: normal).
+
+    >>> task_priority("high"), task_priority(None), task_priority("low")
     (0, 3, 6)
     """
     return PRIORITIES[name or "normal"]
@@ -38,7 +40,9 @@ def queue_keys(queue: str) -> list[tuple[str, int]]:
 
 
 def step_name(step: int) -> str:
-    """>>> step_name(0), step_name(9)
+    """The priority name of a list's step (metrics label).
+
+    >>> step_name(0), step_name(9)
     ('high', '9')
     """
     return next((k for k, v in PRIORITIES.items() if v == step), str(step))
