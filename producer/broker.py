@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from producer.errors import BrokerUnreachable
-from producer.priority import queue_keys, task_priority
+from producer.priority import queue_depth, task_priority
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
 from worker.settings import DEFAULT_BROKER_URL, WorkerSettings, env_name, mask_url
@@ -55,6 +55,6 @@ def broker_backlog(broker: str | None, queue: str) -> int | None:
     try:
         r = redis.Redis.from_url(broker, socket_timeout=3, socket_connect_timeout=3)
         with r:
-            return sum(int(r.llen(k)) for k, _ in queue_keys(queue)) + int(r.hlen("unacked"))
+            return queue_depth(r, queue) + int(r.hlen("unacked"))
     except Exception:
         return None

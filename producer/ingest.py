@@ -22,7 +22,6 @@ from producer.splits import Planner, Split, plan_splits
 from producer.staging import StageConfig, stage_split
 from producer.streaming import stage_splits
 from producer.broker import send_shards
-from producer.priority import task_priority
 from storage import ledger
 from producer.errors import CorpusError
 from storage.atomic import remove_stale_tmp
@@ -99,7 +98,7 @@ def send_stage_tasks(app: Any, job: JobDir, splits: list[int] | None = None) -> 
         for i in todo:
             payload = StageTask(job_id=job.root.name, job_dir=str(job.root), split=i).to_dict()
             app.send_task(STAGE_TASK_NAME, args=[payload], queue=STAGE_QUEUE, producer=producer,
-                          retry=True, priority=task_priority(m.priority))
+                          retry=True)
     return len(todo)
 
 

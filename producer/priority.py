@@ -5,12 +5,16 @@ The Redis transport keeps one list per priority step of a queue (``cpu``, ``cpu\
 worker's BRPOP names them in that order, so it always takes from the lowest step that holds a
 message: with Redis, 0 is the *highest* priority. Workers reserve one message per process (late
 ack, prefetch 1), so a high-priority task waits at most for the shard each process is running.
-A message sent without a priority (an older producer) lands in step 0, i.e. is treated as high.
+A message sent without a priority (an older producer) lands in step 0, i.e. is treated as high;
+normal tasks live in ``cpu\x06\x163``, not in the plain ``cpu`` list: count a queue with
+``queue_depth``. Stage tasks (``--stage-on fleet``) are sent without a priority.
 Within one priority, tasks are FIFO by send time: no fair share between jobs of equal priority.
 RabbitMQ would need ``x-max-priority`` on the queues (not declared here), and reverses the order.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from storage.jobdir import JobDir
 
@@ -37,6 +41,11 @@ def queue_keys(queue: str) -> list[tuple[str, int]]:
     ['cpu', 'cpu\\x06\\x163']
     """
     return [(queue if p == 0 else f"{queue}{SEP}{p}", p) for p in PRIORITY_STEPS]
+
+
+def queue_depth(client: Any, queue: str) -> int:
+    """Messages waiting in ``queue``: the sum over its priority lists (a redis-py client)."""
+    return sum(int(client.llen(k)) for k, _ in queue_keys(queue))
 
 
 def step_name(step: int) -> str:

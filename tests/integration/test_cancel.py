@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from producer.priority import queue_depth
 from producer.cli import main
 from producer.job import Job, submit
 from storage.readers import read_table
@@ -71,7 +72,7 @@ def test_cancel_stops_the_fleet_and_resume_finishes_exactly_once(
     t_cancel = time.time()
     assert res.exit_code == 0 and "cancelled" in res.output, res.output
     r = redis_server.client()
-    wait_for(lambda: r.llen("cpu") == 0 and r.hlen("unacked") == 0, 120,
+    wait_for(lambda: queue_depth(r, "cpu") == 0 and r.hlen("unacked") == 0, 120,
              "queued tasks of the cancelled job were not drained", every=0.2)
     wait_for(lambda: "stopped before batch 1" in w.text(), 60, w.text()[-3000:])
     time.sleep(1.5)  # anything that would still start would have by now
