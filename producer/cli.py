@@ -17,6 +17,8 @@ from click.core import ParameterSource
 
 from producer.errors import Interrupted, JobFailed, UsageError
 from producer.exitcodes import EXIT_CODES, USAGE_EXIT, _exit_code_help, exit_code  # noqa: F401
+from producer.fleetcli import register as register_fleet
+from producer.fleetcli import uncancel as _uncancel
 from producer.tools.cli import register as register_tools
 from storage.jobdir import JobDir
 from worker.settings import DEFAULT_BROKER_URL, mask_url
@@ -293,27 +295,4 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
 
 
 register_tools(main)
-
-
-def _uncancel(jd: JobDir) -> None:
-    from producer.cancel import uncancel
-
-    if uncancel(jd):
-        click.echo(f"{jd.root}: cancel cleared; continuing the job")
-
-
-@main.command()
-@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
-def cancel(job_dir: str) -> None:
-    """Stop JOB_DIR: no further shard starts anywhere in the fleet; running shards stop at their
-    next batch boundary. Written shards stay valid; `producer resume` continues the job."""
-    from producer.cancel import cancel_job
-
-    jd = JobDir.open(job_dir)
-    c = cancel_job(jd)
-    if c.finished:
-        click.echo(f"{jd.root}: already finished ({c.finished}); nothing to cancel")
-        return
-    again = " (it already was)" if c.already else ""
-    click.echo(f"cancelled {jd.root}{again}: {c.done} of {c.shards} shard(s) done and kept; "
-               f"continue with `{jd.manifest.continue_command(jd.root)}`")
+register_fleet(main)
