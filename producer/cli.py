@@ -17,6 +17,7 @@ from click.core import ParameterSource
 
 from producer.errors import Interrupted, JobFailed, UsageError
 from producer.exitcodes import EXIT_CODES, USAGE_EXIT, _exit_code_help, exit_code  # noqa: F401
+from producer.fleetcli import ESTIMATE_WORKERS, continue_existing, dry_run_estimate
 from producer.fleetcli import register as register_fleet
 from producer.fleetcli import uncancel as _uncancel
 from producer.tools.cli import register as register_tools
@@ -136,20 +137,20 @@ BROKER_ENV = ["EMBED_BROKER_URL", "CELERY_BROKER_URL"]
               help="Celery broker URL (redis://, rediss://, amqp://).")
 @click.option("--wait/--no-wait", default=False, show_default=True,
               help="Show progress until the job finishes, then finalise it.")
-@click.option("--dry-run", is_flag=True, help="Read and chunk only; print counts and how many "
-              "chunks the cache already holds. Submits nothing.")
+@click.option("--dry-run", is_flag=True, help="Read and chunk only; print counts, how many "
+              "chunks the cache already holds and the expected wall time. Submits nothing.")
+@ESTIMATE_WORKERS
 @click.option("--cache-url", envvar="EMBED_CACHE_URL", default=None,
               help="Redis holding the embedding cache (for --dry-run); default: the broker.")
 @click.option("--stage-on", type=click.Choice(["producer", "fleet"]), default="producer",
               help="fleet: workers on the `stage` queue chunk CORPUS (same path for them).")
 def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
-           cache_url: str | None, stage_on: str, **kw: Any) -> None:
+           estimate_workers: int | None, cache_url: str | None, stage_on: str,
+           **kw: Any) -> None:
     """Stream, chunk and stage CORPUS (.jsonl, .jsonl.gz, .parquet), then send its tasks."""
     if dry_run:
-        from producer.dryrun import dry_run as run_dry
-
-        run_dry(corpus, cache_url=cache_url or broker, **kw)
-        return
+        return dry_run_estimate(corpus, out, broker=broker, local=None,
+                                workers=estimate_workers, cache_url=cache_url or broker, **kw)
     from producer.job import submit as submit_job
     from producer.progress import fleet_progress
     from producer.broker import connect
@@ -180,9 +181,11 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
 @click.option("--home", type=click.Path(file_okay=False), envvar="EMBED_HOME", default=None,
               help="Where the default model and the local cache live (default "
               "~/.cache/embedfleet).")
+@click.option("--dry-run", is_flag=True, help="Read and chunk CORPUS only; print counts and "
+              "the expected wall time on --workers processes. Runs nothing.")
 def run(corpus: str | None, out: str, resume_from: str | None, workers: int | None,
         threads: int | None, broker: str | None, cache_url: str | None, home: str | None,
-        **kw: Any) -> None:
+        dry_run: bool, **kw: Any) -> None:
     """Embed CORPUS on this machine: private Redis, local Celery workers, same code path.
 
     Run again onto an existing --out/--job-id (same corpus, same chunking), or with
@@ -195,16 +198,14 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
 
     if (corpus is None) == (resume_from is None):
         raise UsageError("give CORPUS to embed, or --resume OUT/JOB to continue a job")
+    if dry_run and corpus:
+        return dry_run_estimate(corpus, out, broker=None, local=workers or 1, workers=None,
+                                home=home, cache_url=cache_url, **kw)
     home_path = Path(home) if home else embedfleet_home()
     root = Path(resume_from) if resume_from else Path(out) / (kw["job_id"] or new_job_id())
     ctx = click.get_current_context()
     given = {k for k in kw if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
-    if (root / "manifest.json").is_file():
-        _uncancel(JobDir.open(root))
-        if "priority" in given:
-            from producer.priority import set_priority
-
-            set_priority(JobDir.open(root), kw["priority"])
+    continue_existing(root, kw["priority"] if "priority" in given else None)
     plan = plan_run(root, corpus, kw, given, resume=resume_from is not None,
                     model_path=lambda m: resolve_model(m, home_path))
     if plan.pending == 0:  # every shard is done or failed: nothing to start
@@ -251,7 +252,8 @@ def status(job_dir: str, as_json: bool) -> None:
 
     st = Job(job_dir).status()
     if as_json:
-        click.echo(json.dumps({**st.__dict__, "tokens_per_s": st.tokens_per_s}, indent=2))
+        click.echo(json.dumps({**st.__dict__, "tokens_per_s": st.tokens_per_s, "eta_s": st.eta_s},
+                              indent=2))
         return
     click.echo("\n".join(status_lines(st)))
 

@@ -60,4 +60,5 @@ def dry_run(corpus: str, *, cache_url: str | None, model: str | None, precision:
                + ", ".join(f"{k} {format_bytes(v)}" for k, v in disk.items())
                + "; uncompressed, zstd saves little on floats)")
     return {**t, "cached": hits, "wall_s": wall, "mb_per_s": size / 1e6 / wall,
-            "procs": procs, "outputs": list(wanted), "disk_bytes": disk}
+            "procs": procs, "outputs": list(wanted), "disk_bytes": disk,
+            "bundle_path": str(bundle.path)}

@@ -4,6 +4,8 @@ shared fleet). ``producer resume`` and ``producer run --resume`` clear a cancel 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from storage.jobdir import JobDir
@@ -18,6 +20,17 @@ def uncancel(jd: JobDir) -> None:
 
     if clear(jd):
         click.echo(f"{jd.root}: cancel cleared; continuing the job")
+
+
+def continue_existing(root: Path, priority: str | None) -> None:
+    """``producer run`` onto an existing job: clear a cancel, apply a given ``--priority``."""
+    if not (root / "manifest.json").is_file():
+        return
+    uncancel(JobDir.open(root))
+    if priority:
+        from producer.priority import set_priority
+
+        set_priority(JobDir.open(root), priority)
 
 
 @click.command()
@@ -65,6 +78,60 @@ def metrics(broker: str, queues: tuple[str, ...], jobs: tuple[str, ...], port: i
         server.serve_forever()
     except KeyboardInterrupt:
         server.server_close()
+
+
+ESTIMATE_WORKERS = click.option(
+    "--workers", "estimate_workers", type=click.IntRange(1, 100_000), default=None,
+    help="With --dry-run: also estimate the time on this many worker processes.")
+
+
+def dry_run_estimate(corpus: str, out: str, *, broker: str | None, local: int | None,
+                     workers: int | None, home: str | None = None, **kw: object) -> None:
+    """``--dry-run``: the counts, then the expected wall time on the current fleet (``broker``'s
+    workers on the queue, or ``local`` processes for ``producer run``) and on ``workers``."""
+    from pathlib import Path
+
+    from producer.dryrun import dry_run
+    from producer.estimate import measured_rate, probe_rate, wall_estimate
+    from producer.models import embedfleet_home
+
+    res = dry_run(corpus, **kw)
+    home_path = Path(home) if home else embedfleet_home()
+    rate = (measured_rate(Path(out), res["bundle_path"])
+            or probe_rate(home_path, res["bundle_path"]))
+    if rate is None:
+        click.echo("  estimate  no measured rate yet for this model (no earlier job under "
+                   f"{out}, no CPU probe in {home_path}): run a small job first")
+        return
+    cached = int(res["tokens"] * res["cached"] / res["chunks"]) if res["chunks"] else 0
+    fleet, where = local, f"{local} local worker process(es)"
+    if local is None:
+        fleet, where = _fleet_size(broker, str(kw.get("queue") or "cpu"))
+    click.echo(f"  rate      {rate.tokens_per_s:,.0f} tokens/s per worker process, from "
+               f"{rate.source}")
+    if not fleet:
+        click.echo(f"  estimate  no worker on {where}: nothing would finish until one starts")
+    for n, label in ((fleet, where), (workers, f"{workers} worker process(es)")):
+        if n:
+            s = wall_estimate(res["tokens"], cached, res["shards"], n, rate.tokens_per_s)
+            click.echo(f"  estimate  {_hms(s)} on {label} (cache hits free; staging overlaps)")
+
+
+def _fleet_size(broker: str | None, queue: str) -> tuple[int, str]:
+    from producer.broker import connect
+    from producer.errors import BrokerUnreachable
+    from producer.estimate import fleet_processes
+
+    try:
+        n = fleet_processes(connect(broker), queue)
+    except BrokerUnreachable as exc:
+        return 0, f"the current fleet ({exc})"
+    return n, f"the current fleet: {n} process(es) consuming {queue!r}"
+
+
+def _hms(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def register(main: click.Group) -> None:

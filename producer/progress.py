@@ -55,6 +55,14 @@ class JobStatus:
     def tokens_per_s(self) -> float:
         return self.tokens_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far, while running (None before the first shard)."""
+        from producer.estimate import eta_s
+
+        return eta_s(self.tokens, self.tokens_done, self.tokens_per_s) if (
+            self.status == "running") else None
+
 
 def staging_progress(job: JobDir, m: Manifest) -> dict[str, Any]:
     """Staging figures from the ledger (cheap: one small file per split)."""
@@ -187,6 +195,8 @@ def status_lines(st: Any) -> list[str]:
            f"chunks     {st.chunks_done}/{st.chunks}   tokens {st.tokens_done:,}/{st.tokens:,}",
            f"rejects    {st.rejects}   cache hits {st.cache_hits}",
            f"throughput {st.tokens_per_s:,.0f} tokens/s over {st.elapsed_s:.1f}s"]
+    if getattr(st, "eta_s", None) is not None:
+        out.append(f"eta        {_clock(st.eta_s)} at that rate")
     if st.duplicate_ids:
         out.append(f"duplicate ids {st.duplicate_ids} (e.g. {', '.join(st.duplicate_examples)})")
     for r in st.reject_examples:
