@@ -14,8 +14,9 @@ each file is read once per process and its sums kept):
     embedfleet_worker_tokens_total{worker}      real tokens through inference
     embedfleet_worker_batch_seconds_{sum,count} inference time and batches: mean batch latency
     embedfleet_worker_tokens_per_second{worker} tokens_total / batch seconds
-    embedfleet_worker_failed_attempts_total{worker}  attempts at a shard that did not write it
-                                                (an error, a crash or a cancel), once they ended
+    embedfleet_worker_failed_attempts_total{worker}  attempts that did not write their shard
+                                                (an error or a crash), counted once the shard
+                                                is done or failed
 
 The KEDA ScaledObject in docs/fleet.md scales on queue depth + unacked per worker.
 """
@@ -116,6 +117,7 @@ class Collector:
         self.broker, self.queues, self.jobs = broker, queues, [Path(j) for j in jobs]
         self._files: dict[Path, _ShardFile] = {}
         self._attempt_hosts: dict[Path, str] = {}
+        self._failed: set[tuple[Path, int]] = set()
 
     def text(self) -> str:
         import redis
@@ -143,7 +145,9 @@ class Collector:
         jd = JobDir(root)
         total = len(jd.shard_entries())
         done = len(list(jd.embeddings_dir.glob("part-*.parquet")))
-        failed = len(list((jd.state_dir / "failed").glob("part-*.json")))
+        marked = list((jd.state_dir / "failed").glob("part-*.json"))
+        failed = len(marked)
+        self._failed |= {(jd.root, int(p.stem.split("-")[1])) for p in marked}
         for p in jd.metrics_dir.glob("part-*.parquet"):
             if p not in self._files:
                 self._files[p] = _read_shard_metrics(p)
@@ -172,10 +176,11 @@ class Collector:
             for host, v in f.by_host.items():
                 sums[host] = [a + b for a, b in zip(sums[host], v)]
         failed: Counter[str] = Counter()
+        ended = {(job, shard) for job, shard, _ in ok} | self._failed
         for p, host in self._attempt_hosts.items():
-            shard, _, n = p.name.partition(".")
-            if (p.parent.parent.parent, int(shard), int(n)) not in ok:
-                failed[host] += 1
+            job, (shard, _, n) = p.parent.parent.parent, p.name.partition(".")
+            if (job, int(shard)) in ended and (job, int(shard), int(n)) not in ok:
+                failed[host] += 1  # counted once its shard is done or failed
         out = []
         for host in sorted(set(sums) | set(failed)):
             tokens, ms, batches = sums[host]
