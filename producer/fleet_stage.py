@@ -15,6 +15,7 @@ from producer.splits import Split
 from producer.staging import StageConfig
 from producer.streaming import stage_splits
 from storage import ledger
+from storage.cancel import is_cancelled
 from storage.jobdir import JobDir
 from storage.manifest import ShardEntry
 from worker.contract import TASK_NAME, ShardTask
@@ -67,7 +68,7 @@ def complete_staging(job: JobDir) -> None:
     m.totals = {"records": t["records"], "accepted": t["accepted"], "rejected": t["rejected"],
                 "chunks": t["chunks"], "tokens": t["tokens"], "chars": t["chars"],
                 "duplicate_ids": dups, "duplicate_examples": examples}
-    m.staged, m.status = True, "running"
+    m.staged, m.status = True, "cancelled" if is_cancelled(job) else "running"
     if m.staging is not None:
         m.staging["finished_at"] = time.time()
     job.write_manifest(m)
