@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from producer.errors import BrokerUnreachable
-from producer.priority import queue_depth, task_priority
+from producer.metrics import message_job
+from producer.priority import queue_depth, queue_keys, task_priority
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
 from worker.settings import DEFAULT_BROKER_URL, WorkerSettings, env_name, mask_url
@@ -58,3 +59,20 @@ def broker_backlog(broker: str | None, queue: str) -> int | None:
             return queue_depth(r, queue) + int(r.hlen("unacked"))
     except Exception:
         return None
+
+
+def job_backlog(broker: str | None, queue: str, job_id: str) -> int | None:
+    """Messages of ``job_id`` queued (any priority) or unacked on a Redis broker; None when it
+    cannot tell. ``Job.wait`` asks before treating a stall as lost messages: a low-priority job
+    waiting behind others has its messages still queued."""
+    if not broker or not broker.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    try:
+        with redis.Redis.from_url(broker, socket_timeout=5, socket_connect_timeout=3) as r:
+            raws = [m for key, _ in queue_keys(queue) for m in r.lrange(key, 0, -1)]
+            raws += r.hvals("unacked")
+    except Exception:
+        return None
+    return sum(message_job(m) == job_id for m in raws)

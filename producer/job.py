@@ -21,7 +21,7 @@ from typing import Any
 
 from producer.corpus import Record, Reject, judge_object
 from producer.errors import JobConflict, UsageError
-from producer.broker import broker_backlog, connect, send_shards
+from producer.broker import broker_backlog, connect, job_backlog, send_shards
 from producer.models import embedfleet_home, resolve_model
 from producer.outputs import parse_outputs
 from producer.progress import JobStatus, staging_progress
@@ -29,7 +29,6 @@ from producer.splits import DEFAULT_SPLIT_BYTES, plan_splits
 from producer.staging import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, StageConfig
 from producer.streaming import default_procs
 from storage.bundle import load_bundle
-from storage.cancel import is_cancelled
 from storage.jobdir import JobDir
 from storage.manifest import Manifest
 from storage.metrics import metrics_totals
@@ -69,8 +68,6 @@ class Job:
         if m.result:
             rejects = m.result.get("rejects", rejects)
         status = m.status or ("running" if m.staged else "staging")
-        if not m.finished and is_cancelled(self.dir):  # the record wins over a stale manifest
-            status = "cancelled"
         end = (m.result or {}).get("finished_at") or time.time()
         start = float(m.submitted_at or m.created_at or end)
         return JobStatus(
@@ -143,6 +140,8 @@ class Job:
                 backlog = broker_backlog(self.broker, self.dir.manifest.queue)
                 idle_checks = idle_checks + 1 if backlog == 0 else 0
                 stalled = stall_s is not None and time.monotonic() - last_change > stall_s
+                if stalled and job_backlog(self.broker, self.dir.manifest.queue, self.path.name):
+                    stalled, last_change = False, time.monotonic()  # queued behind others
                 if idle_checks >= 3 or stalled:
                     n = self.resume()
                     bar.note(f"re-sent {n} shard(s) whose messages were lost")
@@ -199,8 +198,7 @@ def submit(
     stage_procs: int | None = None,
     split_bytes: int = DEFAULT_SPLIT_BYTES,
     progress: Any = False,
-    stage_on: str = "producer",
-    priority: str = "normal",
+    stage_on: str = "producer", priority: str = "normal",
 ) -> Job:
     """Stream, chunk and stage ``corpus`` into ``out/<job_id>``, sending each shard's task as
     soon as the shard is durable (workers start within seconds, whatever the corpus size).
@@ -208,7 +206,6 @@ def submit(
     ``stage_procs``: staging processes (default: the cores of this machine).
     ``stage_on="fleet"``: only cut splits here; workers consuming the ``stage`` queue stage
     them (they must be able to read the corpus path).
-    ``priority``: low, normal or high (``producer.priority``: Redis task priority).
 
     Raises:
         BrokerUnreachable: the broker cannot be reached (checked before anything is written).

@@ -57,3 +57,20 @@ def test_message_job_reads_queued_and_unacked_envelopes() -> None:
     assert message_job(json.dumps(env)) == "j9"
     assert message_job(json.dumps([env, "cpu", "cpu"])) == "j9"
     assert message_job(b"not json") == ""
+
+
+def test_job_backlog_counts_a_jobs_messages_over_priority_lists(tmp_path, redis_url) -> None:
+    from producer.broker import connect, job_backlog, send_shards
+    from producer.priority import set_priority
+
+    low, other = JobDir.create(tmp_path, "low"), JobDir.create(tmp_path, "other")
+    for jd in (low, other):
+        jd.write_manifest(Manifest(job_id=jd.root.name, staged=True, status="running"))
+    set_priority(low, "low")
+    app = connect(redis_url)
+    send_shards(app, low, [0, 1, 2], "cpu")
+    send_shards(app, other, [0], "cpu")
+    assert job_backlog(redis_url, "cpu", "low") == 3  # in cpu\x06\x166, not in cpu
+    assert job_backlog(redis_url, "cpu", "other") == 1
+    assert job_backlog(redis_url, "gpu", "low") == 0
+    assert job_backlog("amqp://guest@localhost//", "cpu", "low") is None
