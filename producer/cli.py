@@ -198,7 +198,7 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
 
     if (corpus is None) == (resume_from is None):
         raise UsageError("give CORPUS to embed, or --resume OUT/JOB to continue a job")
-    if dry_run and corpus:
+    if dry_run:
         return dry_run_estimate(corpus, out, broker=None, local=workers or 1, workers=None,
                                 home=home, cache_url=cache_url, **kw)
     home_path = Path(home) if home else embedfleet_home()

@@ -85,16 +85,20 @@ ESTIMATE_WORKERS = click.option(
     help="With --dry-run: also estimate the time on this many worker processes.")
 
 
-def dry_run_estimate(corpus: str, out: str, *, broker: str | None, local: int | None,
+def dry_run_estimate(corpus: str | None, out: str, *, broker: str | None, local: int | None,
                      workers: int | None, home: str | None = None, **kw: object) -> None:
     """``--dry-run``: the counts, then the expected wall time on the current fleet (``broker``'s
     workers on the queue, or ``local`` processes for ``producer run``) and on ``workers``."""
     from pathlib import Path
 
     from producer.dryrun import dry_run
+    from producer.errors import UsageError
     from producer.estimate import measured_rate, probe_rate, wall_estimate
     from producer.models import embedfleet_home
 
+    if corpus is None:
+        raise UsageError("--dry-run reads a CORPUS; `producer status OUT/JOB` shows a running "
+                         "job's ETA")
     res = dry_run(corpus, **kw)
     home_path = Path(home) if home else embedfleet_home()
     rate = (measured_rate(Path(out), res["bundle_path"])
