@@ -42,8 +42,9 @@ def wall_estimate(tokens: int, cached_tokens: int, shards: int, workers: int,
     return math.ceil(shards / max(1, workers)) * per_shard
 
 
-def measured_rate(out: Path, bundle_path: str) -> Rate | None:
-    """Tokens/s per worker process from the newest done shards of jobs under ``out``."""
+def measured_rate(out: Path, bundle_path: str, queue: str = "cpu") -> Rate | None:
+    """Tokens/s per worker process from the newest done shards of jobs under ``out`` that ran
+    on ``queue`` (a GPU worker's rate says nothing about a CPU one)."""
     import pyarrow.parquet as pq
 
     shards = []
@@ -56,7 +57,10 @@ def measured_rate(out: Path, bundle_path: str) -> Rate | None:
         shards += list((m.parent / "metrics").glob("part-*.parquet"))
     tokens, wall, n = 0, 0.0, 0
     for p in sorted(shards, key=lambda p: p.stat().st_mtime)[-RECENT_SHARDS:]:
-        t = pq.read_table(p, columns=["batch_index", "real_tokens", "attempt"]).to_pylist()
+        t = pq.read_table(p).select(["batch_index", "real_tokens", "attempt", "queue"]
+                                    ).to_pylist()
+        if t and t[0]["queue"] != queue:
+            continue
         emb = p.parent.parent / "embeddings" / p.name
         att = p.parent.parent / "_state" / "attempts" / f"{p.stem[5:]}.{t[0]['attempt']}" \
             if t else None
@@ -71,7 +75,7 @@ def measured_rate(out: Path, bundle_path: str) -> Rate | None:
         n += 1
     if not n or wall <= 0 or tokens <= 0:
         return None
-    return Rate(tokens / wall, f"{n} recent shard(s) under {out}")
+    return Rate(tokens / wall, f"{n} recent shard(s) on queue {queue!r} under {out}")
 
 
 def probe_rate(home: Path, bundle_path: str) -> Rate | None:

@@ -101,7 +101,8 @@ def dry_run_estimate(corpus: str | None, out: str, *, broker: str | None, local:
                          "job's ETA")
     res = dry_run(corpus, **kw)
     home_path = Path(home) if home else embedfleet_home()
-    rate = (measured_rate(Path(out), res["bundle_path"])
+    queue = "gpu" if kw.get("queue") == "gpu" else "cpu"
+    rate = (measured_rate(Path(out), res["bundle_path"], queue)
             or probe_rate(home_path, res["bundle_path"]))
     if rate is None:
         click.echo("  estimate  no measured rate yet for this model (no earlier job under "
@@ -110,7 +111,7 @@ def dry_run_estimate(corpus: str | None, out: str, *, broker: str | None, local:
     cached = int(res["tokens"] * res["cached"] / res["chunks"]) if res["chunks"] else 0
     fleet, where = local, f"{local} local worker process(es)"
     if local is None:
-        fleet, where = _fleet_size(broker, str(kw.get("queue") or "cpu"))
+        fleet, where = _fleet_size(broker, queue)
     click.echo(f"  rate      {rate.tokens_per_s:,.0f} tokens/s per worker process, from "
                f"{rate.source}")
     if not fleet:

@@ -22,12 +22,13 @@ def test_wall_estimate_rounds_whole_shards_and_skips_cached_tokens() -> None:
     assert wall_estimate(0, 0, 0, 4, 1000.0) == 0.0
 
 
-def _done_shard(job: Path, shard: int, tokens: int, start: float, wall: float) -> None:
+def _done_shard(job: Path, shard: int, tokens: int, start: float, wall: float,
+                queue: str = "cpu") -> None:
     for d in ("metrics", "embeddings", "_state/attempts"):
         (job / d).mkdir(parents=True, exist_ok=True)
     name = f"part-{shard:05d}.parquet"
     pq.write_table(pa.table({"batch_index": [-1, 0], "real_tokens": [999, tokens],
-                             "attempt": [2, 2]}), job / "metrics" / name)
+                             "attempt": [2, 2], "queue": [queue] * 2}), job / "metrics" / name)
     (job / "_state" / "attempts" / f"{shard:05d}.2").write_text(json.dumps({"time": start}))
     (job / "embeddings" / name).write_bytes(b"x")
     os.utime(job / "embeddings" / name, (start + wall, start + wall))
@@ -39,6 +40,7 @@ def test_measured_rate_is_inference_tokens_over_shard_wall(tmp_path: Path) -> No
     (job / "manifest.json").write_text(json.dumps({"model": {"bundle_path": "/m/a"}}))
     _done_shard(job, 0, 3000, 1000.0, 2.0)
     _done_shard(job, 1, 1000, 2000.0, 2.0)
+    _done_shard(job, 2, 90_000, 3000.0, 1.0, queue="gpu")  # another kind of worker: ignored
     other = tmp_path / "j2"  # another model: ignored
     other.mkdir()
     (other / "manifest.json").write_text(json.dumps({"model": {"bundle_path": "/m/b"}}))
@@ -46,6 +48,8 @@ def test_measured_rate_is_inference_tokens_over_shard_wall(tmp_path: Path) -> No
     r = measured_rate(tmp_path, "/m/a")
     assert r is not None and r.tokens_per_s == 1000.0 and "2 recent shard" in r.source
     assert measured_rate(tmp_path, "/m/c") is None
+    g = measured_rate(tmp_path, "/m/a", "gpu")
+    assert g is not None and g.tokens_per_s == 90_000.0
 
 
 def test_probe_rate_takes_the_fastest_figure_without_error(tmp_path: Path) -> None:
