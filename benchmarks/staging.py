@@ -69,7 +69,8 @@ def first_task_s(tree: Path, corpus: Path, model: str, broker: str, out: Path, c
                  "--broker", broker, "--precision", "fp32", *procs)
     try:
         while time.monotonic() - t0 < cap_s:
-            if r.llen("cpu") > 0:
+            # normal-priority tasks (since --priority) wait in cpu\x06\x163, older ones in cpu
+            if r.llen("cpu") + r.llen("cpu\x06\x163") > 0:
                 return time.monotonic() - t0
             if p.poll() is not None:
                 raise RuntimeError(p.stdout.read() if p.stdout else "producer exited")

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from producer.errors import BrokerFull, BrokerUnreachable
+from producer.metrics import message_job
+from producer.priority import queue_depth, queue_keys, task_priority
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
 from storage.urls import DEFAULT_BROKER_URL, mask_url
@@ -31,19 +33,22 @@ def connect(broker: str | None, *, events: bool = False) -> Any:
 
 
 def send_shards(app: Any, job: JobDir, shards: Sequence[int], queue: str) -> None:
-    """One small JSON message per shard; publish retries follow the app's retry policy.
+    """One small JSON message per shard, at the job's ``--priority``; publish retries follow
+    the app's retry policy.
 
     Raises:
         BrokerFull: Redis refused the message (over ``maxmemory``); names the limit and the
             command that continues the job once memory is freed.
     """
+    # A directory without a manifest yet (the unit tests' bare JobDir) has no priority set.
+    priority = task_priority(job.manifest.priority if job.manifest_path.is_file() else None)
     try:
         with app.producer_or_acquire() as producer:
             for n in shards:
                 payload = ShardTask(job_id=job.root.name, job_dir=str(job.root),
                                     shard=n).to_dict()
                 app.send_task(TASK_NAME, args=[payload], queue=queue, producer=producer,
-                              retry=True)
+                              retry=True, priority=priority)
     except Exception as exc:
         if not _out_of_memory(exc):
             raise
@@ -79,7 +84,8 @@ def _memory(url: str) -> str:
 
 
 def broker_backlog(broker: str | None, queue: str) -> int | None:
-    """Messages queued or unacked on a Redis broker; None when it cannot tell (RabbitMQ)."""
+    """Messages queued (every priority list) or unacked on a Redis broker; None when it cannot
+    tell (RabbitMQ)."""
     if not broker or not broker.startswith(("redis://", "rediss://")):
         return None
     import redis
@@ -87,6 +93,23 @@ def broker_backlog(broker: str | None, queue: str) -> int | None:
     try:
         r = redis.Redis.from_url(broker, socket_timeout=3, socket_connect_timeout=3)
         with r:
-            return int(r.llen(queue)) + int(r.hlen("unacked"))
+            return queue_depth(r, queue) + int(r.hlen("unacked"))
     except Exception:
         return None
+
+
+def job_backlog(broker: str | None, queue: str, job_id: str) -> int | None:
+    """Messages of ``job_id`` queued (any priority) or unacked on a Redis broker; None when it
+    cannot tell. ``Job.wait`` asks before treating a stall as lost messages: a low-priority job
+    waiting behind others has its messages still queued."""
+    if not broker or not broker.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    try:
+        with redis.Redis.from_url(broker, socket_timeout=5, socket_connect_timeout=3) as r:
+            raws = [m for key, _ in queue_keys(queue) for m in r.lrange(key, 0, -1)]
+            raws += r.hvals("unacked")
+    except Exception:
+        return None
+    return sum(message_job(m) == job_id for m in raws)

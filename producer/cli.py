@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,11 @@ from click.core import ParameterSource
 
 from producer.errors import Interrupted, JobFailed, UsageError
 from producer.exitcodes import EXIT_CODES, USAGE_EXIT, _exit_code_help, exit_code  # noqa: F401
+from producer.options import STAGE_PROCS, submit_options
 from producer.settings import ProducerSettings
+from producer.fleetcli import ESTIMATE_WORKERS, continue_existing, dry_run_estimate
+from producer.fleetcli import register as register_fleet
+from producer.fleetcli import resume_cancelled
 from producer.tools.cli import register as register_tools
 from storage.jobdir import JobDir
 from storage.urls import BROKER_ENV, DEFAULT_BROKER_URL, mask_url
@@ -44,86 +47,6 @@ class _Main(click.Group):
             else:
                 click.echo(f"Error: {exc}", err=True)
             ctx.exit(code)
-
-
-STAGE_PROCS = click.option("--stage-procs", type=click.IntRange(1, 256), envvar="EMBED_STAGE_PROCS",
-                           help="Processes that read and chunk the corpus (default: cores).")
-
-
-DENSE_OPTIONS = [
-    click.option("--dim", type=click.IntRange(1, None), default=None,
-                 help="Keep the first DIM dimensions of the dense vector and re-normalise "
-                 "(Matryoshka; the bundle must declare it, see `producer export --matryoshka`)."),
-    click.option("--dtype", type=click.Choice(["float32", "float16", "int8", "uint8", "binary",
-                                               "ubinary"]), default="float32",
-                 show_default=True, help="Stored dense type: int8/uint8 with per-dimension "
-                 "ranges calibrated on the job's first shard; binary/ubinary: packed sign bits."),
-    click.option("--force-dim", is_flag=True, help="Allow --dim on a bundle not declared "
-                 "Matryoshka-trained (the manifest records it as forced)."),
-]
-
-
-def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The options ``submit`` (also ``--dry-run``) and ``run`` share; all but ``--out`` reach
-    ``producer.job.submit`` as keyword arguments."""
-    opts = [
-        click.option("--out", type=click.Path(file_okay=False), default="out", show_default=True,
-                     envvar="EMBED_OUT", help="Output root; the job lands in OUT/<job-id>/."),
-        click.option("--job-id", default=None, help="Job id (A-Z a-z 0-9 _ . -); default: "
-                     "a timestamp plus random suffix."),
-        click.option("--model", "-m", default=None, envvar="EMBED_MODEL",
-                     help="Bundle directory (see `producer export`); default: all-MiniLM-L6-v2, "
-                     "exported once into EMBED_HOME."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8", "bf16"]),
-                     default="auto", show_default=True, envvar="EMBED_PRECISION",
-                     help="auto: fp16 on gpu workers; on cpu workers the fastest of CPU-EP "
-                     "int8/fp32 and OpenVINO fp32/bf16 that passes its quality gate (measured "
-                     "once per machine; EMBED_CPU_PROVIDER overrides). bf16: OpenVINO EP."),
-        click.option("--queue", "-q", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
-                     show_default=True, help="Where tasks go; auto = gpu when a worker consumes "
-                     "the gpu queue, else cpu."),
-        click.option("--text-field", default="text", show_default=True,
-                     help="JSON field with the text."),
-        click.option("--id-field", default="id", show_default=True,
-                     help="JSON field with the document id (missing: the line number)."),
-        click.option("--max-tokens", type=click.IntRange(8, None), default=None,
-                     help="Chunk window in tokens incl. special tokens (default and maximum: "
-                     "the model's window, e.g. 256 for MiniLM, 8192 for BGE-M3)."),
-        click.option("--overlap", type=click.IntRange(0, None), default=0, show_default=True,
-                     help="Tokens shared by consecutive chunks of one document."),
-        click.option("--prefix", type=click.Choice(["passage", "query", "none"]),
-                     default="passage", show_default=True,
-                     help="Which prefix from the bundle config to prepend (if it has one)."),
-        click.option("--max-line-bytes", type=click.IntRange(1, None), default=64 * 2**20,
-                     show_default=True, help="Longer JSONL lines are rejected, never read whole."),
-        click.option("--shard-tokens", type=click.IntRange(64, None), default=32768,
-                     show_default=True, help="Real tokens per task (one input/output shard)."),
-        click.option("--max-batch-tokens", type=click.IntRange(16, None), default=None,
-                     envvar="EMBED_MAX_BATCH_TOKENS",
-                     help="Padded tokens per inference batch (default: the worker's; 4096 on "
-                     "CPU, 32768 on GPU)."),
-        click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
-                     help="Deliveries of one shard before it is marked failed."),
-        click.option("--outputs", default="dense", show_default=True,
-                     help="Comma-separated: dense, sparse, colbert (sparse and colbert need a "
-                     "BGE-M3 bundle; dense is always written)."),
-        *DENSE_OPTIONS,
-        STAGE_PROCS,
-        click.option("--on-duplicate-id", type=click.Choice(["reject", "last"]),
-                     default="reject", show_default=True,
-                     help="A repeated id: reject the later record (reject) or the earlier "
-                     "(last); the reject names both lines."),
-        click.option("--since", type=click.Path(exists=True, file_okay=False), default=None,
-                     help="A finished job OUT/JOB: documents whose id and text are unchanged "
-                     "are carried over from it, not embedded; the job records the delta."),
-        click.option("--full-reembed", is_flag=True,
-                     help="With --since: embed every document (another model or chunking)."),
-        click.option("--split-bytes", type=click.IntRange(4096, None), default=16 * 2**20,
-                     envvar="EMBED_SPLIT_BYTES", help="Input bytes per split (16 MiB)."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]},
@@ -156,20 +79,21 @@ def _settings() -> ProducerSettings:
               help="Celery broker URL (redis://, rediss://, amqp://).")
 @click.option("--wait/--no-wait", default=False, show_default=True,
               help="Show progress until the job finishes, then finalise it.")
-@click.option("--dry-run", is_flag=True, help="Read and chunk only; print counts and how many "
-              "chunks the cache already holds. Submits nothing.")
+@click.option("--dry-run", is_flag=True, help="Read and chunk only; print counts, how many "
+              "chunks the cache already holds and the expected wall time. Submits nothing.")
+@ESTIMATE_WORKERS
 @click.option("--cache-url", envvar="EMBED_CACHE_URL", default=None,
               help="Redis holding the embedding cache (for --dry-run); default: the broker.")
 @click.option("--stage-on", type=click.Choice(["producer", "fleet"]), default="producer",
               help="fleet: workers on the `stage` queue chunk CORPUS (same path for them).")
 def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
-           cache_url: str | None, stage_on: str, **kw: Any) -> None:
+           estimate_workers: int | None, cache_url: str | None, stage_on: str,
+           **kw: Any) -> None:
     """Stream, chunk and stage CORPUS (.jsonl, .jsonl.gz, .parquet), then send its tasks."""
     if dry_run:
-        from producer.dryrun import dry_run as run_dry
-
-        run_dry(corpus, cache_url=cache_url or broker, settings=_settings(), **kw)
-        return
+        return dry_run_estimate(corpus, out, broker=broker, local=None,
+                                workers=estimate_workers, cache_url=cache_url or broker,
+                                settings=_settings(), **kw)
     from producer.job import submit as submit_job
     from producer.progress import fleet_progress
     from producer.broker import connect
@@ -202,9 +126,11 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
 @click.option("--home", type=click.Path(file_okay=False), envvar="EMBED_HOME", default=None,
               help="Where the default model and the local cache live (default "
               "~/.cache/embedfleet).")
+@click.option("--dry-run", is_flag=True, help="Read and chunk CORPUS only; print counts and "
+              "the expected wall time on --workers processes. Runs nothing.")
 def run(corpus: str | None, out: str, resume_from: str | None, workers: int | None,
         threads: int | None, broker: str | None, cache_url: str | None, home: str | None,
-        **kw: Any) -> None:
+        dry_run: bool, **kw: Any) -> None:
     """Embed CORPUS on this machine: private Redis, local Celery workers, same code path.
 
     Run again onto an existing --out/--job-id (same corpus, same chunking), or with
@@ -216,10 +142,14 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
 
     if (corpus is None) == (resume_from is None):
         raise UsageError("give CORPUS to embed, or --resume OUT/JOB to continue a job")
+    if dry_run:
+        return dry_run_estimate(corpus, out, broker=None, local=workers or 1, workers=None,
+                                home=home, cache_url=cache_url, settings=_settings(), **kw)
     home_path = Path(home) if home else _settings().home
     root = Path(resume_from) if resume_from else Path(out) / (kw["job_id"] or new_job_id())
     ctx = click.get_current_context()
     given = {k for k in kw if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    continue_existing(root, kw["priority"] if "priority" in given else None)
     plan = plan_run(root, corpus, kw, given, resume=resume_from is not None,
                     model_path=lambda m: resolve_model(m, home_path))
     if plan.pending == 0:  # every shard is done or failed: nothing to start
@@ -264,6 +194,9 @@ def _finish(job: Any, progress: Any) -> None:
 
     st = job.wait(progress=progress)
     click.echo("\n".join(summary_lines(job, st)))
+    if st.status == "cancelled":
+        raise JobFailed(f"cancelled with {st.done} of {st.shards} shard(s) done; continue "
+                        f"with `{job.dir.manifest.continue_command(job.path)}`")
     if st.status != "succeeded":
         raise JobFailed(f"{st.failed} of {st.shards} shard(s) failed; "
                         f"see `producer status {job.path}`")
@@ -279,7 +212,8 @@ def status(job_dir: str, as_json: bool) -> None:
 
     st = Job(job_dir, settings=_settings()).status()
     if as_json:
-        click.echo(json.dumps({**st.__dict__, "tokens_per_s": st.tokens_per_s}, indent=2))
+        click.echo(json.dumps({**st.__dict__, "tokens_per_s": st.tokens_per_s, "eta_s": st.eta_s},
+                              indent=2))
         return
     click.echo("\n".join(status_lines(st)))
 
@@ -291,7 +225,10 @@ def status(job_dir: str, as_json: bool) -> None:
               "manifest; a URL whose password was masked there must be given again).")
 @click.option("--wait/--no-wait", default=False, help="Wait for the job to finish.")
 @STAGE_PROCS
-def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None) -> None:
+@click.option("--priority", type=click.Choice(["low", "normal", "high"]), default=None,
+              help="Change the job's priority: its pending shards are re-sent with it.")
+def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None,
+           priority: str | None) -> None:
     """Finish staging JOB_DIR and re-send every shard without valid output; safe to repeat.
 
     A job made by `producer run` is continued with `producer run --resume JOB_DIR` instead.
@@ -304,6 +241,11 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
     jd = JobDir.open(job_dir)
     refuse_run_job(jd)
     url = fleet_broker(jd, broker)
+    resume_cancelled(jd)
+    if priority:
+        from producer.priority import set_priority
+
+        set_priority(jd, priority)
     s = _settings()
     job = Job(job_dir, broker=url, settings=s)
     bar = fleet_progress(connect(url, events=s.events), jd.manifest.queue, mask_url(url),
@@ -316,3 +258,4 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
 
 
 register_tools(main)
+register_fleet(main)

@@ -48,7 +48,7 @@ def dry_run(corpus: str, *, cache_url: str | None, settings: ProducerSettings | 
     got = {**t, "cached": hits, "precision": runtime.precision, "provider": runtime.provider,
            "wall_s": wall, "mb_per_s": size / 1e6 / wall, "procs": procs,
            "outputs": list(spec.outputs), "disk_bytes": disk, "splits": len(splits),
-           "dense": spec.dense}
+           "dense": spec.dense, "bundle_path": str(spec.bundle.path)}
     _print(Path(corpus), spec, size, got)
     return got
 

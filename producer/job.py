@@ -21,7 +21,7 @@ from typing import Any
 from worker.staging.corpus import Record, Reject, judge_object
 from producer.errors import JobConflict, UsageError
 from producer.ingest import run_staging, send_stage_tasks
-from producer.broker import broker_backlog, connect, send_shards
+from producer.broker import broker_backlog, connect, job_backlog, send_shards
 from producer.progress import JobStatus, staging_progress
 from producer.routing import choose_queue
 from producer.settings import ProducerSettings
@@ -145,6 +145,8 @@ class Job:
                 backlog = broker_backlog(self.broker, self.dir.manifest.queue)
                 idle_checks = idle_checks + 1 if backlog == 0 else 0
                 stalled = stall_s is not None and time.monotonic() - last_change > stall_s
+                if stalled and job_backlog(self.broker, self.dir.manifest.queue, self.path.name):
+                    stalled, last_change = False, time.monotonic()  # queued behind others
                 if idle_checks >= 3 or stalled:
                     n = self.resume()
                     bar.note(f"re-sent {n} shard(s) whose messages were lost")
@@ -259,7 +261,8 @@ def _manifest(job: JobDir, spec: JobSpec, source: dict[str, Any],
         colbert_dim=cfg.colbert_dim if "colbert" in spec.outputs else 0, made_by=made_by,
         dense=spec.dense,
         max_batch_tokens=o.max_batch_tokens, max_attempts=o.max_attempts,
-        id_policy=o.on_duplicate_id, delta=spec.delta, staged=False, status="staging", submitted_at=now, splits=splits,
+        id_policy=o.on_duplicate_id, delta=spec.delta, priority=o.priority,
+        staged=False, status="staging", submitted_at=now, splits=splits,
         staging={"procs": _procs(spec), "on": stage_on, "split_bytes": o.split_bytes},
     )
 

@@ -26,7 +26,7 @@ CHECK_S = 5.0
 @dataclass
 class JobStatus:
     job_dir: str
-    status: str  # staging, running, succeeded, failed
+    status: str  # staging, running, succeeded, failed, cancelled
     shards: int
     done: int
     failed: int
@@ -50,11 +50,20 @@ class JobStatus:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed")
+        """Nothing more will happen without a user (a cancelled job waits for a resume)."""
+        return self.status in ("succeeded", "failed", "cancelled")
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far, while running (None before the first shard)."""
+        from producer.estimate import eta_s
+
+        return eta_s(self.tokens, self.tokens_done, self.tokens_per_s) if (
+            self.status == "running") else None
 
 
 def staging_progress(job: JobDir, m: Manifest) -> dict[str, Any]:
@@ -190,6 +199,8 @@ def status_lines(st: Any) -> list[str]:
            f"chunks     {st.chunks_done}/{st.chunks}   tokens {st.tokens_done:,}/{st.tokens:,}",
            f"rejects    {st.rejects}   cache hits {st.cache_hits}",
            f"throughput {st.tokens_per_s:,.0f} tokens/s over {st.elapsed_s:.1f}s"]
+    if getattr(st, "eta_s", None) is not None:
+        out.append(f"eta        {_clock(st.eta_s)} at that rate")
     if st.duplicate_ids:
         out.append(f"duplicate ids {st.duplicate_ids} rejected (e.g. "
                    f"{', '.join(st.duplicate_examples)}; rejects.jsonl names both lines)")

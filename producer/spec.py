@@ -59,6 +59,7 @@ class JobOptions:
     on_duplicate_id: str = "reject"
     since: str | None = None
     full_reembed: bool = False
+    priority: str = "normal"
 
     @classmethod
     def pick(cls, options: dict[str, Any]) -> tuple[JobOptions, dict[str, Any]]:

@@ -80,6 +80,10 @@ class Manifest:
     """``--since``: the base job (``since``, ``since_job``), whether its rows are carried
     (``carry``; False with ``--full-reembed``), and once staged the counts (added, changed,
     deleted, unchanged, carried_rows)."""
+    priority: str | None = None
+    """``--priority`` (low, normal, high) its shard tasks are sent with (None: normal)."""
+    cancelled_at: float | None = None
+    """Set by ``producer cancel`` (``_state/cancel.json``, storage/cancel.py, is the truth)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -130,4 +134,5 @@ class Manifest:
 
 # Keys older manifests did not have until a later step: absent rather than null.
 _OMIT_IF_NONE = {"submitted_at", "result", "failed_shards", "splits", "staging", "outputs",
-                 "colbert_dim", "made_by", "dense", "calibration", "id_policy", "delta"}
+                 "colbert_dim", "made_by", "dense", "calibration", "id_policy", "delta",
+                 "priority", "cancelled_at"}

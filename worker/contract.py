@@ -11,6 +11,18 @@ from enum import Enum
 from typing import Any
 
 TASK_NAME = "embedfleet.embed_shard"
+PRIORITIES = {"high": 0, "normal": 3, "low": 6}
+"""``--priority`` name → Celery task priority on Redis (lower runs first; producer/priority.py)."""
+
+
+def task_priority(name: str | None) -> int:
+    """The Celery priority of a job's tasks (None: normal).
+
+    >>> task_priority("high"), task_priority(None), task_priority("low")
+    (0, 3, 6)
+    """
+    return PRIORITIES[name or "normal"]
+
 
 
 @dataclass(frozen=True)

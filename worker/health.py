@@ -90,12 +90,12 @@ def write_state(path: Path, data: dict[str, Any]) -> None:
         pass  # an unwritable file shows up as a stale state: the check fails and says where
 
 
-def judge(state: dict[str, Any] | None, now: float, backlog: dict[str, int] | None, *,
+def judge_health(state: dict[str, Any] | None, now: float, backlog: dict[str, int] | None, *,
           max_age: float = DEFAULT_MAX_AGE_S, idle: float = DEFAULT_IDLE_S,
           broker_error: str | None = None) -> tuple[bool, str]:
     """(healthy, one line) from the worker's state and the queue lengths the broker reports.
 
-    >>> judge({"time": 100, "connected": True, "queues": ["cpu"], "active": 0, "idle_s": 90,
+    >>> judge_health({"time": 100, "connected": True, "queues": ["cpu"], "active": 0, "idle_s": 90,
     ...        "pid": 1}, 101, {"cpu": 3})
     (False, 'unhealthy: queue cpu holds 3 message(s) but this worker has taken none for 90 s')
     """
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             backlog = queue_backlog(settings.broker_url, list(state.get("queues") or []))
         except Exception as exc:  # any failure to ask the broker is the answer
             error = f"{type(exc).__name__}: {exc}"
-    ok, line = judge(state, time.time(), backlog, max_age=args.max_age, idle=args.idle,
+    ok, line = judge_health(state, time.time(), backlog, max_age=args.max_age, idle=args.idle,
                      broker_error=error)
     print(line if state is not None else f"{line}: {path}")
     return 0 if ok else 1

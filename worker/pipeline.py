@@ -37,6 +37,7 @@ from storage.jobdir import JobDir
 from storage.metrics import rss_mb
 from storage.shards import embeddings_table, metrics_table, shard_is_valid, write_table
 from worker import attempts
+from worker import cancel
 from worker import faults as failpoints
 from worker.errors import InferenceError
 from worker.dense import DenseSpec
@@ -89,10 +90,15 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
     t0 = time.perf_counter()
     job, shard, attempt = ctx.job, ctx.shard, None
     try:
+        if cancel.skip_on_receipt(job, shard):
+            return ShardResult(shard, "cancelled")
         if shard_is_valid(job.embeddings_path(shard), job.expected_chunks(shard)):
             return ShardResult(shard, "already done", finalized=job.finalize())
         attempt = attempts.begin(job, shard, ctx.max_attempts,
                                  attempts.attempt_info(os.getpid(), ctx.hostname, ctx.queue))
+        if cancel.skip_on_receipt(job, shard):  # cancelled between the check and the record
+            job.drop_attempt(shard, attempt.number)
+            return ShardResult(shard, "cancelled")
         if attempt.over_cap:
             return _give_up(ctx, attempt.cap_reason(), attempt.number - 1, attempt.number)
         # 5. The model (one session per process) and the staged chunks.
@@ -119,6 +125,7 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
         with attempt.inflight(groups) as mark:
             # 7-8. Run, pool, normalise; a failing batch is split down to single chunks.
             for b, group in enumerate(groups):
+                cancel.check_batch(job, shard, b, len(groups))
                 mark(b)
                 done, inf_ms = _embed_group(model, rows, group, ids, faults)
                 fresh += done
@@ -137,6 +144,10 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
             # 10. Rejects first, metrics, the embeddings last (their presence means "done").
             _write_shards(job, shard, model, rows, metrics, dense)
         return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())
+    except cancel.ShardCancelled:  # nothing written; a cancel is not the shard's fault
+        if attempt is not None:
+            job.drop_attempt(shard, attempt.number)
+        return ShardResult(shard, "cancelled")
     except Exception as exc:  # attempts decides: RetryShard propagates, or the shard fails
         reason = attempts.after_error(job, shard, exc, ctx.max_attempts, ctx.soft_time_limit,
                                       attempt.number if attempt else None)

@@ -20,6 +20,7 @@ from celery import Celery
 
 from storage.jobdir import validate_job_id
 from worker.contract import STAGE_TASK_NAME
+from worker.cancel import skip_on_receipt
 from worker.paths import open_allowed_job
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ def register(app: Celery) -> None:
         if job_dir.name != payload["job_id"]:
             raise ValueError(f"job_dir {job_dir} does not end in job id {payload['job_id']!r}")
         job = open_allowed_job(self.app.settings, job_dir, stage=True)  # only under the roots
+        if skip_on_receipt(job, -1):  # `producer cancel`: acked, not staged
+            return {"split": int(payload["split"]), "sent": 0, "cancelled": True}
         sent = stage_one_split(job, int(payload["split"]), self.app,
                                fast_tokenizer=self.app.settings.fast_tokenizer)
         log.info("staged split %s of %s: %d shard task(s) sent", payload["split"], job.root,

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from producer.priority import queue_depth
 from producer.job import Job, submit
 from storage import docindex
 from tests.checker import CheckResult, check_job
@@ -304,13 +305,13 @@ def test_redis_restart_while_tasks_queued(tmp_path, fleet, minilm_bundle, record
         # already on the wire lands within the pause. (CI once saw 5 → 4 without the freeze.)
         w.freeze()
         time.sleep(0.3)
-        before = srv.client().llen(queue)
+        before = queue_depth(srv.client(), queue)
         assert before >= 3, before
         srv.client().shutdown(nosave=True)
         srv.proc.wait(timeout=15)
         srv.proc = None
         srv.start()  # same port, same dir
-        after = srv.client().llen(queue)
+        after = queue_depth(srv.client(), queue)
         w.freeze(False)
         mutex_ttl = srv.client().ttl("unacked_mutex")  # > 0: a restore scan was cut short
         if aof:
@@ -346,7 +347,7 @@ def test_redis_restart_then_resume(tmp_path, fleet, minilm_bundle, record):
         srv.proc.wait(timeout=15)
         srv.proc = None
         srv.start()
-        assert srv.client().llen(job.dir.manifest.queue) == 0
+        assert queue_depth(srv.client(), job.dir.manifest.queue) == 0
         resent = job.resume()
         assert resent >= 3, resent
         st = poll_finished(job)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from producer.priority import queue_depth, queue_keys
 from producer.broker import connect
 from producer.job import Job, submit
 from tests.checker import check_job
@@ -52,7 +53,7 @@ def test_worker_rejects_paths_outside_its_roots(tmp_path, fleet, redis_server, r
     app = connect(redis_url)
     # Stage a job outside the roots while no worker runs, then drop its queued messages.
     bad = submit(corpus, outside, model=str(minilm_bundle), broker=redis_url, job_id="bad")
-    redis_server.client().delete("cpu")
+    redis_server.client().delete(*(k for k, _ in queue_keys("cpu")))  # every priority list
     (jobs / "bad").symlink_to(bad.path)  # a symlink leaving the root
     # A job inside the roots whose manifest points at a bundle outside the model roots.
     shutil.copytree(bad.path, jobs / "model")
@@ -87,7 +88,7 @@ def test_worker_rejects_paths_outside_its_roots(tmp_path, fleet, redis_server, r
     # Nothing was written, nothing is queued or unacked, nothing is redelivered later.
     assert {d: snapshot(d) for d in before} == before
     r = redis_server.client()
-    assert r.llen("cpu") == 0 and r.hlen("unacked") == 0
+    assert queue_depth(r, "cpu") == 0 and r.hlen("unacked") == 0
     time.sleep(2)
     assert len(rejections(w.text())) == 4
     record("task paths outside EMBED_JOB_ROOTS/EMBED_MODEL_ROOTS", res,
@@ -173,7 +174,7 @@ def test_stage_tasks_accept_only_their_roots(tmp_path, fleet, redis_server, redi
     assert res.clean and res.ok == res.expected > 0, res.describe()
     assert {d: snapshot(d) for d in before} == before  # nothing written
     r = redis_server.client()
-    assert r.llen(STAGE_QUEUE) == r.llen("cpu") == r.hlen("unacked") == 0
+    assert r.llen(STAGE_QUEUE) == queue_depth(r, "cpu") == r.hlen("unacked") == 0
     time.sleep(2)
     assert len(rejections(w.text())) == len(hostile)  # not redelivered
     record("stage-task paths outside EMBED_JOB_ROOTS/MODEL_ROOTS/INPUT_ROOTS", res,

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from producer.priority import queue_depth
 from producer.cli import main
 from tests.checker import check_job
 from tests.conftest import write_jsonl
@@ -100,7 +101,7 @@ def test_interrupted_run_resumes_with_done_shards_untouched(
     # `producer resume` of a `producer run` job refuses and sends nothing.
     res = CliRunner().invoke(main, ["resume", str(job), "--broker", redis_url])
     assert res.exit_code == 4 and f"producer run --resume {job}" in res.output, res.output
-    assert redis_server.client().llen("cpu") == 0
+    assert queue_depth(redis_server.client(), "cpu") == 0
 
     log2 = tmp_path / "run2.log"
     rc, text = finish(producer(["run", "--resume", job, "--workers", "1"], home, log2), log2)
@@ -189,7 +190,7 @@ def test_fleet_resume_uses_the_job_broker_and_warns_without_a_worker(
                                     "--broker", redis_url, "--model", str(minilm_bundle),
                                     "--shard-tokens", "64"])
     assert res.exit_code == 0 and warning in res.output, res.output
-    sent = redis_server.client().llen("cpu")
+    sent = queue_depth(redis_server.client(), "cpu")
     assert sent == 3
     manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
     assert manifest["made_by"] == "producer submit" and manifest["broker_hint"] == redis_url
@@ -198,7 +199,8 @@ def test_fleet_resume_uses_the_job_broker_and_warns_without_a_worker(
                                                             "CELERY_BROKER_URL")}
     res = CliRunner(env=env).invoke(main, ["resume", str(tmp_path / "f")])  # no --broker
     assert res.exit_code == 0 and warning in res.output and "re-sent 3 shard(s)" in res.output
-    assert redis_server.client().llen("cpu") == 2 * sent  # to the job's broker, not the default
+    # to the job's broker, not the default
+    assert queue_depth(redis_server.client(), "cpu") == 2 * sent
 
 
 def test_wait_without_a_worker_says_waiting(tmp_path: Path, minilm_bundle: Path,

@@ -36,6 +36,13 @@ EXEMPT = {
                          "tests/integration/test_full_disk.py",
     "storage/calibration.py": "the claimed ranges: tests/unit/worker/test_dense.py "
                               "(shards of one job share them), tests/unit/storage/test_quantize.py",
+    "producer/options.py": "click options: tests/unit/producer/test_spec.py (their defaults are "
+                           "JobOptions'), tests/unit/producer/test_cli.py",
+    "producer/fleetcli.py": "cancel/metrics/estimate commands: tests/integration/test_cancel.py, "
+                            "test_fleet_metrics.py, tests/unit/producer/test_estimate.py",
+    "producer/priority.py": "doctests; tests/integration/test_priority.py (a real worker)",
+    "worker/cancel.py": "skip on receipt and at batches: tests/integration/test_cancel.py",
+    "storage/cancel.py": "the cancel record: tests/unit/producer/test_cancel.py",
     "producer/since.py": "--since checks against a real base job: tests/integration/test_delta.py",
     "storage/carry.py": "carried rows copied byte for byte: tests/integration/test_delta.py",
     "storage/pgdelta.py": "delta loads into a real PostgreSQL: tests/integration/test_delta.py",

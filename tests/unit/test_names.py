@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_ON_PURPOSE = {
     "register": "each module that defines Celery tasks or click commands registers its own",
+    "main": "each command-line entry point (`producer`, `python -m worker.health`) is main",
     "submit": "the `producer submit` command is named as the API function it calls",
 }
 

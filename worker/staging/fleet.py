@@ -18,9 +18,10 @@ from worker.staging.shards import StageConfig
 from worker.staging.pool import stage_splits
 from storage import docindex, ledger
 from storage.carry import settle
+from storage.cancel import is_cancelled
 from storage.jobdir import JobDir
 from storage.manifest import ShardEntry
-from worker.contract import TASK_NAME, ShardTask
+from worker.contract import TASK_NAME, ShardTask, task_priority
 
 DUPLICATE_EXAMPLES = 5
 
@@ -87,7 +88,7 @@ def complete_staging(job: JobDir) -> None:
                 "chunks": t["chunks"] + sum(e.chunks for e in carried),
                 "tokens": t["tokens"] + sum(e.tokens for e in carried), "chars": t["chars"],
                 "duplicate_ids": len(losers), "duplicate_examples": examples}
-    m.staged, m.status = True, "running"
+    m.staged, m.status = True, "cancelled" if is_cancelled(job) else "running"
     if m.staging is not None:
         m.staging["finished_at"] = time.time()
     job.write_manifest(m)
@@ -95,7 +96,9 @@ def complete_staging(job: JobDir) -> None:
 
 
 def _send(app: Any, job: JobDir, shards: list[int], queue: str) -> None:
+    priority = task_priority(job.manifest.priority)
     with app.producer_or_acquire() as producer:
         for n in shards:
             payload = ShardTask(job_id=job.root.name, job_dir=str(job.root), shard=n).to_dict()
-            app.send_task(TASK_NAME, args=[payload], queue=queue, producer=producer, retry=True)
+            app.send_task(TASK_NAME, args=[payload], queue=queue, producer=producer, retry=True,
+                          priority=priority)

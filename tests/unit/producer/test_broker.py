@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from producer.priority import queue_keys
 from producer.broker import broker_backlog, connect, send_shards
 from producer.local import free_port
 from storage.jobdir import JobDir
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 def _messages(redis_server, queue: str) -> list[dict]:
-    raw = redis_server.client().lrange(queue, 0, -1)
+    """Every message of ``queue``, over its priority lists (normal: ``queue\x06\x163``)."""
+    raw = [m for k, _ in queue_keys(queue) for m in redis_server.client().lrange(k, 0, -1)]
     return [json.loads(m) for m in raw]
 
 
@@ -52,6 +54,7 @@ def test_one_small_message_per_shard(tmp_path, redis_server, redis_url):
         assert kwargs == {} and len(json.dumps(args)) < 500
         payloads.append(args[0])
     assert sorted(p["shard"] for p in payloads) == [0, 2, 5]
+    assert {m["properties"]["priority"] for m in msgs} == {3}  # normal (no manifest)
     assert {(p["job_id"], p["job_dir"]) for p in payloads} == {("job-1", str(job.root))}
 
 

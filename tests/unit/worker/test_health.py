@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.health import health_path, judge
+from worker.health import health_path, judge_health
 
 NOW = 1000.0
 
@@ -15,37 +15,37 @@ def state(**kw: object) -> dict[str, object]:
 
 
 def test_idle_worker_with_an_empty_queue_is_healthy() -> None:
-    ok, line = judge(state(idle_s=3600), NOW, {"cpu": 0})
+    ok, line = judge_health(state(idle_s=3600), NOW, {"cpu": 0})
     assert ok and line.startswith("healthy: w1@h connected, idle"), line
 
 
 def test_busy_worker_with_a_backlog_is_healthy() -> None:
-    ok, line = judge(state(active=1, idle_s=0), NOW, {"cpu": 500})
+    ok, line = judge_health(state(active=1, idle_s=0), NOW, {"cpu": 500})
     assert ok and "1 task(s) running" in line, line
 
 
 def test_backlog_shortly_after_a_task_is_healthy() -> None:
-    assert judge(state(idle_s=5), NOW, {"cpu": 500})[0]
+    assert judge_health(state(idle_s=5), NOW, {"cpu": 500})[0]
 
 
 def test_idle_over_the_limit_with_a_backlog_fails() -> None:
-    ok, line = judge(state(idle_s=61), NOW, {"cpu": 2})
+    ok, line = judge_health(state(idle_s=61), NOW, {"cpu": 2})
     assert not ok and "queue cpu holds 2 message(s)" in line, line
 
 
 def test_stale_state_fails() -> None:
-    ok, line = judge(state(time=NOW - 61), NOW, {"cpu": 0})
+    ok, line = judge_health(state(time=NOW - 61), NOW, {"cpu": 0})
     assert not ok and "has not written its state for 61 s" in line, line
 
 
 def test_not_connected_or_broker_unreachable_fails() -> None:
-    assert not judge(state(connected=False), NOW, {"cpu": 0})[0]
-    ok, line = judge(state(), NOW, None, broker_error="TimeoutError: Timeout reading")
+    assert not judge_health(state(connected=False), NOW, {"cpu": 0})[0]
+    ok, line = judge_health(state(), NOW, None, broker_error="TimeoutError: Timeout reading")
     assert not ok and "cannot reach the broker: TimeoutError" in line, line
 
 
 def test_no_state_fails() -> None:
-    assert judge(None, NOW, None) == (
+    assert judge_health(None, NOW, None) == (
         False, "unhealthy: no state file (worker not started, or not this node name)")
 
 
