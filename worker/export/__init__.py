@@ -31,7 +31,7 @@ from worker.errors import BundleError
 from worker.export.gate import Embed, check_width, quality_gate, session_embed
 from worker.export.m3 import find_heads, load_heads, with_m3_outputs
 from worker.export.metric_gate import MetricGate, metric_gate
-from worker.export.onnx import DEFAULT_OPSET, VERIFY_ATOL, export_onnx, remove_onnx
+from worker.export.onnx import DEFAULT_OPSET, VERIFY_ATOL, export_onnx, onnx_bytes, remove_onnx
 from worker.export.st_config import copy_tokenizer, read_model_config, resolve_source
 from worker.export.variants import Gate, convert_fp16, int8_until_gate
 
@@ -130,7 +130,8 @@ def export_bundle(
 def _variant(root: Path, prec: str, log: Log, run_gate: Gate) -> dict[str, Any]:
     """Build fp16 or int8 and gate it; a variant that fails to convert, to load or to pass is
     removed with one log line naming it and why, and the export goes on with the others.
-    A full disk is no variant's fault: it stops the export (no_space)."""
+    A full disk is no variant's fault: it stops the export (no_space), and so does any failure
+    with less room left than the fp32 graph takes."""
     try:
         if prec == "fp16":
             log("converting fp16 ...")
@@ -141,6 +142,9 @@ def _variant(root: Path, prec: str, log: Log, run_gate: Gate) -> dict[str, Any]:
     except Exception as exc:
         if no_space(exc):
             raise
+        if shutil.disk_usage(root).free < onnx_bytes(root / VARIANT_FILES["fp32"]):
+            # onnx's C++ writers can leave a truncated file without an error: the parse fails
+            raise OSError(errno.ENOSPC, f"{prec} failed with the disk nearly full") from exc
         why = (str(exc).strip().splitlines() or [""])[0][:300]
         res = {"passed": False, "reason": f"conversion failed: {type(exc).__name__}: {why}"}
     if res.get("passed") is False:
