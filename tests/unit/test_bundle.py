@@ -109,6 +109,18 @@ def test_missing_config_names_the_file(tmp_path: Path) -> None:
         load_bundle(root)
 
 
+def test_a_model_directory_given_as_bundle_says_to_export_it(tmp_path: Path) -> None:
+    root = tmp_path / "bge-m3"
+    root.mkdir()
+    (root / "config.json").write_text("{}")  # as Hugging Face saves a model
+    with pytest.raises(BundleError) as err:
+        load_bundle(root)
+    assert str(err.value) == (
+        f"{root / 'embedfleet.json'}: missing bundle config; {root} is a model directory, not a "
+        f"bundle: export it first (`producer export {root} --out BUNDLE`; for --outputs sparse "
+        "or colbert it must hold colbert_linear.pt and sparse_linear.pt)")
+
+
 def test_unknown_pooling_mode_lists_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"unknown pooling mode 'max'.*cls, mean, last"):
         load_bundle(make_bundle(tmp_path / "b", config={**CONFIG, "pooling": "max"}))
