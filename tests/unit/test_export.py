@@ -132,3 +132,15 @@ def test_a_killed_exports_temp_dir_is_removed_by_the_next(tmp_path: Path, monkey
                       pooling="cls", log=lambda s: None)
     assert not dead.exists() and (alive / "model.onnx.data").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", alive.name])
+
+
+def test_the_gates_of_one_export_embed_the_fp32_reference_once() -> None:
+    import worker.export as ex
+
+    calls: list[str] = []
+    embed = ex._fp32_once(lambda root, prec, texts: calls.append(prec) or len(texts))
+    for prec in ("fp16", "int8", "int8"):  # fp16, then two int8 recipes
+        assert embed(Path("b"), "fp32", ["a", "b"]) == 2
+        assert embed(Path("b"), prec, ["a", "b"]) == 2
+    assert embed(Path("b"), "fp32", ["other"]) == 1
+    assert calls == ["fp32", "fp16", "int8", "int8", "fp32"]

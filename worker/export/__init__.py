@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +102,14 @@ def export_bundle(
         err = export_onnx(model_dir, fp32, opset=opset, window=config.max_length, heads=heads)
         check_width(tmp, config.dim, embed)
         log(f"fp32: |onnx - torch| max {err:.2e} on real tokens (limit {VERIFY_ATOL:g}), "
-            f"{fp32.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s")
+            f"{onnx_bytes(fp32) / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s")
         gate: dict[str, Any] = {"fp32": {"max_abs_err_vs_torch": float(err), "passed": True}}
 
+        gate_embed = _fp32_once(embed)
+
         def run_gate(root: Path, prec: str) -> dict[str, Any]:
-            return quality_gate(root, [prec], log=log, thresholds=thresholds, embed=embed)[prec]
+            return quality_gate(root, [prec], log=log, thresholds=thresholds,
+                                embed=gate_embed)[prec]
 
         for prec in wanted[1:]:
             gate[prec] = _variant(tmp, prec, log, run_gate)
@@ -152,6 +155,22 @@ def _variant(root: Path, prec: str, log: Log, run_gate: Gate) -> dict[str, Any]:
         what = "" if res["reason"].startswith("conversion failed") else " the quality gate"
         log(f"{prec}: FAILED{what} ({res['reason']}); NOT written to the bundle")
     return res
+
+
+def _fp32_once(embed: Embed) -> Embed:
+    """``embed`` that computes the fp32 reference once for all gates of one export (each
+    variant and int8 recipe compares with the same fp32 vectors of the same texts)."""
+    refs: dict[tuple[str, ...], Any] = {}
+
+    def cached(root: Path, prec: str, texts: Sequence[str]) -> Any:
+        if prec != "fp32":
+            return embed(root, prec, texts)
+        key = tuple(texts)
+        if key not in refs:
+            refs[key] = embed(root, prec, texts)
+        return refs[key]
+
+    return cached
 
 
 def no_space(exc: BaseException | None) -> bool:
