@@ -28,7 +28,7 @@ from tests.conftest import write_jsonl
 from tests.model_fixtures import XlmrShape, _cached, cache_root, make_m3
 from worker.export.samples import SAMPLE_TEXTS, long_sample
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # minutes and ~10 GB RAM to build
 BIG = XlmrShape(hidden=256, layers=1, heads=4, ffn=512, vocab=2_200_000, window=512)
 NAME = "big-m3-over-2gb"
 TWO_GB = 2**31
