@@ -114,6 +114,12 @@ def remove_stale_tmp(directory: Path, *, max_age_s: float = DEFAULT_TMP_MAX_AGE_
     return n
 
 
+def writer_gone(name: str) -> bool:
+    """True only when the temporary ``name`` (from tmp_name) was made on this host by a
+    process that has exited: a killed writer's leftover, safe to delete."""
+    return _writer_gone(name)
+
+
 def _writer_gone(name: str) -> bool:
     """True only when ``name`` was written on this host by a process that has exited."""
     parts = name.rsplit(".", 4)  # [".final", host, pid, uuid, "tmp"]

@@ -221,6 +221,11 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         raise BundleError(f"{root}: model bundle directory does not exist")
     cfg_path = root / CONFIG_NAME
     if not cfg_path.is_file():
+        if (root / "config.json").is_file():  # a Hugging Face model directory, not exported
+            raise BundleError(
+                f"{cfg_path}: missing bundle config; {root} is a model directory, not a bundle: "
+                f"export it first (`producer export {root} --out BUNDLE`; for --outputs sparse "
+                "or colbert it must hold colbert_linear.pt and sparse_linear.pt)")
         raise BundleError(
             f"{cfg_path}: missing bundle config; create the bundle with `producer export`"
         )

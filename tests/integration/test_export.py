@@ -7,8 +7,11 @@ References come from sentence-transformers and torch on the same machine, never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +188,74 @@ def test_failing_variant_is_not_written(tmp_path: Path) -> None:
     assert gate["int8"]["passed"] is False and "mean" in gate["int8"]
     assert any("int8: FAILED the quality gate" in line and "NOT written" in line
                for line in lines)
+
+
+def test_variant_that_cannot_be_converted_is_one_line_and_the_rest_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As fp16 of a model over 2 GB once failed (a protobuf over its limit): `producer export`
+    prints one line for it, keeps fp32 and int8, and exits 0."""
+    from click.testing import CliRunner
+    from google.protobuf.message import EncodeError
+
+    import worker.export as ex
+    from producer.cli import main
+
+    def too_big(src: Path, dst: Path) -> None:
+        dst.write_bytes(b"half-written")
+        raise EncodeError("Failed to serialize proto")
+
+    monkeypatch.setattr(ex, "convert_fp16", too_big)
+    src = make_tiny_xlmr(tmp_path / "src")
+    res = CliRunner().invoke(main, ["export", str(src), "--out", str(tmp_path / "b"),
+                                    "--max-length", "512"])
+    assert res.exit_code == 0, res.output
+    assert "fp16: FAILED (conversion failed: EncodeError: Failed to serialize proto); NOT " \
+        "written to the bundle\n" in res.output and "Traceback" not in res.output
+    b = load_bundle(tmp_path / "b")
+    gate = json.loads((tmp_path / "b" / "embedfleet.json").read_text())["quality_gate"]
+    assert b.variants == ["fp32"] + (["int8"] if gate["int8"]["passed"] else [])
+    assert gate["fp16"]["passed"] is False and not (tmp_path / "b" / "model.fp16.onnx").exists()
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes (skip when mounting is not permitted)."""
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                        str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): "
+                    f"{(r.stderr or r.stdout).strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.parametrize("room", ["none for fp32", "fp32 but not fp16"])
+def test_a_full_disk_stops_the_export_with_one_line_and_leaves_nothing(
+        tmp_path: Path, xlmr_bundle: Path, room: str) -> None:
+    """ENOSPC while writing the fp32 graph, or later while converting fp16: one error line
+    naming the bundle and what to do, exit 1, no bundle and no temp directory left (a variant
+    is never dropped for want of disk space)."""
+    from click.testing import CliRunner
+
+    from producer.cli import main
+
+    fp32 = sum((xlmr_bundle / n).stat().st_size for n in ("model.onnx", "tokenizer.json"))
+    size = 512 * 1024 if room == "none for fp32" else fp32 + 256 * 1024
+    src = make_tiny_xlmr(tmp_path / "src")
+    with small_disk(tmp_path / "disk", size) as disk:
+        res = CliRunner().invoke(main, ["export", str(src), "--out", str(disk / "b")])
+        assert res.exit_code == 1, res.output
+        errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+        assert errors == [res.output.strip().splitlines()[-1]], res.output
+        assert f"no space left on device writing the bundle {disk / 'b'}; nothing was " \
+            "written (it needs about " in errors[0] and "export to a larger disk" in errors[0]
+        assert "Traceback" not in res.output
+        if room != "none for fp32":
+            assert "converting fp16 ..." in res.output  # fp32 was written, then the disk filled
+        assert list(disk.iterdir()) == []
 
 
 def test_missing_pooling_config_asks_for_the_flag(tmp_path: Path) -> None:

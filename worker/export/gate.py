@@ -1,10 +1,11 @@
 """The export quality gate: a variant is written only when its vectors stay close to fp32's.
 
-Part of export (worker/export/__init__.py). Each fp16/int8 variant embeds the multilingual
-SAMPLE_TEXTS (samples.py) and is compared with the fp32 ONNX model on the same texts: cosine
-per text, and the variant passes when both the mean and the worst text reach GATE_THRESHOLDS.
-The embedding runs through the worker's own path (tokenizer, batching, pooling), passed in as
-``embed`` so the decision can be tested without a model; ``session_embed`` is the real one.
+Part of export (worker/export/__init__.py). Each fp16/int8 variant embeds gate_texts (the
+multilingual SAMPLE_TEXTS of samples.py and one long text, GATE_LONG_TOKENS) and is
+compared with the fp32 ONNX model on the same texts: cosine per text, and the variant passes
+when both the mean and the worst text reach GATE_THRESHOLDS. The embedding runs through the
+worker's own path (tokenizer, batching, pooling), passed in as ``embed`` so the decision can
+be tested without a model; ``session_embed`` is the real one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from storage.bundle import CONFIG_NAME, VARIANT_FILES
 from worker.errors import BundleError
-from worker.export.samples import SAMPLE_TEXTS
+from worker.export.samples import SAMPLE_TEXTS, long_sample
 from worker.model.pooling import cosine_rows
 
 Log = Callable[[str], Any]
@@ -30,11 +31,27 @@ GATE_THRESHOLDS: dict[str, dict[str, float]] = {
     "int8": {"mean": 0.99, "min": 0.97, "sparse_topk": 0.8, "sparse_err": 0.05,
              "colbert_mean": 0.99, "colbert_min": 0.95},
 }
-"""What a variant must reach vs the fp32 ONNX model on SAMPLE_TEXTS to be written. Dense:
+"""What a variant must reach vs the fp32 ONNX model on gate_texts to be written. Dense:
 cosine per text, mean and worst. BGE-M3 sparse: per text, the share of fp32's top-SPARSE_TOP_K
 ids the variant also has in its top k (worst text), and the largest weight difference relative
 to the text's largest fp32 weight. ColBERT: cosine per token vector, mean and worst."""
 SPARSE_TOP_K = 10
+GATE_LONG_TOKENS = 2048
+"""The gate's long text: the model's window, at most this many tokens. fp16 and int8 errors
+grow with length (attention over more tokens, larger activations), so the gate checks one
+long input besides the short samples. Not 8,192: on the CPU EP a BGE-M3-size fp32 graph
+(eager attention, 16 heads x 8,192^2 scores per layer) needs about 14 GB for one such input;
+benchmarks/m3_export.py checks fp16 at 8,192 tokens apart."""
+
+
+def gate_texts(root: Path) -> list[str]:
+    """SAMPLE_TEXTS (3 to about 200 tokens) and one text of min(window, GATE_LONG_TOKENS)
+    tokens, cut with the bundle's tokenizer."""
+    from storage.bundle import load_bundle
+
+    bundle = load_bundle(root)
+    room = min(bundle.config.max_length, GATE_LONG_TOKENS) - 2  # the special tokens
+    return [*SAMPLE_TEXTS, long_sample(bundle.load_tokenizer(truncate=False), room)]
 
 
 def session_embed(bundle_path: Path, precision: str, texts: Sequence[str]) -> np.ndarray:
@@ -52,11 +69,12 @@ def quality_gate(
     precisions: Iterable[str],
     log: Log = print,
     *,
-    texts: Sequence[str] = SAMPLE_TEXTS,
+    texts: Sequence[str] | None = None,
     thresholds: dict[str, dict[str, float]] | None = None,
     embed: Embed = session_embed,
 ) -> dict[str, dict[str, Any]]:
-    """Cosine of each variant's embeddings vs the fp32 ONNX model's on ``texts``.
+    """Cosine of each variant's embeddings vs the fp32 ONNX model's on ``texts`` (default:
+    gate_texts).
 
     Returns:
         Per precision: ``mean``, ``min``, ``thresholds``, ``passed``, ``texts`` (and a
@@ -64,6 +82,7 @@ def quality_gate(
         ``passed: None`` and a ``skipped`` reason: it is kept for the GPU, unchecked.
     """
     root = Path(bundle_path)
+    texts = gate_texts(root) if texts is None else texts
     limits = gate_limits(thresholds)
     ref = embed(root, "fp32", texts)
     results: dict[str, dict[str, Any]] = {}

@@ -77,18 +77,32 @@ def export_onnx(model_dir: Path, path: Path, *, opset: int = DEFAULT_OPSET,
 
 
 def save_model(model: Any, path: Path) -> None:
+    """Save ``model`` at ``path``: inlined below 2 GB, else its weights in ``<path>.data``."""
     import onnx
 
     # protobuf cannot serialise 2 GB; count the weights rather than calling ByteSize()
     big = sum(len(t.raw_data) for t in model.graph.initializer) > TWO_GB - (64 << 20)
+    remove_onnx(path)  # onnx appends to an existing external data file
     onnx.save_model(model, str(path), save_as_external_data=big,
-                    location=path.name + ".data" if big else None)
+                    location=external_data(path).name if big else None)
+
+
+def external_data(path: Path) -> Path:
+    """Where a variant over 2 GB keeps its weights: ``model.onnx`` -> ``model.onnx.data`` (the
+    name torch's exporter, save_model and quantize_dynamic all use; storage/bundle.py's
+    fingerprint covers it)."""
+    return path.with_name(path.name + ".data")
 
 
 def onnx_bytes(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
+    data = external_data(path)
     return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
+
+def remove_onnx(path: Path) -> None:
+    """Remove an ONNX file and its external data (a variant that failed, or before a rewrite)."""
+    path.unlink(missing_ok=True)
+    external_data(path).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

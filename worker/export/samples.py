@@ -7,6 +7,8 @@ quantisation errors show first on long inputs and on scripts the vocabulary cove
 
 from __future__ import annotations
 
+from typing import Any
+
 SAMPLE_TEXTS: tuple[str, ...] = (
     # English
     "How do I reset my password?",
@@ -102,3 +104,14 @@ SAMPLE_TEXTS: tuple[str, ...] = (
 """At least 40 texts; the export quality gate embeds all of them."""
 
 SAMPLE_LANGUAGES: tuple[str, ...] = ("en", "ko", "ja", "pt", "zh", "de")
+
+LONG_SAMPLE: str = " ".join(SAMPLE_TEXTS * 16)
+"""The samples joined and repeated: about 67,000 characters, more than 8,192 tokens in any
+tokenizer; ``long_sample`` cuts it to a token count."""
+
+
+def long_sample(tokenizer: Any, tokens: int) -> str:
+    """LONG_SAMPLE cut after ``tokens`` tokens of ``tokenizer`` (a ``tokenizers.Tokenizer``
+    without truncation; special tokens not counted)."""
+    offsets = tokenizer.encode(LONG_SAMPLE, add_special_tokens=False).offsets
+    return LONG_SAMPLE[: offsets[min(tokens, len(offsets)) - 1][1]]

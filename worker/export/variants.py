@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.bundle import GRAPH_OUTPUTS, VARIANT_FILES
-from worker.export.onnx import TWO_GB, onnx_bytes, quiet, save_model
+from worker.export.onnx import TWO_GB, onnx_bytes, quiet, remove_onnx, save_model
 
 Log = Callable[[str], Any]
 HEAD_OUTPUTS = (GRAPH_OUTPUTS["sparse"], GRAPH_OUTPUTS["colbert"])
@@ -36,14 +36,21 @@ of the loss). ``early-ffn-down``: first half of the layers; ``ffn-down``: all of
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
-    """fp16 weights and compute with fp32 inputs/outputs (the file is checked to load)."""
+    """fp16 weights and compute with fp32 inputs/outputs (the file is checked to load).
+
+    Works past protobuf's 2 GB limit: shape inference runs on the file (``infer_shapes_path``,
+    which the converter does when given a path; on a loaded model it would serialise it whole),
+    the weights are converted in place (one copy of the model in memory), and the result is
+    saved with external data when it is still over 2 GB (save_model).
+    """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(src))
+    remove_onnx(dst)
     with quiet():
-        half = convert_float_to_float16(model, keep_io_types=True)
+        half = convert_float_to_float16(str(src), keep_io_types=True)
     save_model(half, dst)
+    del half
     onnx.checker.check_model(str(dst))
 
 
@@ -60,6 +67,7 @@ def quantize_int8(src: Path, dst: Path, keep_fp32: str = INT8_KEEP_FP32[0]) -> N
     down = _ffn_down_projections(graph)
     exclude = {"none": [], "early-ffn-down": down[: len(down) // 2], "ffn-down": down}[keep_fp32]
     exclude = exclude + _head_matmuls(graph)
+    remove_onnx(dst)  # onnx appends to an existing external data file
     with quiet():
         quantize_dynamic(src, dst, nodes_to_exclude=exclude or None,
                          use_external_data_format=onnx_bytes(src) > TWO_GB, **INT8_OPTIONS)

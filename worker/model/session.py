@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -224,7 +225,7 @@ def load_model(
         else:
             session = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:
-        raise BundleError(f"{path}: ONNX Runtime cannot load this model ({exc})") from exc
+        raise BundleError(load_error(path, exc)) from exc
     active = session.get_providers()
     if OPENVINO in requested and OPENVINO not in active:
         log.warning("OPENVINO EP LISTED BUT FAILED TO CREATE: %s runs on %s at fp32 instead of "
@@ -251,6 +252,19 @@ def load_model(
         )
     log.info("loaded %s (%s) on %s, %d threads", path, prec, ", ".join(active), threads or 0)
     return model
+
+
+def load_error(path: os.PathLike[str] | str, exc: BaseException) -> str:
+    """One line naming the file ONNX Runtime could not load and what to do about it."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")  # the weights of a graph over 2 GB
+    why = " ".join(str(exc).split())[:400]
+    redo = "copy the whole bundle directory again, or re-export it with `producer export`"
+    if data.name in why and not data.is_file():
+        return f"{data}: missing; {path.name} keeps its weights in it ({why}); {redo}"
+    if data.name in why or "External initializer" in why:
+        return f"{data}: truncated or damaged, {path.name} cannot read its weights ({why}); {redo}"
+    return f"{path}: ONNX Runtime cannot load this model ({why}); {redo}"
 
 
 def _openvino(precision: str, threads: int | None) -> tuple[str, dict[str, str]]:

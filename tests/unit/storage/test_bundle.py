@@ -109,6 +109,18 @@ def test_missing_config_names_the_file(tmp_path: Path) -> None:
         load_bundle(root)
 
 
+def test_a_model_directory_given_as_bundle_says_to_export_it(tmp_path: Path) -> None:
+    root = tmp_path / "bge-m3"
+    root.mkdir()
+    (root / "config.json").write_text("{}")  # as Hugging Face saves a model
+    with pytest.raises(BundleError) as err:
+        load_bundle(root)
+    assert str(err.value) == (
+        f"{root / 'embedfleet.json'}: missing bundle config; {root} is a model directory, not a "
+        f"bundle: export it first (`producer export {root} --out BUNDLE`; for --outputs sparse "
+        "or colbert it must hold colbert_linear.pt and sparse_linear.pt)")
+
+
 def test_unknown_pooling_mode_lists_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"unknown pooling mode 'max'.*cls, mean, last"):
         load_bundle(make_bundle(tmp_path / "b", config={**CONFIG, "pooling": "max"}))
@@ -212,3 +224,56 @@ def test_strict_gpu_request_without_cuda_raises(tmp_path: Path) -> None:
 
     with pytest.raises(ProviderUnavailable, match="CUDAExecutionProvider"):
         load_model(make_bundle(tmp_path / "b"), device="gpu", strict=True)
+
+
+# --- external data (graphs over 2 GB keep their weights in model.onnx.data) ----------------
+
+
+def external_bundle(root: Path) -> Path:
+    """The tiny bundle with its weights moved to ``model.onnx.data`` (as past 2 GB)."""
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    make_bundle(root)
+    model = onnx.load(str(root / "model.onnx"))
+    w = next(t for t in model.graph.initializer if t.name == "w")
+    (root / "model.onnx.data").write_bytes(w.raw_data)
+    set_external_data(w, location="model.onnx.data", offset=0, length=len(w.raw_data))
+    w.ClearField("raw_data")
+    onnx.save_model(model, str(root / "model.onnx"))
+    return root
+
+
+def test_external_data_bundle_loads_and_its_fingerprint_covers_the_data(tmp_path: Path) -> None:
+    from worker.model.session import load_model
+
+    root = external_bundle(tmp_path / "b")
+    m = load_model(root, device="cpu")
+    np.testing.assert_allclose(m.embed(["hello"])[0], W / np.linalg.norm(W), atol=1e-6)
+    before = load_bundle(root).fingerprint("fp32")
+    data = (root / "model.onnx.data").read_bytes()
+    (root / "model.onnx.data").write_bytes(data[::-1])  # same size, other weights
+    assert load_bundle(root).fingerprint("fp32") != before
+
+
+def test_missing_external_data_names_the_data_file(tmp_path: Path) -> None:
+    from worker.model.session import load_model
+
+    root = external_bundle(tmp_path / "b")
+    (root / "model.onnx.data").unlink()
+    with pytest.raises(BundleError) as err:
+        load_model(root, device="cpu")
+    msg = str(err.value)
+    assert msg.startswith(f"{root.resolve() / 'model.onnx.data'}: missing; model.onnx keeps "
+                          "its weights in it") and "\n" not in msg
+    assert msg.endswith("copy the whole bundle directory again, or re-export it with "
+                        "`producer export`")
+
+
+def test_truncated_external_data_names_the_data_file(tmp_path: Path) -> None:
+    from worker.model.session import load_model
+
+    root = external_bundle(tmp_path / "b")
+    (root / "model.onnx.data").write_bytes(b"short")
+    with pytest.raises(BundleError, match=r"model\.onnx\.data: truncated or damaged"):
+        load_model(root, device="cpu")

@@ -25,21 +25,21 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 
 
-def ffn_graph(path: Path, layers: int = 2) -> Path:
+def ffn_graph(path: Path, layers: int = 2, d: int = 4, inner: int = 8) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     nodes, inits, prev = [], [], "x"
     for i in range(layers):
-        for name, shape in ((f"up{i}", (4, 8)), (f"down{i}", (8, 4))):
+        for name, shape in ((f"up{i}", (d, inner)), (f"down{i}", (inner, d))):
             inits.append(numpy_helper.from_array(
                 rng.standard_normal(shape).astype(np.float32), f"w_{name}"))
             nodes.append(helper.make_node("MatMul", [prev, f"w_{name}"], [f"y_{name}"],
                                           name=name))
             prev = f"y_{name}"
     graph = helper.make_graph(
-        nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
-        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["n", 4])], inits)
+        nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", d])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["n", d])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     onnx.save_model(model, str(path))
@@ -112,3 +112,40 @@ def test_bge_m3_head_matmuls_stay_fp32(tmp_path: Path) -> None:
     onnx.save_model(model, str(tmp_path / "m3.onnx"))
     quantize_int8(tmp_path / "m3.onnx", tmp_path / "q.onnx", "none")
     assert float_matmuls(tmp_path / "q.onnx") == ["sparse_mm", "colbert_mm"]
+
+
+def test_int8_past_the_limit_writes_external_data_once_per_recipe(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """As past 2 GB (the limit lowered to 0 bytes): int8 goes to ``model.int8.onnx.data``,
+    and a second recipe replaces that file instead of appending to it (onnx appends)."""
+    import onnxruntime as ort
+
+    import worker.export.variants as variants
+
+    monkeypatch.setattr(variants, "TWO_GB", 0)
+    ffn_graph(tmp_path / "model.onnx", d=64, inner=256)  # weights over onnx's 1 KB inline limit
+    sizes: list[int] = []
+
+    def gate(root: Path, prec: str) -> dict[str, Any]:
+        sizes.append((root / "model.int8.onnx.data").stat().st_size)
+        ort.InferenceSession(str(root / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+        return {"passed": False}
+
+    int8_until_gate(tmp_path, lambda s: None, gate)
+    assert len(sizes) == 2 and 0 < sizes[1] < 2 * sizes[0]  # ffn-down keeps more fp32: larger
+
+
+def test_save_model_past_the_limit_rewrites_its_external_data(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    import worker.export.onnx as wonnx
+
+    monkeypatch.setattr(wonnx, "TWO_GB", 0)
+    src = ffn_graph(tmp_path / "src.onnx", d=64, inner=256)
+    dst = tmp_path / "model.onnx"
+    wonnx.save_model(onnx.load(str(src)), dst)  # (saving moves the weights out of the model)
+    first = (tmp_path / "model.onnx.data").read_bytes()
+    wonnx.save_model(onnx.load(str(src)), dst)
+    assert (tmp_path / "model.onnx.data").read_bytes() == first
+    assert wonnx.onnx_bytes(dst) == dst.stat().st_size + len(first)
+    wonnx.remove_onnx(dst)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.onnx"]
