@@ -77,6 +77,10 @@ class WorkerSettings:
     unacked_restore_interval: float | None = _env(None, "EMBED_UNACKED_RESTORE_INTERVAL",
                                                   "kombu's restore scan interval (tests set 1)",
                                                   shown="kombu's")
+    recycle_headroom_mb: int | None = _env(
+        None, "EMBED_RECYCLE_HEADROOM_MB", "a pool process is replaced after a task when its RSS "
+        "passes its RSS after loading the model + this many MB; `0`: never",
+        shown="2 × what the load added, at least 2048")
     model_lru: int = _env(2, "EMBED_MODEL_LRU",
                           "sessions kept per worker process (one fleet, several models)")
     events: bool = _env(False, "EMBED_EVENTS", "`1`: task events and worker heartbeats, for "
@@ -136,6 +140,8 @@ class WorkerSettings:
                                  f"{', '.join(allowed)}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 16:
             raise ValueError(f"{env_name('max_batch_tokens')} must be at least 16")
+        if self.recycle_headroom_mb is not None and self.recycle_headroom_mb < 0:
+            raise ValueError(f"{env_name('recycle_headroom_mb')} must be 0 (never) or more")
         if self.max_attempts < 1:
             raise ValueError(f"{env_name('max_attempts')} must be at least 1")
 

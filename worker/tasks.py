@@ -21,6 +21,7 @@ from celery import Celery, Task
 
 from storage.cache import EmbeddingCache
 from storage.jobdir import validate_job_id
+from worker import recycle
 from worker.attempts import RetryShard
 from worker.contract import TASK_NAME, ShardTask
 from worker.errors import BadMessage
@@ -29,7 +30,6 @@ from worker.paths import open_job
 from worker.pipeline import ShardContext
 from worker.pipeline import embed_shard as run_pipeline
 from worker.settings import WorkerSettings
-
 
 
 class ModelTask(Task):
@@ -65,6 +65,7 @@ class ModelTask(Task):
             cpu_provider=s.cpu_provider, choice=choice,
         )
         self._models[key] = model
+        recycle.loaded()  # the memory limit of this process follows what it holds now
         while len(self._models) > max(1, s.model_lru):
             self._models.popitem(last=False)
         return model
