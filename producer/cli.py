@@ -216,7 +216,9 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
 def _finish(job: Any, progress: Any) -> None:
     from producer.progress import summary_lines
 
-    st = job.wait(progress=progress)
+    from producer.resume import reconcile_seconds
+
+    st = job.wait(progress=progress, stall_s=reconcile_seconds())
     click.echo("\n".join(summary_lines(job, st)))
     if st.status != "succeeded":
         raise JobFailed(f"{st.failed} of {st.shards} shard(s) failed; "
@@ -252,7 +254,7 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
     """
     from producer.job import Job
     from producer.progress import fleet_progress
-    from producer.resume import fleet_broker, refuse_run_job
+    from producer.resume import fleet_broker, held_now, refuse_run_job
     from producer.broker import connect
 
     jd = JobDir.open(job_dir)
@@ -262,8 +264,12 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
     bar = fleet_progress(connect(url), jd.manifest.queue, mask_url(url),
                          warn=lambda w: click.echo(w, err=True))
     bar.enabled = wait
-    n = job.resume(stage_procs=stage_procs, progress=bar)
-    click.echo(f"re-sent {n} shard(s)" if n else "nothing to resume: every shard is done")
+    held = held_now(jd)  # a shard a live worker is computing is not re-sent
+    n = job.resume(stage_procs=stage_procs, progress=bar, skip=held)
+    msg = f"re-sent {n} shard(s)" if n else "nothing to resume: every shard is done"
+    if held:
+        msg = f"re-sent {n} shard(s); {len(held)} held by live workers, not re-sent"
+    click.echo(msg)
     if wait and n:
         _finish(job, progress=bar or True)
 

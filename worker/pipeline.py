@@ -60,6 +60,7 @@ class ShardContext:
     cache_for: Callable[[int], Any]
     faults: str = ""
     soft_time_limit: float = 0
+    heartbeat_s: float = 5.0
 
 
 @dataclass
@@ -94,43 +95,50 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
                                  attempts.attempt_info(os.getpid(), ctx.hostname, ctx.queue))
         if attempt.over_cap:
             return _give_up(ctx, attempt.cap_reason(), attempt.number - 1, attempt.number)
-        # 5. The model (one session per process) and the staged chunks.
-        model = ctx.load_model()
-        cfg = model.bundle.config
-        rows = ShardRows.read(job.input_path(shard), cfg.dim, job.manifest.get("outputs") or DENSE)
-        model = rows.outputs.bind(model)  # BGE-M3 outputs come from the same session run
-        base = _metric_base(ctx, model, attempt.number)
-        # 9. One MGET for the whole shard (keys name the output set).
-        cache = ctx.cache_for(cfg.dim)
-        keys = rows.outputs.keys(model.fingerprint, rows.inputs["text_sha256"].to_pylist())
-        metrics = _fill_from_cache(rows, rows.outputs.lookup(cache, keys), base)
-        for i in sorted(attempt.poison & set(rows.todo())):
-            rows.reject(i, attempt.poison_reason())
-        # 6. Tokenise the misses once; suspects alone and first, the rest by token budget.
-        todo = rows.todo()
-        t_tok = time.perf_counter()
-        ids = _token_ids(rows, todo, model.tokenizer, cfg.max_length, shard)
-        tok_ms_per_chunk = (time.perf_counter() - t_tok) * 1000 / max(1, len(todo))
-        groups = plan_groups(ids, attempt.suspects, ctx.max_batch_tokens)
-        faults, fresh = failpoints.parse(ctx.faults), []
-        with attempt.inflight(groups) as mark:
-            # 7-8. Run, pool, normalise; a failing batch is split down to single chunks.
-            for b, group in enumerate(groups):
-                mark(b)
-                done, inf_ms = _embed_group(model, rows, group, ids, faults)
-                fresh += done
-                metrics.append(_batch_metric(base, b, group, ids, tok_ms_per_chunk, inf_ms,
-                                             rows.output_bytes(group)))
-            # 9. Store the new vectors (a Redis outage only costs future hits).
-            rows.outputs.store(cache, keys, rows.vectors, fresh)
-            # 10. Rejects first, metrics, the embeddings last (their presence means "done").
-            _write_shards(job, shard, model, rows, metrics)
-        return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())
+        with attempt.heartbeat(ctx.heartbeat_s):  # "held by a live process", for the producer
+            return _run_attempt(ctx, attempt, t0)
     except Exception as exc:  # attempts decides: RetryShard propagates, or the shard fails
         reason = attempts.after_error(job, shard, exc, ctx.max_attempts, ctx.soft_time_limit,
                                       attempt.number if attempt else None)
         n = len(job.attempts(shard))
         return _give_up(ctx, reason, n, n)
+
+
+def _run_attempt(ctx: ShardContext, attempt: attempts.Attempt, t0: float) -> ShardResult:
+    """Stages 5-10 of one attempt (errors go to ``embed_shard``'s handler)."""
+    job, shard = ctx.job, ctx.shard
+    # 5. The model (one session per process) and the staged chunks.
+    model = ctx.load_model()
+    cfg = model.bundle.config
+    rows = ShardRows.read(job.input_path(shard), cfg.dim, job.manifest.get("outputs") or DENSE)
+    model = rows.outputs.bind(model)  # BGE-M3 outputs come from the same session run
+    base = _metric_base(ctx, model, attempt.number)
+    # 9. One MGET for the whole shard (keys name the output set).
+    cache = ctx.cache_for(cfg.dim)
+    keys = rows.outputs.keys(model.fingerprint, rows.inputs["text_sha256"].to_pylist())
+    metrics = _fill_from_cache(rows, rows.outputs.lookup(cache, keys), base)
+    for i in sorted(attempt.poison & set(rows.todo())):
+        rows.reject(i, attempt.poison_reason())
+    # 6. Tokenise the misses once; suspects alone and first, the rest by token budget.
+    todo = rows.todo()
+    t_tok = time.perf_counter()
+    ids = _token_ids(rows, todo, model.tokenizer, cfg.max_length, shard)
+    tok_ms_per_chunk = (time.perf_counter() - t_tok) * 1000 / max(1, len(todo))
+    groups = plan_groups(ids, attempt.suspects, ctx.max_batch_tokens)
+    faults, fresh = failpoints.parse(ctx.faults), []
+    with attempt.inflight(groups) as mark:
+        # 7-8. Run, pool, normalise; a failing batch is split down to single chunks.
+        for b, group in enumerate(groups):
+            mark(b)
+            done, inf_ms = _embed_group(model, rows, group, ids, faults)
+            fresh += done
+            metrics.append(_batch_metric(base, b, group, ids, tok_ms_per_chunk, inf_ms,
+                                         rows.output_bytes(group)))
+        # 9. Store the new vectors (a Redis outage only costs future hits).
+        rows.outputs.store(cache, keys, rows.vectors, fresh)
+        # 10. Rejects first, metrics, the embeddings last (their presence means "done").
+        _write_shards(job, shard, model, rows, metrics)
+    return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())
 
 
 def _token_ids(rows: ShardRows, todo: list[int], tokenizer: Any, max_length: int,

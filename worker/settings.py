@@ -81,6 +81,9 @@ class WorkerSettings:
         None, "EMBED_RECYCLE_HEADROOM_MB", "a pool process is replaced after a task when its RSS "
         "passes its RSS after loading the model + this many MB; `0`: never",
         shown="2 × what the load added, at least 2048")
+    heartbeat_s: float = _env(5.0, "EMBED_HEARTBEAT_S", "seconds between a running shard's "
+                              "heartbeats (`_state/alive/`): the producer re-sends only shards "
+                              "no live worker holds")
     model_lru: int = _env(2, "EMBED_MODEL_LRU",
                           "sessions kept per worker process (one fleet, several models)")
     events: bool = _env(False, "EMBED_EVENTS", "`1`: task events and worker heartbeats, for "
@@ -142,6 +145,8 @@ class WorkerSettings:
             raise ValueError(f"{env_name('max_batch_tokens')} must be at least 16")
         if self.recycle_headroom_mb is not None and self.recycle_headroom_mb < 0:
             raise ValueError(f"{env_name('recycle_headroom_mb')} must be 0 (never) or more")
+        if not self.heartbeat_s > 0:
+            raise ValueError(f"{env_name('heartbeat_s')} must be more than 0 seconds")
         if self.max_attempts < 1:
             raise ValueError(f"{env_name('max_attempts')} must be at least 1")
 

@@ -132,6 +132,7 @@ def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
                              or batch_budget(device, s.max_batch_tokens)),
         load_model=lambda: task.model_for(manifest["model"]["bundle_path"], device, precision),
         cache_for=task.cache_for, faults=s.faults, soft_time_limit=s.soft_time_limit,
+        heartbeat_s=s.heartbeat_s,
     )
 
 
