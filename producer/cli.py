@@ -216,7 +216,7 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
 def _finish(job: Any, progress: Any) -> None:
     from producer.progress import summary_lines
 
-    from producer.resume import reconcile_seconds
+    from producer.reconcile import reconcile_seconds
 
     st = job.wait(progress=progress, stall_s=reconcile_seconds())
     click.echo("\n".join(summary_lines(job, st)))
@@ -254,7 +254,8 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
     """
     from producer.job import Job
     from producer.progress import fleet_progress
-    from producer.resume import fleet_broker, held_now, refuse_run_job
+    from producer.reconcile import held_now
+    from producer.resume import fleet_broker, refuse_run_job
     from producer.broker import connect
 
     jd = JobDir.open(job_dir)

@@ -122,9 +122,9 @@ class Job:
     def wait(self, *, progress: Any = False, poll_s: float = 1.0,
              stall_s: float | None = 120.0, timeout_s: float | None = None) -> JobStatus:
         """Block until the job finishes; re-sends shards whose messages were lost and that no
-        live worker holds (``producer.resume.wait_reconciling``). ``progress`` is a bool or a
+        live worker holds (``producer.reconcile.wait_reconciling``). ``progress`` is a bool or a
         ``producer.progress.Progress`` to draw with."""
-        from producer.resume import wait_reconciling
+        from producer.reconcile import wait_reconciling
 
         return wait_reconciling(self, progress=progress, poll_s=poll_s, stall_s=stall_s,
                                 timeout_s=timeout_s)

@@ -128,7 +128,7 @@ class Attempt:
         """Beat ``_state/alive/NNNNN.<k>`` every ``interval_s`` while the attempt runs.
 
         A thread rewrites the file's counter in place (one ``pwrite``), so the producer's
-        reconciler (``producer/resume.py``) sees a shard held by a live process even while one
+        reconciler (``producer/reconcile.py``) sees a shard held by a live process even while one
         8,192-token batch or the model load runs for minutes without touching the in-flight
         marker. The reader compares contents between its own looks, never a clock or an mtime
         of another machine, so the job directory may be on a shared filesystem.

@@ -55,7 +55,7 @@ class ShardContext:
     queue: str
     hostname: str
     max_attempts: int
-    max_batch_tokens: int
+    max_batch_tokens: int  # 0: the model's own (``LoadedModel.batch_tokens``)
     load_model: Callable[[], Any]
     cache_for: Callable[[int], Any]
     faults: str = ""
@@ -124,7 +124,7 @@ def _run_attempt(ctx: ShardContext, attempt: attempts.Attempt, t0: float) -> Sha
     t_tok = time.perf_counter()
     ids = _token_ids(rows, todo, model.tokenizer, cfg.max_length, shard)
     tok_ms_per_chunk = (time.perf_counter() - t_tok) * 1000 / max(1, len(todo))
-    groups = plan_groups(ids, attempt.suspects, ctx.max_batch_tokens)
+    groups = plan_groups(ids, attempt.suspects, ctx.max_batch_tokens or model.batch_tokens)
     faults, fresh = failpoints.parse(ctx.faults), []
     with attempt.inflight(groups) as mark:
         # 7-8. Run, pool, normalise; a failing batch is split down to single chunks.

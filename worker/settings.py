@@ -49,11 +49,17 @@ class WorkerSettings:
                              "`auto`: measured once per bundle and machine (CPU-EP int8/fp32, "
                              "OpenVINO fp32/bf16; int8 only when 1.15x faster than the best of the "
                              "others); or `cpu` (ONNX Runtime's CPU EP), `openvino`")
+    probe_seconds: float = _env(10.0, "EMBED_PROBE_SECONDS", "seconds the CPU runtime probe "
+                                "spends measuring (its sample is sized to fit; loading each "
+                                "candidate comes on top); figures are kept per graph and machine")
     device: str = _env("queue", "EMBED_DEVICE", "the task's queue decides (`gpu` queue → CUDA); "
                        "or force `cpu`/`gpu`/`auto`")
     gpu_strict: bool = _env(False, "EMBED_GPU_STRICT",
                             "`1`: fail instead of falling back to CPU when CUDA is missing")
     gpu_device_id: int = _env(0, "EMBED_GPU_DEVICE_ID", "CUDA device ordinal")
+    gpu_mem_limit_mb: int | None = _env(None, "EMBED_GPU_MEM_LIMIT_MB", "the CUDA EP's "
+                                        "`gpu_mem_limit`; the GPU batch budget is sized to the "
+                                        "memory free after loading, within it", shown="none")
     tensorrt: bool = _env(False, "EMBED_TENSORRT",
                           "`1`: TensorRT before CUDA (fp16, LayerNorm in fp32, engine cache)")
     threads: int | None = _env(None, "EMBED_THREADS",
@@ -145,6 +151,8 @@ class WorkerSettings:
             raise ValueError(f"{env_name('max_batch_tokens')} must be at least 16")
         if self.recycle_headroom_mb is not None and self.recycle_headroom_mb < 0:
             raise ValueError(f"{env_name('recycle_headroom_mb')} must be 0 (never) or more")
+        if not self.probe_seconds > 0:
+            raise ValueError(f"{env_name('probe_seconds')} must be more than 0 seconds")
         if not self.heartbeat_s > 0:
             raise ValueError(f"{env_name('heartbeat_s')} must be more than 0 seconds")
         if self.max_attempts < 1:

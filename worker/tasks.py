@@ -25,7 +25,6 @@ from worker import recycle
 from worker.attempts import RetryShard
 from worker.contract import TASK_NAME, ShardTask
 from worker.errors import BadMessage
-from worker.model.batching import batch_budget
 from worker.paths import open_job
 from worker.pipeline import ShardContext
 from worker.pipeline import embed_shard as run_pipeline
@@ -58,11 +57,11 @@ class ModelTask(Task):
             from worker.model.probe import cpu_choice
 
             choice = cpu_choice(bundle_path, precision=precision, override=s.cpu_provider,
-                                threads=threads, home=_home(s))
+                                threads=threads, home=_home(s), budget_s=s.probe_seconds)
         model = load_model(
             bundle_path, device=device, precision=precision, threads=threads,
             device_id=s.gpu_device_id, tensorrt=s.tensorrt, strict=s.gpu_strict,
-            cpu_provider=s.cpu_provider, choice=choice,
+            cpu_provider=s.cpu_provider, choice=choice, gpu_mem_limit_mb=s.gpu_mem_limit_mb,
         )
         self._models[key] = model
         recycle.loaded()  # the memory limit of this process follows what it holds now
@@ -128,8 +127,8 @@ def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
         job=job, shard=message.shard, queue=queue,
         hostname=task.request.hostname or socket.gethostname(),
         max_attempts=int(manifest.get("max_attempts") or s.max_attempts),
-        max_batch_tokens=int(manifest.get("max_batch_tokens")
-                             or batch_budget(device, s.max_batch_tokens)),
+        # 0: the loaded model's budget (CPU default; on CUDA sized to the GPU's free memory).
+        max_batch_tokens=int(manifest.get("max_batch_tokens") or s.max_batch_tokens or 0),
         load_model=lambda: task.model_for(manifest["model"]["bundle_path"], device, precision),
         cache_for=task.cache_for, faults=s.faults, soft_time_limit=s.soft_time_limit,
         heartbeat_s=s.heartbeat_s,

@@ -1,5 +1,6 @@
 """``producer/resume.py``: which broker a resume uses, which jobs it refuses, and the
-corpus/chunking checks for an existing job (job directories written here, no broker)."""
+corpus/chunking checks for an existing job; ``producer/reconcile.py``: which shards live
+workers hold (job directories written here, no broker)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from producer.errors import JobConflict, UsageError
-from producer.resume import (HELD_BEATS, RUN_MADE_BY, Heartbeats, check_same_chunking,
-                             check_same_corpus, fleet_broker, held_now, interrupted_message,
-                             plan_run, reconcile_seconds, refuse_run_job)
+from producer.reconcile import HELD_BEATS, Heartbeats, held_now, reconcile_seconds
+from producer.resume import (RUN_MADE_BY, check_same_chunking, check_same_corpus, fleet_broker,
+                             interrupted_message, plan_run, refuse_run_job)
 from storage.errors import JobNotFound
 from storage.jobdir import JobDir
 from worker.settings import DEFAULT_BROKER_URL

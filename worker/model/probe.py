@@ -16,6 +16,12 @@ short sample alone favoured int8 over bf16 (on an AVX-512 bf16 EPYC it measured 
 bf16 13.9k tok/s where a 2,000-document corpus gave 15.0k vs 20.8k). Each candidate's figure is
 its fastest repetition, so a burst of other work on the machine (``producer run`` stages while
 its workers start) costs a repetition, not the choice.
+
+The probe has a time budget (``EMBED_PROBE_SECONDS``, 10 s of measuring; loading each
+candidate comes on top): the first candidate embeds one small batch, and the sample is the
+mixed-length prefix of the probe set whose warm-up and one timed pass fit each candidate's
+share of the budget. A MiniLM-size model measures the whole set; a BGE-M3-size one (~450 tok/s
+on 2 cores) about a thousand tokens, where the whole set took ~110 s through three candidates.
 """
 
 from __future__ import annotations
@@ -40,10 +46,13 @@ from worker.model.providers import (
 
 log = logging.getLogger(__name__)
 
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 """Bump to re-measure everywhere when what is measured changes."""
 PROBE_SECONDS = 1.5
-"""Timed seconds per candidate after its warm-up (the whole probe: a few seconds)."""
+"""At most this many timed seconds per candidate after its warm-up."""
+PROBE_BUDGET_S = 10.0
+"""Default seconds of measuring for the whole probe (``EMBED_PROBE_SECONDS``)."""
+CALIBRATION_TEXTS = 4
 PROBE_LENGTHS = (128, 256, 512)
 """Approximate token lengths of the chunk-sized probe texts (capped at the window)."""
 PROBE_PER_LENGTH = 3
@@ -51,7 +60,8 @@ PROBE_PER_LENGTH = 3
 
 def cpu_choice(bundle: Bundle | str | os.PathLike[str], *, precision: str = "auto",
                override: CpuProvider | str = CpuProvider.AUTO, threads: int | None = None,
-               home: Path, load: Callable[..., Any] | None = None) -> Choice:
+               home: Path, load: Callable[..., Any] | None = None,
+               budget_s: float = PROBE_BUDGET_S) -> Choice:
     """The provider and precision for this bundle on this machine, measured once and cached.
 
     Measures only when it matters: ``precision`` auto and the OpenVINO EP is available.
@@ -68,7 +78,7 @@ def cpu_choice(bundle: Bundle | str | os.PathLike[str], *, precision: str = "aut
     if measure:
         cands = cpu_candidates(available, flags, bundle.variants)
         path = home / "runtime" / f"{machine_key(bundle, available, flags, threads)}.json"
-        measured = _cached_or_measured(path, bundle, cands, threads, load)
+        measured = _cached_or_measured(path, bundle, cands, threads, load, budget_s)
     choice = choose_cpu_runtime(available, flags, bundle.variants, measured,
                                 override=override, precision=precision)
     if measured is not None:
@@ -117,15 +127,23 @@ def _cpu_model() -> str:
 
 
 def _cached_or_measured(path: Path, bundle: Bundle, cands: Sequence[Candidate],
-                        threads: int | None, load: Callable[..., Any]
+                        threads: int | None, load: Callable[..., Any], budget_s: float
                         ) -> dict[Candidate, Measured]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others read its figures
         cached = read_figures(path)
         if cached is not None and all(c in cached for c in cands):
+            log.info("CPU runtime figures reused from %s (same graph, CPU, threads and ONNX "
+                     "Runtime): %s", path, ", ".join(f"{m.candidate.label} "
+                                                     f"{m.tokens_per_s:,.0f} tok/s"
+                                                     for m in cached.values()))
             return cached
-        measured = measure(bundle, cands, threads, load)
+        t0 = time.perf_counter()
+        measured = measure(bundle, cands, threads, load, budget_s)
+        log.warning("CPU runtime probe took %.1f s (%d candidates; %.0f s budget for measuring, "
+                    "EMBED_PROBE_SECONDS, plus loading each)", time.perf_counter() - t0,
+                    len(cands), budget_s)
         rows = [{"provider": m.candidate.provider, "precision": m.candidate.precision,
                  "tokens_per_s": m.tokens_per_s, "cos_min": m.cos_min, "error": m.error}
                 for m in measured.values()]
@@ -136,19 +154,31 @@ def _cached_or_measured(path: Path, bundle: Bundle, cands: Sequence[Candidate],
 
 
 def measure(bundle: Bundle, cands: Sequence[Candidate], threads: int | None,
-            load: Callable[..., Any]) -> dict[Candidate, Measured]:
-    """Run the probe set through each candidate: tokens/s and min cosine vs CPU-EP fp32."""
-    texts = probe_texts(bundle.config.max_length)
+            load: Callable[..., Any], budget_s: float = PROBE_BUDGET_S
+            ) -> dict[Candidate, Measured]:
+    """Run the probe sample through each candidate: tokens/s and min cosine vs CPU-EP fp32.
+
+    Each candidate gets ``budget_s / len(cands)`` seconds of measuring; the sample is sized by
+    the first candidate to run (``fit_sample``) and is the same for all of them.
+    """
+    share = budget_s / max(1, len(cands))
+    texts = mixed(probe_texts(bundle.config.max_length))
+    sample: list[str] | None = None
     out: dict[Candidate, Measured] = {}
     reference: np.ndarray | None = None
     for c in cands:
         try:
+            t0 = time.perf_counter()
             model = load(bundle, device="cpu", threads=threads,
                          choice=Choice(c.provider, c.precision, "probe"))
             if model.provider != c.provider:
                 raise RuntimeError(f"listed but failed to create: the session runs on "
                                    f"{model.provider}")
-            vecs, tps = _timed(model, texts)
+            t1 = time.perf_counter()
+            if sample is None:
+                sample = fit_sample(model, texts, share)
+            vecs, tps = _timed(model, sample, max(0.0, share - (time.perf_counter() - t1)))
+            del model  # one candidate's session in memory at a time
         except Exception as exc:  # noqa: BLE001 - a candidate that fails is one bad row
             out[c] = Measured(c, error=f"{type(exc).__name__}: {exc}"[:300])
             continue
@@ -157,8 +187,45 @@ def measure(bundle: Bundle, cands: Sequence[Candidate], threads: int | None,
         cos = None if reference is None else float((vecs * reference).sum(axis=1).min())
         out[c] = Measured(c, tokens_per_s=round(tps, 1),
                           cos_min=None if cos is None else round(cos, 6))
-        log.info("CPU runtime probe: %s %.0f tok/s, min cosine vs fp32 %s", c.label, tps, cos)
+        log.info("CPU runtime probe: %s %.0f tok/s on %d texts, min cosine vs fp32 %s (load "
+                 "%.1f s, measure %.1f s)", c.label, tps, len(sample), cos, t1 - t0,
+                 time.perf_counter() - t1)
     return out
+
+
+def fit_sample(model: Any, texts: list[str], seconds: float) -> list[str]:
+    """The prefix of ``texts`` whose warm-up and one timed pass fit ``seconds``, from the cost
+    per token of one small batch (never fewer than ``CALIBRATION_TEXTS`` texts).
+
+    The small batch's first run also pays first-call costs, so the estimate errs on the short
+    side; a model that is fast enough gets every text.
+    """
+    n_tokens = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]
+    t0 = time.perf_counter()
+    model.embed(texts[:CALIBRATION_TEXTS])
+    spent = time.perf_counter() - t0
+    per_token = spent / max(1, sum(n_tokens[:CALIBRATION_TEXTS]))
+    allowed = max(0.0, seconds - spent) / 2 / max(per_token, 1e-9)
+    n, total = 0, 0
+    for k in n_tokens:
+        if total + k > allowed and n >= CALIBRATION_TEXTS:
+            break
+        n, total = n + 1, total + k
+    return texts[:n]
+
+
+def mixed(texts: list[str]) -> list[str]:
+    """The probe texts with lengths interleaved (short, ~128, short, ~256, short, ~512, ...),
+    so that any prefix of them mixes short texts and chunk-sized ones."""
+    from worker.export.samples import SAMPLE_TEXTS
+
+    short, chunks = texts[:len(SAMPLE_TEXTS)], texts[len(SAMPLE_TEXTS):]
+    per = PROBE_PER_LENGTH
+    chunks = [chunks[i] for i in sorted(range(len(chunks)), key=lambda i: (i % per, i // per))]
+    out: list[str] = []
+    for k, chunk in enumerate(chunks):
+        out += short[k:k + 1] + [chunk]
+    return out + short[len(chunks):]
 
 
 def probe_texts(max_length: int) -> list[str]:
@@ -176,13 +243,18 @@ def probe_texts(max_length: int) -> list[str]:
     return texts
 
 
-def _timed(model: Any, texts: list[str]) -> tuple[np.ndarray, float]:
+def _timed(model: Any, texts: list[str], seconds: float | None = None
+           ) -> tuple[np.ndarray, float]:
     """Vectors and tokens/s of the fastest repetition after a warm-up: as many as fit in
-    ``PROBE_SECONDS`` (at least one, so a large model on a small CPU pays two passes)."""
+    ``seconds`` (counting the warm-up; at most ``PROBE_SECONDS`` of repetitions; at least one,
+    so a large model on a small CPU pays two passes)."""
+    t_start = time.perf_counter()
     vecs = model.embed(texts)  # warm-up: OpenVINO compiles per input shape
     n_tokens = sum(len(e.ids) for e in model.tokenizer.encode_batch(texts))
+    limit = PROBE_SECONDS if seconds is None else min(
+        PROBE_SECONDS, seconds - (time.perf_counter() - t_start))
     t0, best, reps = time.perf_counter(), float("inf"), 0
-    while reps < 1 or time.perf_counter() - t0 < PROBE_SECONDS:
+    while reps < 1 or time.perf_counter() - t0 < limit:
         t1 = time.perf_counter()
         model.embed(texts)
         best = min(best, time.perf_counter() - t1)
