@@ -54,7 +54,7 @@ def headroom_mb(setting: int | None, before_mb: float, loaded_mb: float) -> floa
     """
     if setting is not None:
         return float(setting)
-    return max(float(MIN_HEADROOM_MB), 2 * max(0.0, loaded_mb - before_mb))
+    return max(float(MIN_HEADROOM_MB), 2.0 * max(0.0, loaded_mb - before_mb))
 
 
 def limit_mb() -> float | None:
