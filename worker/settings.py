@@ -71,7 +71,7 @@ class WorkerSettings:
     gpu_queue: str = _env("gpu", "EMBED_GPU_QUEUE", "name of the GPU queue")
     max_batch_tokens: int | None = _env(None, "EMBED_MAX_BATCH_TOKENS",
                                         "padded tokens per inference batch (rows × longest)",
-                                        shown="`4096` cpu / `32768` gpu")
+                                        shown="`4096` cpu / gpu: sized to its free memory")
     max_attempts: int = _env(3, "EMBED_MAX_ATTEMPTS", "deliveries of one shard before it is "
                              "marked failed (the job's `--max-attempts` wins)")
     soft_time_limit: int = _env(540, "EMBED_SOFT_TIME_LIMIT",
