@@ -50,8 +50,8 @@ class WorkerSettings:
                              "OpenVINO fp32/bf16; int8 only when 1.15x faster than the best of the "
                              "others); or `cpu` (ONNX Runtime's CPU EP), `openvino`")
     probe_seconds: float = _env(10.0, "EMBED_PROBE_SECONDS", "seconds the CPU runtime probe "
-                                "spends measuring (its sample is sized to fit; loading each "
-                                "candidate comes on top); figures are kept per graph and machine")
+                                "may take, loading its candidates included (its sample is sized "
+                                "to fit); figures are kept per graph and machine")
     device: str = _env("queue", "EMBED_DEVICE", "the task's queue decides (`gpu` queue → CUDA); "
                        "or force `cpu`/`gpu`/`auto`")
     gpu_strict: bool = _env(False, "EMBED_GPU_STRICT",

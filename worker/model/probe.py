@@ -17,10 +17,9 @@ bf16 13.9k tok/s where a 2,000-document corpus gave 15.0k vs 20.8k). Each candid
 its fastest repetition, so a burst of other work on the machine (``producer run`` stages while
 its workers start) costs a repetition, not the choice.
 
-The probe has a time budget (``EMBED_PROBE_SECONDS``, 10 s of measuring; loading each
-candidate comes on top): the first candidate embeds one small batch, and the sample is the
-mixed-length prefix of the probe set whose warm-up and one timed pass fit each candidate's
-share of the budget. A MiniLM-size model measures the whole set; a BGE-M3-size one (~450 tok/s
+The probe has a time budget (``EMBED_PROBE_SECONDS``, 10 s, loading the candidates included):
+the first candidate embeds one small batch, and the sample is the mixed-length prefix of the
+probe set whose warm-up and one timed pass fit each candidate's share of what the loads leave. A MiniLM-size model measures the whole set; a BGE-M3-size one (~450 tok/s
 on 2 cores) about a thousand tokens, where the whole set took ~110 s through three candidates.
 """
 
@@ -52,7 +51,9 @@ PROBE_SECONDS = 1.5
 """At most this many timed seconds per candidate after its warm-up."""
 PROBE_BUDGET_S = 10.0
 """Default seconds of measuring for the whole probe (``EMBED_PROBE_SECONDS``)."""
-CALIBRATION_TEXTS = 4
+CALIBRATION_TEXTS = 2
+"""The small batch that prices a token (a short text and a ~128-token one), and the smallest
+sample."""
 PROBE_LENGTHS = (128, 256, 512)
 """Approximate token lengths of the chunk-sized probe texts (capped at the window)."""
 PROBE_PER_LENGTH = 3
@@ -141,9 +142,8 @@ def _cached_or_measured(path: Path, bundle: Bundle, cands: Sequence[Candidate],
             return cached
         t0 = time.perf_counter()
         measured = measure(bundle, cands, threads, load, budget_s)
-        log.warning("CPU runtime probe took %.1f s (%d candidates; %.0f s budget for measuring, "
-                    "EMBED_PROBE_SECONDS, plus loading each)", time.perf_counter() - t0,
-                    len(cands), budget_s)
+        log.warning("CPU runtime probe took %.1f s (%d candidates, loads included; budget %.0f "
+                    "s, EMBED_PROBE_SECONDS)", time.perf_counter() - t0, len(cands), budget_s)
         rows = [{"provider": m.candidate.provider, "precision": m.candidate.precision,
                  "tokens_per_s": m.tokens_per_s, "cos_min": m.cos_min, "error": m.error}
                 for m in measured.values()]
@@ -158,15 +158,18 @@ def measure(bundle: Bundle, cands: Sequence[Candidate], threads: int | None,
             ) -> dict[Candidate, Measured]:
     """Run the probe sample through each candidate: tokens/s and min cosine vs CPU-EP fp32.
 
-    Each candidate gets ``budget_s / len(cands)`` seconds of measuring; the sample is sized by
-    the first candidate to run (``fit_sample``) and is the same for all of them.
+    ``budget_s`` is the whole probe's, loads included: the first candidate to load sizes the
+    sample (``fit_sample``) to what is left once every other candidate has loaded (each
+    assumed as slow to load as it was), shared between the candidates; each then measures for
+    its share of what is left (at least a warm-up and one pass, so a budget smaller than the
+    loads is overrun, never a candidate skipped).
     """
-    share = budget_s / max(1, len(cands))
     texts = mixed(probe_texts(bundle.config.max_length))
     sample: list[str] | None = None
     out: dict[Candidate, Measured] = {}
     reference: np.ndarray | None = None
-    for c in cands:
+    start, n, load_s = time.perf_counter(), len(cands), 0.0
+    for k, c in enumerate(cands):
         try:
             t0 = time.perf_counter()
             model = load(bundle, device="cpu", threads=threads,
@@ -175,9 +178,15 @@ def measure(bundle: Bundle, cands: Sequence[Candidate], threads: int | None,
                 raise RuntimeError(f"listed but failed to create: the session runs on "
                                    f"{model.provider}")
             t1 = time.perf_counter()
+            load_s = max(load_s, t1 - t0)
+
+            def share() -> float:  # this candidate's part of what is left after the loads
+                left = budget_s - (time.perf_counter() - start) - (n - k - 1) * load_s
+                return max(0.0, left / (n - k))
+
             if sample is None:
-                sample = fit_sample(model, texts, share)
-            vecs, tps = _timed(model, sample, max(0.0, share - (time.perf_counter() - t1)))
+                sample = fit_sample(model, texts, share())
+            vecs, tps = _timed(model, sample, share())
             del model  # one candidate's session in memory at a time
         except Exception as exc:  # noqa: BLE001 - a candidate that fails is one bad row
             out[c] = Measured(c, error=f"{type(exc).__name__}: {exc}"[:300])
