@@ -91,3 +91,16 @@ def test_measure_keeps_to_its_budget_for_a_slow_model() -> None:
     assert took < 4.0, took  # the whole set would take 2 × 56 texts × 20 ms × 2 passes = 4.5 s
     assert out[cands[1]].tokens_per_s > out[cands[0]].tokens_per_s  # still the right order
     assert not any(m.error for m in out.values())
+
+
+def test_a_model_too_slow_for_the_budget_runs_the_calibration_batch_once_more_only() -> None:
+    model = CostModel(0.01)  # 100 ms per text: two texts cost the whole 0.1 s budget
+    calls: list[int] = []
+    embed = model.embed
+    model.embed = lambda texts: calls.append(len(texts)) or embed(texts)  # type: ignore
+    model.provider = probe.CPU
+    out = probe.measure(SimpleNamespace(config=SimpleNamespace(max_length=8192)),  # type: ignore
+                        [probe.Candidate(probe.CPU, "fp32")], 1, lambda b, **kw: model,
+                        budget_s=0.1)
+    assert calls == [2, 2]  # calibration (the warm-up too) and one timed pass
+    assert out[probe.Candidate(probe.CPU, "fp32")].tokens_per_s > 0
