@@ -52,13 +52,14 @@ class ModelTask(Task):
             return self._models[key]
         s = self.settings
         threads = s.intra_op_threads(self.app.conf.worker_concurrency)
-        choice = None
+        choice, model = None, None
         if device == "cpu":  # measured once per bundle and machine, cached under EMBED_HOME
-            from worker.model.probe import cpu_choice
+            from worker.model.probe import cpu_choice, take_kept
 
             choice = cpu_choice(bundle_path, precision=precision, override=s.cpu_provider,
                                 threads=threads, home=_home(s), budget_s=s.probe_seconds)
-        model = load_model(
+            model = take_kept(bundle_path, choice, threads)  # the probe's last session
+        model = model or load_model(
             bundle_path, device=device, precision=precision, threads=threads,
             device_id=s.gpu_device_id, tensorrt=s.tensorrt, strict=s.gpu_strict,
             cpu_provider=s.cpu_provider, choice=choice, gpu_mem_limit_mb=s.gpu_mem_limit_mb,

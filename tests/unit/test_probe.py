@@ -77,7 +77,7 @@ def test_mixed_interleaves_short_and_chunk_sized_texts() -> None:
 
 
 def test_measure_keeps_to_its_budget_for_a_slow_model() -> None:
-    bundle = SimpleNamespace(config=SimpleNamespace(max_length=8192))
+    bundle = SimpleNamespace(config=SimpleNamespace(max_length=8192), path="b")
     model = CostModel(0.002)
     model.provider = probe.CPU
     cands = [probe.Candidate(probe.CPU, "fp32"), probe.Candidate(probe.OPENVINO, "fp32")]
@@ -91,6 +91,7 @@ def test_measure_keeps_to_its_budget_for_a_slow_model() -> None:
     assert took < 4.0, took  # the whole set would take 2 × 56 texts × 20 ms × 2 passes = 4.5 s
     assert out[cands[1]].tokens_per_s > out[cands[0]].tokens_per_s  # still the right order
     assert not any(m.error for m in out.values())
+    probe._kept.clear()
 
 
 def test_a_model_too_slow_for_the_budget_runs_the_calibration_batch_once_more_only() -> None:
@@ -99,8 +100,26 @@ def test_a_model_too_slow_for_the_budget_runs_the_calibration_batch_once_more_on
     embed = model.embed
     model.embed = lambda texts: calls.append(len(texts)) or embed(texts)  # type: ignore
     model.provider = probe.CPU
-    out = probe.measure(SimpleNamespace(config=SimpleNamespace(max_length=8192)),  # type: ignore
-                        [probe.Candidate(probe.CPU, "fp32")], 1, lambda b, **kw: model,
-                        budget_s=0.1)
+    out = probe.measure(SimpleNamespace(config=SimpleNamespace(max_length=8192),  # type: ignore
+                                        path="b"), [probe.Candidate(probe.CPU, "fp32")], 1,
+                        lambda b, **kw: model, budget_s=0.1)
+    probe._kept.clear()
     assert calls == [2, 2]  # calibration (the warm-up too) and one timed pass
     assert out[probe.Candidate(probe.CPU, "fp32")].tokens_per_s > 0
+
+
+def test_the_last_candidate_measured_is_handed_to_the_worker_only_if_chosen(tmp_path) -> None:
+    bundle = SimpleNamespace(config=SimpleNamespace(max_length=64), path=tmp_path)
+    cands = [probe.Candidate(probe.CPU, "fp32"), probe.Candidate(probe.OPENVINO, "fp32")]
+    models = {}
+
+    def load(b, **kw):
+        m = CostModel(1e-5)
+        m.provider = kw["choice"].provider
+        models[m.provider] = m
+        return m
+
+    probe.measure(bundle, cands, 2, load, budget_s=0.5)  # type: ignore[arg-type]
+    key = (str(tmp_path), cands[1], 2)
+    assert list(probe._kept) == [key] and probe._kept[key] is models[probe.OPENVINO]
+    probe._kept.clear()

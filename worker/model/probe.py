@@ -189,7 +189,10 @@ def measure(bundle: Bundle, cands: Sequence[Candidate], threads: int | None,
                 sample = fit_sample(model, texts, share())
             warm = warm and sample == texts[:CALIBRATION_TEXTS]
             vecs, tps = _timed(model, sample, share(), warmed=warm)
-            del model  # one candidate's session in memory at a time
+            _kept.clear()  # one candidate's session in memory at a time; the last one is kept
+            if k == n - 1:  # for the worker, if it is the choice (``take_kept``)
+                _kept[(str(bundle.path), c, threads)] = model
+            del model
         except Exception as exc:  # noqa: BLE001 - a candidate that fails is one bad row
             out[c] = Measured(c, error=f"{type(exc).__name__}: {exc}"[:300])
             continue
@@ -202,6 +205,18 @@ def measure(bundle: Bundle, cands: Sequence[Candidate], threads: int | None,
                  "%.1f s, measure %.1f s)", c.label, tps, len(sample), cos, t1 - t0,
                  time.perf_counter() - t1)
     return out
+
+
+_kept: dict[tuple[str, Candidate, int | None], Any] = {}
+"""The session of the last candidate the probe in this process measured (at most one)."""
+
+
+def take_kept(bundle: str | os.PathLike[str], choice: Choice, threads: int | None) -> Any:
+    """The probe's session for ``choice`` when it was the last one measured (the worker then
+    loads nothing again), else None; either way the probe keeps no session after this."""
+    model = _kept.pop((str(load_bundle(bundle).path), choice.candidate, threads), None)
+    _kept.clear()
+    return model
 
 
 def fit_sample(model: Any, texts: list[str], seconds: float) -> list[str]:
