@@ -17,10 +17,9 @@ bf16 13.9k tok/s where a 2,000-document corpus gave 15.0k vs 20.8k). Each candid
 its fastest repetition, so a burst of other work on the machine (``producer run`` stages while
 its workers start) costs a repetition, not the choice.
 
-The probe has a time budget (``EMBED_PROBE_SECONDS``, 10 s, loading the candidates included):
-the first candidate embeds one small batch, and the sample is the mixed-length prefix of the
-probe set whose warm-up and one timed pass fit each candidate's share of what the loads leave. A MiniLM-size model measures the whole set; a BGE-M3-size one (~450 tok/s
-on 2 cores) about a thousand tokens, where the whole set took ~110 s through three candidates.
+The probe has a time budget (``EMBED_PROBE_SECONDS``, 10 s, loads included): one small batch
+prices a token and the sample is the mixed-length prefix of the probe set that fits (a MiniLM
+measures all of it; a BGE-M3-size model a short prefix, where the whole set took ~110 s).
 """
 
 from __future__ import annotations
@@ -159,11 +158,9 @@ def measure(bundle: Bundle, cands: Sequence[Candidate], threads: int | None,
     """Run the probe sample through each candidate: tokens/s and min cosine vs CPU-EP fp32.
 
     ``budget_s`` is the whole probe's, loads included: the first candidate to load sizes the
-    sample (``fit_sample``) to what is left once every other candidate has loaded (each
-    assumed as slow to load as it was), shared between the candidates; each then measures for
-    its share of what is left (at least a warm-up and one pass, so a budget smaller than the
-    loads is overrun, never a candidate skipped).
-    """
+    sample (``fit_sample``) to its share of what the other loads (each as slow as the slowest
+    so far) leave; each measures for its share (at least a warm-up and one pass: a budget
+    smaller than the loads is overrun, never a candidate skipped)."""
     texts = mixed(probe_texts(bundle.config.max_length))
     sample: list[str] | None = None
     out: dict[Candidate, Measured] = {}
@@ -220,12 +217,9 @@ def take_kept(bundle: str | os.PathLike[str], choice: Choice, threads: int | Non
 
 
 def fit_sample(model: Any, texts: list[str], seconds: float) -> list[str]:
-    """The prefix of ``texts`` whose warm-up and one timed pass fit ``seconds``, from the cost
-    per token of one small batch (never fewer than ``CALIBRATION_TEXTS`` texts).
-
-    The small batch's first run also pays first-call costs, so the estimate errs on the short
-    side; a model that is fast enough gets every text.
-    """
+    """The prefix of ``texts`` whose warm-up and one timed pass fit ``seconds``, priced by one
+    small batch (never fewer than ``CALIBRATION_TEXTS`` texts; its first-run costs make the
+    estimate err on the short side); a model fast enough gets every text."""
     n_tokens = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]
     t0 = time.perf_counter()
     model.embed(texts[:CALIBRATION_TEXTS])
