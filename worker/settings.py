@@ -86,7 +86,8 @@ class WorkerSettings:
     recycle_headroom_mb: int | None = _env(
         None, "EMBED_RECYCLE_HEADROOM_MB", "a pool process is replaced after a task when its RSS "
         "passes its RSS after loading the model + this many MB; `0`: never",
-        shown="2 × what the load added, at least 2048")
+        shown="the model's working set (graph files + its largest batch's activations), at "
+        "least 2048")
     heartbeat_s: float = _env(5.0, "EMBED_HEARTBEAT_S", "seconds between a running shard's "
                               "heartbeats (`_state/alive/`): the producer re-sends only shards "
                               "no live worker holds")

@@ -65,7 +65,7 @@ class ModelTask(Task):
             cpu_provider=s.cpu_provider, choice=choice, gpu_mem_limit_mb=s.gpu_mem_limit_mb,
         )
         self._models[key] = model
-        recycle.loaded()  # the memory limit of this process follows what it holds now
+        recycle.loaded(model)  # the memory limit of this process follows what it holds now
         while len(self._models) > max(1, s.model_lru):
             self._models.popitem(last=False)
         return model
