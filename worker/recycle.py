@@ -10,9 +10,8 @@ Here the limit follows the models: a child's limit is its RSS right after its la
 ``0`` never recycles. Unset, it is what the model may still legitimately add: the graph's files
 (ONNX Runtime maps external data lazily, so a 2.3 GB model sat at 1.3 GB RSS right after its
 load) plus the activations of its largest batch (``working_set_mb``: one 8,192-token row of
-BGE-M3 at fp32 is ~9 GB of attention scores and FFN tensors), at least 2048 MB and twice what
-the load added. The check uses the *current*
-RSS, so a one-off peak that was given back does not count.
+BGE-M3 at fp32 took a worker to 14 GB RSS), at least 2048 MB and twice what the load added.
+The check uses the *current* RSS, so a one-off peak that was given back does not count.
 
 Mechanism: billiard checks the limit in the child after each task, with a limit it read at fork
 time, by calling ``billiard.pool.mem_rss``. ``install()`` (in each child, at
@@ -72,8 +71,8 @@ def working_set_mb(graph_bytes: int, hidden: int, max_length: int, batch_tokens:
     plus the activations of its largest batch (``max(batch_tokens, max_length)`` tokens in rows
     of ``max_length``).
 
-    >>> round(working_set_mb(2_300 * 2**20, 1024, 8192, 4096, 4))  # BGE-M3 fp32, CPU: ~11 GB
-    10876
+    >>> round(working_set_mb(2_300 * 2**20, 1024, 8192, 4096, 4))  # BGE-M3 fp32, CPU: ~19 GB
+    19068
     """
     per_token = activation_bytes_per_token(hidden, max_length, dtype_bytes)
     return (graph_bytes + per_token * max(batch_tokens, max_length)) / 2**20
