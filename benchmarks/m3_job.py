@@ -11,6 +11,9 @@ asks about: children replaced, shards re-sent or run twice, the probe's time, co
         --job-id m3 --outputs dense,sparse,colbert 2>&1 | tee /tmp/m3run.log
     python benchmarks/m3_job.py check --job /tmp/m3out/m3 --home /tmp/m3home \\
         --run-log /tmp/m3run.log
+
+benchmarks/results/m3_job.json holds the last run's figures (with the environment it needed:
+longer task time limits, since one 8,192-token fp32 batch takes minutes on 2 busy cores).
 """
 
 from __future__ import annotations
