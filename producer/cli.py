@@ -192,7 +192,9 @@ def _run_locally(plan: Any, home: Path, *, workers: int | None,
 def _finish(job: Any, progress: Any) -> None:
     from producer.progress import summary_lines
 
-    st = job.wait(progress=progress)
+    from producer.reconcile import reconcile_seconds
+
+    st = job.wait(progress=progress, stall_s=reconcile_seconds())
     click.echo("\n".join(summary_lines(job, st)))
     if st.status == "cancelled":
         raise JobFailed(f"cancelled with {st.done} of {st.shards} shard(s) done; continue "
@@ -235,6 +237,7 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
     """
     from producer.job import Job
     from producer.progress import fleet_progress
+    from producer.reconcile import held_now
     from producer.resume import fleet_broker, refuse_run_job
     from producer.broker import connect
 
@@ -251,8 +254,12 @@ def resume(job_dir: str, broker: str | None, wait: bool, stage_procs: int | None
     bar = fleet_progress(connect(url, events=s.events), jd.manifest.queue, mask_url(url),
                          warn=lambda w: click.echo(w, err=True))
     bar.enabled = wait
-    n = job.resume(stage_procs=stage_procs, progress=bar)
-    click.echo(f"re-sent {n} shard(s)" if n else "nothing to resume: every shard is done")
+    held = held_now(jd)  # a shard a live worker is computing is not re-sent
+    n = job.resume(stage_procs=stage_procs, progress=bar, skip=held)
+    msg = f"re-sent {n} shard(s)" if n else "nothing to resume: every shard is done"
+    if held:
+        msg = f"re-sent {n} shard(s); {len(held)} held by live workers, not re-sent"
+    click.echo(msg)
     if wait and n:
         _finish(job, progress=bar or True)
 

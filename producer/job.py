@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from worker.staging.corpus import Record, Reject, judge_object
 from producer.errors import JobConflict, UsageError
 from producer.ingest import run_staging, send_stage_tasks
-from producer.broker import broker_backlog, connect, job_backlog, send_shards
+from producer.broker import connect, send_shards
 from producer.progress import JobStatus, staging_progress
 from producer.routing import choose_queue
 from producer.settings import ProducerSettings
@@ -102,9 +102,11 @@ class Job:
                     return out
         return out
 
-    def resume(self, *, stage_procs: int | None = None, progress: Any = None) -> int:
+    def resume(self, *, stage_procs: int | None = None, progress: Any = None,
+               skip: Collection[int] = ()) -> int:
         """Finish staging if it stopped, re-send every shard without valid output that is not
-        failed; return the tasks sent. Safe to repeat."""
+        failed (nor in ``skip``: held by a live worker); return the tasks sent. Safe to
+        repeat."""
         if not self.dir.reload().staged:
             from producer.ingest import continue_staging
 
@@ -112,7 +114,8 @@ class Job:
             return continue_staging(self.dir, self._connect(), tick=tick,
                                     fast_tokenizer=self.settings.fast_tokenizer,
                                     procs=stage_procs or default_procs())
-        pending = [s.shard for s in self.dir.shard_states() if s.state == "pending"]
+        pending = [s.shard for s in self.dir.shard_states()
+                   if s.state == "pending" and s.shard not in skip]
         if pending:
             send_shards(self._connect(), self.dir, pending, self.dir.manifest.queue)
         self.dir.finalize()
@@ -123,41 +126,13 @@ class Job:
 
     def wait(self, *, progress: Any = False, poll_s: float = 1.0,
              stall_s: float | None = 120.0, timeout_s: float | None = None) -> JobStatus:
-        """Block until the job finishes; re-sends shards whose messages were lost.
+        """Block until the job finishes; re-sends shards whose messages were lost and that no
+        live worker holds (``producer.reconcile.wait_reconciling``). ``progress`` is a bool or a
+        ``producer.progress.Progress`` to draw with."""
+        from producer.reconcile import wait_reconciling
 
-        Lost messages are detected two ways: the broker (Redis) holds no queued or unacked
-        message while shards are still pending, or nothing finished for ``stall_s`` seconds.
-        Duplicates are harmless (shards are idempotent), losses are not. ``progress`` is a
-        bool or a ``producer.progress.Progress`` to draw with.
-        """
-        from producer.progress import Progress
-
-        bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
-        t0 = last_change = time.monotonic()
-        last_done = -1
-        st = self.status()
-        idle_checks = 0
-        while not st.finished:
-            bar.update(st)
-            if st.done + st.failed != last_done:
-                last_done, last_change, idle_checks = st.done + st.failed, time.monotonic(), 0
-            elif st.status == "running":
-                backlog = broker_backlog(self.broker, self.dir.manifest.queue)
-                idle_checks = idle_checks + 1 if backlog == 0 else 0
-                stalled = stall_s is not None and time.monotonic() - last_change > stall_s
-                if stalled and job_backlog(self.broker, self.dir.manifest.queue, self.path.name):
-                    stalled, last_change = False, time.monotonic()  # queued behind others
-                if idle_checks >= 3 or stalled:
-                    n = self.resume()
-                    bar.note(f"re-sent {n} shard(s) whose messages were lost")
-                    last_change, idle_checks = time.monotonic(), 0
-            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-                raise TimeoutError(f"{self.path}: not finished after {timeout_s:.0f}s")
-            time.sleep(poll_s)
-            st = self.status()
-        bar.update(st)
-        bar.close()
-        return st
+        return wait_reconciling(self, progress=progress, poll_s=poll_s, stall_s=stall_s,
+                                timeout_s=timeout_s)
 
     def read_table(self) -> Any:
         return read_table(self.path)

@@ -71,7 +71,7 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-batch-tokens", type=click.IntRange(16, None), default=None,
                      envvar="EMBED_MAX_BATCH_TOKENS",
                      help="Padded tokens per inference batch (default: the worker's; 4096 on "
-                     "CPU, 32768 on GPU)."),
+                     "CPU; on GPU sized to its free memory)."),
         click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
                      help="Deliveries of one shard before it is marked failed."),
         click.option("--outputs", default="dense", show_default=True,

@@ -175,3 +175,4 @@ def interrupted_message(root: Path) -> str:
         return (f"interrupted: workers and Redis stopped; continue with "
                 f"`producer run --resume {root}`")
     return "interrupted before the job was created: run the same command again"
+

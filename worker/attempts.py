@@ -6,6 +6,9 @@ here lives in the job directory, where the next attempt can read it:
     _state/attempts/NNNNN.<k>   one file per attempt (O_EXCL): the attempt number is a count
     _state/inflight/NNNNN.<k>   attempt k's batches and the index of the one running; removed
                                 when the attempt ends in Python, left behind only when it died
+    _state/alive/NNNNN.<k>      attempt k's heartbeat: "<interval_s> <count>", rewritten every
+                                interval by a thread while the attempt runs (model load and one
+                                long batch included); removed when the attempt ends in Python
 
 A marker left by an earlier attempt means that attempt crashed (SIGKILL, OOM, hard time limit)
 with those chunks in flight. They are *suspects*: the next attempt runs them alone and first. A
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -119,9 +123,68 @@ class Attempt:
             self.marker_path.unlink(missing_ok=True)
 
 
+    @contextmanager
+    def heartbeat(self, interval_s: float) -> Iterator[None]:
+        """Beat ``_state/alive/NNNNN.<k>`` every ``interval_s`` while the attempt runs.
+
+        A thread rewrites the file's counter in place (one ``pwrite``), so the producer's
+        reconciler (``producer/reconcile.py``) sees a shard held by a live process even while one
+        8,192-token batch or the model load runs for minutes without touching the in-flight
+        marker. The reader compares contents between its own looks, never a clock or an mtime
+        of another machine, so the job directory may be on a shared filesystem.
+        """
+        path = alive_dir(self.job) / f"{self.shard:05d}.{self.number}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        stop = threading.Event()
+
+        def beat(n: int) -> None:
+            os.pwrite(fd, b"%.3f %012d\n" % (interval_s, n), 0)
+
+        def loop() -> None:
+            n = 1
+            while not stop.wait(interval_s):
+                try:
+                    beat(n)
+                except OSError as exc:  # a full or vanished disk: the attempt will say so
+                    log.warning("heartbeat %s: %s", path, exc)
+                n += 1
+
+        beat(0)
+        thread = threading.Thread(target=loop, name=f"heartbeat-{self.shard}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            os.close(fd)
+            path.unlink(missing_ok=True)
+
+
+def alive_dir(job: JobDir) -> Path:
+    return job.state_dir / "alive"
+
+
+def read_heartbeats(job: JobDir) -> dict[tuple[int, int], tuple[bytes, float]]:
+    """(shard, attempt) -> (the heartbeat file's content, its interval in seconds)."""
+    out = {}
+    for p in alive_dir(job).glob("*.*"):
+        shard, _, number = p.name.partition(".")
+        try:
+            raw = p.read_bytes()  # open+read: NFS revalidates on open (close-to-open)
+            out[(int(shard), int(number))] = (raw, float(raw.split()[0]))
+        except (OSError, ValueError, IndexError):
+            continue  # vanished (the attempt ended) or half-written: no beat this look
+    return out
+
+
 def begin(job: JobDir, shard: int, max_attempts: int, info: dict[str, Any]) -> Attempt:
     """Record one more attempt at ``shard`` and read the markers of attempts that died."""
     number = job.next_attempt(shard, info)
+    for old in alive_dir(job).glob(f"{shard:05d}.*"):  # left by attempts that died
+        if old.suffix[1:].isdigit() and int(old.suffix[1:]) < number:
+            old.unlink(missing_ok=True)
     return Attempt(job, shard, number, max_attempts, crashed_inflight(job, shard, number))
 
 

@@ -25,7 +25,9 @@ from celery import Celery
 from celery.worker.consumer import Consumer
 from kombu import Exchange, Queue
 
+from worker import recycle
 from worker.contract import TASK_NAME  # noqa: F401  (re-exported)
+from worker.recycle import RECYCLE_KB
 from worker.settings import WorkerSettings, env_name
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,9 @@ def celery_config(s: WorkerSettings) -> dict[str, Any]:
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q)
                         for q in (s.cpu_queue, s.gpu_queue)],
         "task_create_missing_queues": True,
-        "worker_max_memory_per_child": 4_000_000,  # KiB: recycle a child that keeps growing
+        # A child is recycled when it grows past its models' RSS + a headroom (worker/recycle.py
+        # answers billiard's per-task check against this nominal limit); None: never.
+        "worker_max_memory_per_child": None if s.recycle_headroom_mb == 0 else RECYCLE_KB,
     }
 
 
@@ -119,6 +123,10 @@ def create_app(settings: WorkerSettings) -> Celery:
             env_name("visibility_timeout"), settings.visibility_timeout, env_name("time_limit"),
             settings.time_limit, env_name("soft_time_limit"), settings.soft_time_limit,
         )
+    from celery.signals import worker_process_init
+
+    worker_process_init.connect(lambda **_: recycle.install_recycle_check(settings.recycle_headroom_mb),
+                                weak=False, dispatch_uid="embedfleet-recycle")
     app = Celery("embedfleet", set_as_current=False)
     app.conf.update(celery_config(settings))
     app.settings = settings  # type: ignore[attr-defined]

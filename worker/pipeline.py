@@ -12,10 +12,9 @@ The numbers are the README's stage table (stages 1-4 run in the producer):
     9  cache store: pipelined SET of the new vectors
     10 write rejects, metrics and embeddings shards; the last shard finalises the job
 
-Crash safety lives in worker/attempts.py: the chunks of the batch running are named by an
-in-flight marker, chunks left in flight by a crashed attempt run alone and first, a chunk in
-flight at two crashes becomes a reject, and every way of giving up goes through
-``attempts.give_up``. The pipeline only asks it, at the start of an attempt and on an error.
+Crash safety lives in worker/attempts.py: an in-flight marker names the batch running, chunks
+left in flight by a crashed attempt run alone and first, a chunk in flight at two crashes
+becomes a reject; every way of giving up goes through ``attempts.give_up``.
 """
 
 from __future__ import annotations
@@ -36,8 +35,7 @@ from storage.atomic import write_bytes_atomic
 from storage.jobdir import JobDir
 from storage.metrics import rss_mb
 from storage.shards import embeddings_table, metrics_table, shard_is_valid, write_table
-from worker import attempts
-from worker import cancel
+from worker import attempts, cancel
 from worker import faults as failpoints
 from worker.errors import InferenceError
 from worker.dense import DenseSpec
@@ -57,11 +55,12 @@ class ShardContext:
     queue: str
     hostname: str
     max_attempts: int
-    max_batch_tokens: int
+    max_batch_tokens: int  # 0: the model's own (``LoadedModel.batch_tokens``)
     load_model: Callable[[], Any]
     cache_for: Callable[[int], Any]
     faults: str = ""
     soft_time_limit: float = 0
+    heartbeat_s: float = 5.0
 
 
 @dataclass
@@ -101,49 +100,8 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
             return ShardResult(shard, "cancelled")
         if attempt.over_cap:
             return _give_up(ctx, attempt.cap_reason(), attempt.number - 1, attempt.number)
-        # 5. The model (one session per process) and the staged chunks.
-        model = ctx.load_model()
-        cfg = model.bundle.config
-        rows = ShardRows.read(job.input_path(shard), cfg.dim, job.manifest.outputs or DENSE)
-        model = rows.outputs.bind(model)  # BGE-M3 outputs come from the same session run
-        dense = DenseSpec.for_job(job.manifest, cfg.dim)  # --dim/--dtype: cast at stage 10
-        rows.outputs.dense_bytes = dense.bytes_per_vector
-        base = _metric_base(ctx, model, attempt.number)
-        # 9. One MGET for the whole shard (keys name the output set).
-        cache = ctx.cache_for(cfg.dim)
-        keys = rows.outputs.keys(model.fingerprint, rows.inputs["text_sha256"].to_pylist())
-        metrics = _fill_from_cache(rows, rows.outputs.lookup(cache, keys), base)
-        for i in sorted(attempt.poison & set(rows.todo())):
-            rows.reject(i, attempt.poison_reason())
-        # 6. Tokenise the misses once; suspects alone and first, the rest by token budget.
-        todo = rows.todo()
-        t_tok = time.perf_counter()
-        ids = _token_ids(rows, todo, model.tokenizer, cfg.max_length, shard)
-        tok_ms_per_chunk = (time.perf_counter() - t_tok) * 1000 / max(1, len(todo))
-        groups = plan_groups(ids, attempt.suspects, ctx.max_batch_tokens)
-        faults, fresh = failpoints.parse(ctx.faults), []
-        with attempt.inflight(groups) as mark:
-            # 7-8. Run, pool, normalise; a failing batch is split down to single chunks.
-            for b, group in enumerate(groups):
-                cancel.check_batch(job, shard, b, len(groups))
-                mark(b)
-                done, inf_ms = _embed_group(model, rows, group, ids, faults)
-                fresh += done
-                metrics.append(_batch_metric(base, b, group, ids, tok_ms_per_chunk, inf_ms,
-                                             rows.output_bytes(group)))
-            # 9. Store the new vectors (a Redis outage only costs future hits).
-            rows.outputs.store(cache, keys, rows.vectors, fresh)
-            # A late finisher (paused past the visibility timeout while a redelivered copy
-            # landed the shard) discards its result: the landed files and metrics stay as
-            # they are, nothing is counted twice.
-            if shard_is_valid(job.embeddings_path(shard), job.expected_chunks(shard)):
-                log.warning("shard %d landed while attempt %d ran (redelivered elsewhere): "
-                            "discarding this attempt's result", shard, attempt.number)
-                return ShardResult(shard, "already done", attempt=attempt.number,
-                                   finalized=job.finalize())
-            # 10. Rejects first, metrics, the embeddings last (their presence means "done").
-            _write_shards(job, shard, model, rows, metrics, dense)
-        return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())
+        with attempt.heartbeat(ctx.heartbeat_s):  # "held by a live process", for the producer
+            return _run_attempt(ctx, attempt, t0)
     except cancel.ShardCancelled:  # nothing written; a cancel is not the shard's fault
         if attempt is not None:
             job.drop_attempt(shard, attempt.number)
@@ -153,6 +111,53 @@ def embed_shard(ctx: ShardContext) -> ShardResult:
                                       attempt.number if attempt else None)
         n = len(job.attempts(shard))
         return _give_up(ctx, reason, n, n)
+
+
+def _run_attempt(ctx: ShardContext, attempt: attempts.Attempt, t0: float) -> ShardResult:
+    """Stages 5-10 of one attempt (errors go to ``embed_shard``'s handler)."""
+    job, shard = ctx.job, ctx.shard
+    # 5. The model (one session per process) and the staged chunks.
+    model = ctx.load_model()
+    cfg = model.bundle.config
+    rows = ShardRows.read(job.input_path(shard), cfg.dim, job.manifest.outputs or DENSE)
+    model = rows.outputs.bind(model)  # BGE-M3 outputs come from the same session run
+    dense = DenseSpec.for_job(job.manifest, cfg.dim)  # --dim/--dtype: cast at stage 10
+    rows.outputs.dense_bytes = dense.bytes_per_vector
+    base = _metric_base(ctx, model, attempt.number)
+    # 9. One MGET for the whole shard (keys name the output set).
+    cache = ctx.cache_for(cfg.dim)
+    keys = rows.outputs.keys(model.fingerprint, rows.inputs["text_sha256"].to_pylist())
+    metrics = _fill_from_cache(rows, rows.outputs.lookup(cache, keys), base)
+    for i in sorted(attempt.poison & set(rows.todo())):
+        rows.reject(i, attempt.poison_reason())
+    # 6. Tokenise the misses once; suspects alone and first, the rest by token budget.
+    todo = rows.todo()
+    t_tok = time.perf_counter()
+    ids = _token_ids(rows, todo, model.tokenizer, cfg.max_length, shard)
+    tok_ms_per_chunk = (time.perf_counter() - t_tok) * 1000 / max(1, len(todo))
+    groups = plan_groups(ids, attempt.suspects, ctx.max_batch_tokens or model.batch_tokens)
+    faults, fresh = failpoints.parse(ctx.faults), []
+    with attempt.inflight(groups) as mark:
+        # 7-8. Run, pool, normalise; a failing batch is split down to single chunks.
+        for b, group in enumerate(groups):
+            cancel.check_batch(job, shard, b, len(groups))
+            mark(b)
+            done, inf_ms = _embed_group(model, rows, group, ids, faults)
+            fresh += done
+            metrics.append(_batch_metric(base, b, group, ids, tok_ms_per_chunk, inf_ms,
+                                         rows.output_bytes(group)))
+        # 9. Store the new vectors (a Redis outage only costs future hits).
+        rows.outputs.store(cache, keys, rows.vectors, fresh)
+        # A late finisher (paused past the visibility timeout while a redelivered copy landed
+        # the shard) discards its result: the landed files and metrics stay as they are.
+        if shard_is_valid(job.embeddings_path(shard), job.expected_chunks(shard)):
+            log.warning("shard %d landed while attempt %d ran (redelivered elsewhere): "
+                        "discarding this attempt's result", shard, attempt.number)
+            return ShardResult(shard, "already done", attempt=attempt.number,
+                               finalized=job.finalize())
+        # 10. Rejects first, metrics, the embeddings last (their presence means "done").
+        _write_shards(job, shard, model, rows, metrics, dense)
+    return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())
 
 
 def _token_ids(rows: ShardRows, todo: list[int], tokenizer: Any, max_length: int,

@@ -52,11 +52,17 @@ class WorkerSettings:
                              "`auto`: measured once per bundle and machine (CPU-EP int8/fp32, "
                              "OpenVINO fp32/bf16; int8 only when 1.15x faster than the best of the "
                              "others); or `cpu` (ONNX Runtime's CPU EP), `openvino`")
+    probe_seconds: float = _env(10.0, "EMBED_PROBE_SECONDS", "seconds the CPU runtime probe "
+                                "may take, loading its candidates included (its sample is sized "
+                                "to fit); figures are kept per graph and machine")
     device: str = _env("queue", "EMBED_DEVICE", "the task's queue decides (`gpu` queue → CUDA); "
                        "or force `cpu`/`gpu`/`auto`")
     gpu_strict: bool = _env(False, "EMBED_GPU_STRICT",
                             "`1`: fail instead of falling back to CPU when CUDA is missing")
     gpu_device_id: int = _env(0, "EMBED_GPU_DEVICE_ID", "CUDA device ordinal")
+    gpu_mem_limit_mb: int | None = _env(None, "EMBED_GPU_MEM_LIMIT_MB", "the CUDA EP's "
+                                        "`gpu_mem_limit`; the GPU batch budget is sized to the "
+                                        "memory free after loading, within it", shown="none")
     tensorrt: bool = _env(False, "EMBED_TENSORRT",
                           "`1`: TensorRT before CUDA (fp16, LayerNorm in fp32, engine cache)")
     threads: int | None = _env(None, "EMBED_THREADS",
@@ -68,7 +74,7 @@ class WorkerSettings:
     gpu_queue: str = _env("gpu", "EMBED_GPU_QUEUE", "name of the GPU queue")
     max_batch_tokens: int | None = _env(None, "EMBED_MAX_BATCH_TOKENS",
                                         "padded tokens per inference batch (rows × longest)",
-                                        shown="`4096` cpu / `32768` gpu")
+                                        shown="`4096` cpu / gpu: sized to its free memory")
     max_attempts: int = _env(3, "EMBED_MAX_ATTEMPTS", "deliveries of one shard before it is "
                              "marked failed (the job's `--max-attempts` wins)")
     soft_time_limit: int = _env(540, "EMBED_SOFT_TIME_LIMIT",
@@ -80,6 +86,14 @@ class WorkerSettings:
     unacked_restore_interval: float | None = _env(None, "EMBED_UNACKED_RESTORE_INTERVAL",
                                                   "kombu's restore scan interval (tests set 1)",
                                                   shown="kombu's")
+    recycle_headroom_mb: int | None = _env(
+        None, "EMBED_RECYCLE_HEADROOM_MB", "a pool process is replaced after a task when its RSS "
+        "passes its RSS after loading the model + this many MB; `0`: never",
+        shown="the model's working set (graph files + its largest batch's activations), at "
+        "least 2048")
+    heartbeat_s: float = _env(5.0, "EMBED_HEARTBEAT_S", "seconds between a running shard's "
+                              "heartbeats (`_state/alive/`): the producer re-sends only shards "
+                              "no live worker holds")
     model_lru: int = _env(2, "EMBED_MODEL_LRU",
                           "sessions kept per worker process (one fleet, several models)")
     events: bool = _env(False, "EMBED_EVENTS", "`1`: task events and worker heartbeats, for "
@@ -142,6 +156,12 @@ class WorkerSettings:
                                  f"{', '.join(allowed)}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 16:
             raise ValueError(f"{env_name('max_batch_tokens')} must be at least 16")
+        if self.recycle_headroom_mb is not None and self.recycle_headroom_mb < 0:
+            raise ValueError(f"{env_name('recycle_headroom_mb')} must be 0 (never) or more")
+        if not self.probe_seconds > 0:
+            raise ValueError(f"{env_name('probe_seconds')} must be more than 0 seconds")
+        if not self.heartbeat_s > 0:
+            raise ValueError(f"{env_name('heartbeat_s')} must be more than 0 seconds")
         if self.max_attempts < 1:
             raise ValueError(f"{env_name('max_attempts')} must be at least 1")
 

@@ -21,15 +21,14 @@ from celery import Celery, Task
 
 from storage.cache import EmbeddingCache
 from storage.jobdir import validate_job_id
+from worker import recycle
 from worker.attempts import RetryShard
 from worker.contract import TASK_NAME, ShardTask
 from worker.errors import BadMessage
-from worker.model.batching import batch_budget
 from worker.paths import open_allowed_job
 from worker.pipeline import ShardContext
 from worker.pipeline import embed_shard as run_pipeline
 from worker.settings import WorkerSettings
-
 
 
 class ModelTask(Task):
@@ -53,18 +52,20 @@ class ModelTask(Task):
             return self._models[key]
         s = self.settings
         threads = s.intra_op_threads(self.app.conf.worker_concurrency)
-        choice = None
+        choice, model = None, None
         if device == "cpu":  # measured once per bundle and machine, cached under EMBED_HOME
-            from worker.model.probe import cpu_choice
+            from worker.model.probe import cpu_choice, take_kept
 
             choice = cpu_choice(bundle_path, precision=precision, override=s.cpu_provider,
-                                threads=threads, home=_home(s))
-        model = load_model(
+                                threads=threads, home=_home(s), budget_s=s.probe_seconds)
+            model = take_kept(bundle_path, choice, threads)  # the probe's last session
+        model = model or load_model(
             bundle_path, device=device, precision=precision, threads=threads,
             device_id=s.gpu_device_id, tensorrt=s.tensorrt, strict=s.gpu_strict,
-            cpu_provider=s.cpu_provider, choice=choice,
+            cpu_provider=s.cpu_provider, choice=choice, gpu_mem_limit_mb=s.gpu_mem_limit_mb,
         )
         self._models[key] = model
+        recycle.loaded(model)  # the memory limit of this process follows what it holds now
         while len(self._models) > max(1, s.model_lru):
             self._models.popitem(last=False)
         return model
@@ -127,10 +128,11 @@ def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
         job=job, shard=message.shard, queue=queue,
         hostname=task.request.hostname or socket.gethostname(),
         max_attempts=int(manifest.max_attempts or s.max_attempts),
-        max_batch_tokens=int(manifest.max_batch_tokens
-                             or batch_budget(device, s.max_batch_tokens)),
+        # 0: the loaded model's budget (CPU default; on CUDA sized to the GPU's free memory).
+        max_batch_tokens=int(manifest.max_batch_tokens or s.max_batch_tokens or 0),
         load_model=lambda: task.model_for(manifest.bundle_path, device, precision),
         cache_for=task.cache_for, faults=s.faults, soft_time_limit=s.soft_time_limit,
+        heartbeat_s=s.heartbeat_s,
     )
 
 

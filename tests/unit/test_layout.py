@@ -43,6 +43,11 @@ EXEMPT = {
     "producer/priority.py": "doctests; tests/integration/test_priority.py (a real worker)",
     "worker/cancel.py": "skip on receipt and at batches: tests/integration/test_cancel.py",
     "storage/cancel.py": "the cancel record: tests/unit/producer/test_cancel.py",
+    "producer/reconcile.py": "heartbeats: tests/unit/producer/test_resume.py; slow and killed "
+                             "shards: tests/integration/test_reconcile.py",
+    "worker/model/gpumem.py": "the GPU budget from injected figures: "
+                              "tests/unit/worker/model/test_batching.py (no CUDA here)",
+    "worker/recycle.py": "a real worker kept or replaced: tests/integration/test_recycle.py",
     "producer/since.py": "--since checks against a real base job: tests/integration/test_delta.py",
     "storage/carry.py": "carried rows copied byte for byte: tests/integration/test_delta.py",
     "storage/pgdelta.py": "delta loads into a real PostgreSQL: tests/integration/test_delta.py",

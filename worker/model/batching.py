@@ -117,3 +117,51 @@ def pad_rows(rows: Sequence[Sequence[int]], positions: list[int], pad_id: int) -
         input_ids[k, : len(r)] = r
         mask[k, : len(r)] = 1
     return Batch(positions, input_ids, mask, np.zeros_like(input_ids))
+
+
+GPU_MEMORY_FRACTION = 0.8
+"""Share of the GPU memory left after the model loaded that batches may use (the rest: the
+arena's rounding, cuBLAS/cuDNN workspaces, the outputs' copies)."""
+GPU_MAX_BATCH_TOKENS = 262_144
+
+
+def activation_bytes_per_token(hidden: int, longest: int, dtype_bytes: int = 2) -> int:
+    """Peak activation memory per padded token of an encoder forward pass (one layer alive at a
+    time): ~12 hidden-wide tensors (Q, K, V, context, residuals, the 4x FFN) plus four
+    attention tensors of heads (hidden / 64) × ``longest`` (scores, scaled, masked, softmax: an
+    unfused exported graph keeps them all; one 8,192-token BGE-M3 row on the CPU EP at fp32 took
+    a worker to 14 GB RSS).
+
+    >>> activation_bytes_per_token(1024, 8192)  # BGE-M3 fp16 at 8,192 tokens: ~1 MB
+    1073152
+    """
+    heads = max(1, hidden // 64)
+    return dtype_bytes * (12 * hidden + 4 * heads * longest)
+
+
+def gpu_batch_budget(free_bytes: int | None, limit_bytes: int | None, weights_bytes: int,
+                     hidden: int, max_length: int, dtype_bytes: int = 2) -> tuple[int, str]:
+    """Padded tokens per GPU batch from the device's memory, and how it was worked out.
+
+    ``free_bytes``: free on the device after the model loaded (None: unknown); ``limit_bytes``:
+    the CUDA EP's ``gpu_mem_limit`` (its arena holds the weights too). The budget is sized for
+    the worst case, batches of ``max_length``-long rows; never below one such row (a batch that
+    still runs out of memory is split as before), never above ``GPU_MAX_BATCH_TOKENS``. Unknown
+    memory gives the fixed default.
+
+    >>> gpu_batch_budget(16 * 2**30, None, 2**30, 1024, 8192)[0]  # a 16 GB card, BGE-M3 fp16
+    12807
+    >>> gpu_batch_budget(None, None, 2**30, 1024, 8192)[0]
+    32768
+    """
+    room = [b for b in (free_bytes, None if limit_bytes is None else limit_bytes - weights_bytes)
+            if b is not None]
+    if not room:
+        return DEFAULT_MAX_BATCH_TOKENS["gpu"], "GPU memory unknown: the fixed default"
+    usable = GPU_MEMORY_FRACTION * max(0, min(room))
+    per_token = activation_bytes_per_token(hidden, max_length, dtype_bytes)
+    tokens = int(min(GPU_MAX_BATCH_TOKENS, max(max_length, usable // per_token)))
+    why = (f"{GPU_MEMORY_FRACTION:.0%} of {min(room) / 2**20:,.0f} MiB "
+           f"({'free after loading' if min(room) == free_bytes else 'gpu_mem_limit - weights'})"
+           f" / {per_token / 1024:,.0f} KiB per token at {max_length} tokens")
+    return tokens, why

@@ -16,6 +16,10 @@ short sample alone favoured int8 over bf16 (on an AVX-512 bf16 EPYC it measured 
 bf16 13.9k tok/s where a 2,000-document corpus gave 15.0k vs 20.8k). Each candidate's figure is
 its fastest repetition, so a burst of other work on the machine (``producer run`` stages while
 its workers start) costs a repetition, not the choice.
+
+The probe has a time budget (``EMBED_PROBE_SECONDS``, 10 s, loads included): one small batch
+prices a token and the sample is the mixed-length prefix of the probe set that fits (a MiniLM
+measures all of it; a BGE-M3-size model a short prefix, where the whole set took ~110 s).
 """
 
 from __future__ import annotations
@@ -40,10 +44,15 @@ from worker.model.providers import (
 
 log = logging.getLogger(__name__)
 
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 """Bump to re-measure everywhere when what is measured changes."""
 PROBE_SECONDS = 1.5
-"""Timed seconds per candidate after its warm-up (the whole probe: a few seconds)."""
+"""At most this many timed seconds per candidate after its warm-up."""
+PROBE_BUDGET_S = 10.0
+"""Default seconds of measuring for the whole probe (``EMBED_PROBE_SECONDS``)."""
+CALIBRATION_TEXTS = 2
+"""The small batch that prices a token (a short text and a ~128-token one), and the smallest
+sample."""
 PROBE_LENGTHS = (128, 256, 512)
 """Approximate token lengths of the chunk-sized probe texts (capped at the window)."""
 PROBE_PER_LENGTH = 3
@@ -51,7 +60,8 @@ PROBE_PER_LENGTH = 3
 
 def cpu_choice(bundle: Bundle | str | os.PathLike[str], *, precision: str = "auto",
                override: CpuProvider | str = CpuProvider.AUTO, threads: int | None = None,
-               home: Path, load: Callable[..., Any] | None = None) -> Choice:
+               home: Path, load: Callable[..., Any] | None = None,
+               budget_s: float = PROBE_BUDGET_S) -> Choice:
     """The provider and precision for this bundle on this machine, measured once and cached.
 
     Measures only when it matters: ``precision`` auto and the OpenVINO EP is available.
@@ -68,7 +78,7 @@ def cpu_choice(bundle: Bundle | str | os.PathLike[str], *, precision: str = "aut
     if measure:
         cands = cpu_candidates(available, flags, bundle.variants)
         path = home / "runtime" / f"{machine_key(bundle, available, flags, threads)}.json"
-        measured = _cached_or_measured(path, bundle, cands, threads, load)
+        measured = _cached_or_measured(path, bundle, cands, threads, load, budget_s)
     choice = choose_cpu_runtime(available, flags, bundle.variants, measured,
                                 override=override, precision=precision)
     if measured is not None:
@@ -117,15 +127,22 @@ def _cpu_model() -> str:
 
 
 def _cached_or_measured(path: Path, bundle: Bundle, cands: Sequence[Candidate],
-                        threads: int | None, load: Callable[..., Any]
+                        threads: int | None, load: Callable[..., Any], budget_s: float
                         ) -> dict[Candidate, Measured]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others read its figures
         cached = read_figures(path)
         if cached is not None and all(c in cached for c in cands):
+            log.info("CPU runtime figures reused from %s (same graph, CPU, threads and ONNX "
+                     "Runtime): %s", path, ", ".join(f"{m.candidate.label} "
+                                                     f"{m.tokens_per_s:,.0f} tok/s"
+                                                     for m in cached.values()))
             return cached
-        measured = measure(bundle, cands, threads, load)
+        t0 = time.perf_counter()
+        measured = measure(bundle, cands, threads, load, budget_s)
+        log.warning("CPU runtime probe took %.1f s (%d candidates, loads included; budget %.0f "
+                    "s, EMBED_PROBE_SECONDS)", time.perf_counter() - t0, len(cands), budget_s)
         rows = [{"provider": m.candidate.provider, "precision": m.candidate.precision,
                  "tokens_per_s": m.tokens_per_s, "cos_min": m.cos_min, "error": m.error}
                 for m in measured.values()]
@@ -136,19 +153,43 @@ def _cached_or_measured(path: Path, bundle: Bundle, cands: Sequence[Candidate],
 
 
 def measure(bundle: Bundle, cands: Sequence[Candidate], threads: int | None,
-            load: Callable[..., Any]) -> dict[Candidate, Measured]:
-    """Run the probe set through each candidate: tokens/s and min cosine vs CPU-EP fp32."""
-    texts = probe_texts(bundle.config.max_length)
+            load: Callable[..., Any], budget_s: float = PROBE_BUDGET_S
+            ) -> dict[Candidate, Measured]:
+    """Run the probe sample through each candidate: tokens/s and min cosine vs CPU-EP fp32.
+
+    ``budget_s`` is the whole probe's, loads included: the first candidate to load sizes the
+    sample (``fit_sample``) to its share of what the other loads (each as slow as the slowest
+    so far) leave; each measures for its share (at least a warm-up and one pass: a budget
+    smaller than the loads is overrun, never a candidate skipped)."""
+    texts = mixed(probe_texts(bundle.config.max_length))
+    sample: list[str] | None = None
     out: dict[Candidate, Measured] = {}
     reference: np.ndarray | None = None
-    for c in cands:
+    start, n, load_s = time.perf_counter(), len(cands), 0.0
+    for k, c in enumerate(cands):
         try:
+            t0 = time.perf_counter()
             model = load(bundle, device="cpu", threads=threads,
                          choice=Choice(c.provider, c.precision, "probe"))
             if model.provider != c.provider:
                 raise RuntimeError(f"listed but failed to create: the session runs on "
                                    f"{model.provider}")
-            vecs, tps = _timed(model, texts)
+            t1 = time.perf_counter()
+            load_s = max(load_s, t1 - t0)
+
+            def share() -> float:  # this candidate's part of what is left after the loads
+                left = budget_s - (time.perf_counter() - start) - (n - k - 1) * load_s
+                return max(0.0, left / (n - k))
+
+            warm = sample is None  # the calibration batch warms this candidate up
+            if sample is None:
+                sample = fit_sample(model, texts, share())
+            warm = warm and sample == texts[:CALIBRATION_TEXTS]
+            vecs, tps = _timed(model, sample, share(), warmed=warm)
+            _kept.clear()  # one candidate's session in memory at a time; the last one is kept
+            if k == n - 1:  # for the worker, if it is the choice (``take_kept``)
+                _kept[(str(bundle.path), c, threads)] = model
+            del model
         except Exception as exc:  # noqa: BLE001 - a candidate that fails is one bad row
             out[c] = Measured(c, error=f"{type(exc).__name__}: {exc}"[:300])
             continue
@@ -157,8 +198,54 @@ def measure(bundle: Bundle, cands: Sequence[Candidate], threads: int | None,
         cos = None if reference is None else float((vecs * reference).sum(axis=1).min())
         out[c] = Measured(c, tokens_per_s=round(tps, 1),
                           cos_min=None if cos is None else round(cos, 6))
-        log.info("CPU runtime probe: %s %.0f tok/s, min cosine vs fp32 %s", c.label, tps, cos)
+        log.info("CPU runtime probe: %s %.0f tok/s on %d texts, min cosine vs fp32 %s (load "
+                 "%.1f s, measure %.1f s)", c.label, tps, len(sample), cos, t1 - t0,
+                 time.perf_counter() - t1)
     return out
+
+
+_kept: dict[tuple[str, Candidate, int | None], Any] = {}
+"""The session of the last candidate the probe in this process measured (at most one)."""
+
+
+def take_kept(bundle: str | os.PathLike[str], choice: Choice, threads: int | None) -> Any:
+    """The probe's session for ``choice`` when it was the last one measured (the worker then
+    loads nothing again), else None; either way the probe keeps no session after this."""
+    model = _kept.pop((str(load_bundle(bundle).path), choice.candidate, threads), None)
+    _kept.clear()
+    return model
+
+
+def fit_sample(model: Any, texts: list[str], seconds: float) -> list[str]:
+    """The prefix of ``texts`` whose warm-up and one timed pass fit ``seconds``, priced by one
+    small batch (never fewer than ``CALIBRATION_TEXTS`` texts; its first-run costs make the
+    estimate err on the short side); a model fast enough gets every text."""
+    n_tokens = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]
+    t0 = time.perf_counter()
+    model.embed(texts[:CALIBRATION_TEXTS])
+    spent = time.perf_counter() - t0
+    per_token = spent / max(1, sum(n_tokens[:CALIBRATION_TEXTS]))
+    allowed = max(0.0, seconds - spent) / 2 / max(per_token, 1e-9)
+    n, total = 0, 0
+    for k in n_tokens:
+        if total + k > allowed and n >= CALIBRATION_TEXTS:
+            break
+        n, total = n + 1, total + k
+    return texts[:n]
+
+
+def mixed(texts: list[str]) -> list[str]:
+    """The probe texts with lengths interleaved (short, ~128, short, ~256, short, ~512, ...),
+    so that any prefix of them mixes short texts and chunk-sized ones."""
+    from worker.export.samples import SAMPLE_TEXTS
+
+    short, chunks = texts[:len(SAMPLE_TEXTS)], texts[len(SAMPLE_TEXTS):]
+    per = PROBE_PER_LENGTH
+    chunks = [chunks[i] for i in sorted(range(len(chunks)), key=lambda i: (i % per, i // per))]
+    out: list[str] = []
+    for k, chunk in enumerate(chunks):
+        out += short[k:k + 1] + [chunk]
+    return out + short[len(chunks):]
 
 
 def probe_texts(max_length: int) -> list[str]:
@@ -176,15 +263,22 @@ def probe_texts(max_length: int) -> list[str]:
     return texts
 
 
-def _timed(model: Any, texts: list[str]) -> tuple[np.ndarray, float]:
-    """Vectors and tokens/s of the fastest repetition after a warm-up: as many as fit in
-    ``PROBE_SECONDS`` (at least one, so a large model on a small CPU pays two passes)."""
-    vecs = model.embed(texts)  # warm-up: OpenVINO compiles per input shape
+def _timed(model: Any, texts: list[str], seconds: float | None = None, warmed: bool = False
+           ) -> tuple[np.ndarray, float]:
+    """Vectors and tokens/s of the fastest repetition after a warm-up (``warmed``: these texts
+    just ran, none needed): as many as fit in ``seconds`` (counting the warm-up; at most
+    ``PROBE_SECONDS`` of repetitions; at least one, so a large model on a small CPU pays two
+    passes)."""
+    t_start = time.perf_counter()
+    vecs = None if warmed else model.embed(texts)  # OpenVINO compiles per input shape
     n_tokens = sum(len(e.ids) for e in model.tokenizer.encode_batch(texts))
+    limit = PROBE_SECONDS if seconds is None else min(
+        PROBE_SECONDS, seconds - (time.perf_counter() - t_start))
     t0, best, reps = time.perf_counter(), float("inf"), 0
-    while reps < 1 or time.perf_counter() - t0 < PROBE_SECONDS:
+    while reps < 1 or time.perf_counter() - t0 < limit:
         t1 = time.perf_counter()
-        model.embed(texts)
+        out = model.embed(texts)
+        vecs = out if vecs is None else vecs
         best = min(best, time.perf_counter() - t1)
         reps += 1
         if reps >= 20:

@@ -96,6 +96,7 @@ def select_providers(
     device_id: int = 0,
     tensorrt: bool = False,
     strict: bool = False,
+    gpu_mem_limit_mb: int | None = None,
 ) -> list[Any]:
     """Provider list (names or ``(name, options)`` pairs) for ``device``, CPU last.
 
@@ -123,6 +124,8 @@ def select_providers(
         "cudnn_conv_algo_search": "HEURISTIC",
         "do_copy_in_default_stream": True,
     }
+    if gpu_mem_limit_mb:
+        cuda_opts["gpu_mem_limit"] = int(gpu_mem_limit_mb) * 2**20
     providers: list[Any] = []
     if tensorrt and TENSORRT in available:
         providers.append((TENSORRT, {

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.model.batching import Batch, batch_budget, batches_by_tokens, encode
+from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS, Batch, batches_by_tokens, encode
 from storage.bundle import GRAPH_OUTPUTS, OUTPUTS, RUNTIME_PRECISIONS, Bundle, load_bundle
 from worker.errors import BundleError, InferenceError
 from worker.model.heads import colbert_rows, sparse_rows
@@ -55,6 +55,9 @@ class LoadedModel:
     output_name: str = ""
     pooled_output: bool = False
     fingerprint: str = ""
+    batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS["cpu"]
+    """Padded tokens per batch unless the job or EMBED_MAX_BATCH_TOKENS says otherwise: the
+    CPU default, or on CUDA what the GPU's memory holds (``worker/model/gpumem.py``)."""
 
     @property
     def provider(self) -> str:
@@ -80,8 +83,7 @@ class LoadedModel:
         """Embed texts in length-sorted batches; rows come back in input order."""
         ids = encode(self.tokenizer, texts)
         out = np.zeros((len(texts), self.bundle.config.dim), dtype=np.float32)
-        budget = batch_budget(Device.GPU if CUDA in self.active_providers else Device.CPU,
-                              max_batch_tokens)
+        budget = max_batch_tokens or self.batch_tokens
         for batch in batches_by_tokens(ids, self.pad_id, budget):
             out[batch.positions] = self.run(batch)
         return out
@@ -115,8 +117,7 @@ class LoadedModel:
         res: dict[str, Any] = {"dense": np.zeros((len(texts), self.bundle.config.dim),
                                                  dtype=np.float32)}
         res.update({o: [None] * len(texts) for o in outputs if o != "dense"})
-        budget = batch_budget(Device.GPU if CUDA in self.active_providers else Device.CPU,
-                              max_batch_tokens)
+        budget = max_batch_tokens or self.batch_tokens
         for batch in batches_by_tokens(ids, self.pad_id, budget):
             got = self.run_outputs(batch, outputs)
             res["dense"][batch.positions] = got.pop("dense")
@@ -178,6 +179,7 @@ def load_model(
     strict: bool = False,
     cpu_provider: CpuProvider | str = CpuProvider.AUTO,
     choice: Choice | None = None,
+    gpu_mem_limit_mb: int | None = None,
 ) -> LoadedModel:
     """Build a session for the bundle on ``device`` (``cpu``, ``gpu``, ``auto``).
 
@@ -195,7 +197,7 @@ def load_model(
         bundle = load_bundle(bundle)
     available = ort.get_available_providers()
     providers = select_providers(device, available, device_id=device_id, tensorrt=tensorrt,
-                                 strict=strict)
+                                 strict=strict, gpu_mem_limit_mb=gpu_mem_limit_mb)
     # Precision follows the device that will really run: a GPU request on a machine without
     # CUDA gets the CPU default (recorded as a fallback), not an fp16 graph on the CPU.
     on_gpu = CUDA in provider_names(providers) and CUDA in available
@@ -244,6 +246,13 @@ def load_model(
         output_name="sentence_embedding" if pooled else outputs[0], pooled_output=pooled,
         fingerprint=bundle.fingerprint(prec, provider=active[0] if active else None),
     )
+    if CUDA in active:
+        from worker.model import gpumem
+
+        model.batch_tokens = gpumem.batch_tokens(
+            device_id, gpu_mem_limit_mb, sum(f.stat().st_size for f in path.parent.glob(
+                f"{path.name}*")), bundle.config.dim, bundle.config.max_length,
+            2 if prec == "fp16" else 4)
     if CUDA in requested and CUDA not in active:
         log.warning(
             "CUDA REQUESTED BUT NOT AVAILABLE: %s runs on %s (available providers: %s). "

@@ -1,5 +1,6 @@
 """``producer/resume.py``: which broker a resume uses, which jobs it refuses, and the
-corpus/chunking checks for an existing job (job directories written here, no broker)."""
+corpus/chunking checks for an existing job; ``producer/reconcile.py``: which shards live
+workers hold (job directories written here, no broker)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from producer.errors import JobConflict, UsageError
+from producer.reconcile import HELD_BEATS, Heartbeats, held_now, reconcile_seconds
 from producer.resume import (RUN_MADE_BY, check_same_chunking, check_same_corpus, fleet_broker,
                              interrupted_message, plan_run, refuse_run_job)
 from storage.errors import JobNotFound
@@ -86,3 +88,50 @@ def test_another_dim_or_dtype_is_refused_naming_both() -> None:
     check_same_dense(plain, {"dim": 384, "dtype": "float32"}, {"dim", "dtype"})  # = the model's
     with pytest.raises(JobConflict, match="--dim 128: j was submitted with the model's 384"):
         check_same_dense(plain, {"dim": 128, "dtype": "float32"}, {"dim"})
+
+
+def _beat(job: JobDir, shard: int, attempt: int, count: int, every: float = 1.0) -> None:
+    d = job.state_dir / "alive"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{shard:05d}.{attempt}").write_bytes(b"%.3f %012d\n" % (every, count))
+
+
+def test_a_shard_is_held_while_its_heartbeat_changes_and_not_after(tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    now = [100.0]
+    beats = Heartbeats(job, clock=lambda: now[0])
+    assert not beats.look() and beats.held() == set()  # nobody holds anything
+    _beat(job, 3, 1, 0)
+    _beat(job, 4, 1, 0)
+    assert beats.look() and beats.held() == {3, 4}  # first seen: a beat
+    now[0] += 4
+    _beat(job, 3, 1, 1)  # shard 3's worker is alive; shard 4's stopped beating (killed)
+    assert beats.look()
+    now[0] += HELD_BEATS * 1.0 - 3
+    assert not beats.look() and beats.held() == {3}
+    now[0] += 10
+    assert beats.held() == set()  # shard 3 stopped too
+    (job.state_dir / "alive" / "00003.1").unlink()  # its attempt ended
+    assert not beats.look() and beats.held() == set()
+
+
+def test_a_one_shot_resume_looks_twice_and_skips_shards_that_beat(tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    assert held_now(job, sleep=lambda s: pytest.fail("no attempt runs: no wait")) == set()
+    _beat(job, 1, 1, 0, every=2.0)
+    _beat(job, 2, 1, 0, every=2.0)
+    waited: list[float] = []
+
+    def sleep(s: float) -> None:
+        waited.append(s)
+        _beat(job, 1, 1, 1, every=2.0)  # shard 1 beats meanwhile; shard 2's worker is dead
+
+    assert held_now(job, sleep=sleep) == {1} and waited == [3.0]
+
+
+def test_reconcile_interval_from_the_environment() -> None:
+    assert reconcile_seconds({}) == 120.0
+    assert reconcile_seconds({"EMBED_RECONCILE_S": "20"}) == 20.0
+    for bad in ("soon", "0"):
+        with pytest.raises(UsageError, match="EMBED_RECONCILE_S"):
+            reconcile_seconds({"EMBED_RECONCILE_S": bad})

@@ -11,6 +11,7 @@ import json
 import multiprocessing as mp
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,25 @@ def test_a_full_disk_leaves_the_shard_pending_and_uncounted(job, give_ups) -> No
     assert [s.state for s in job.shard_states()] == ["pending"]
     ctx.load_model = lambda: FakeModel()  # space again
     assert embed_shard(ctx).status == "done"
+
+
+def test_heartbeat_beats_while_the_attempt_runs_and_is_removed_after(job) -> None:
+    a = attempts.begin(job, 0, 3, attempts.attempt_info(1, "h", "cpu"))
+    with a.heartbeat(0.05):
+        first = attempts.read_heartbeats(job)
+        assert list(first) == [(0, a.number)] and first[(0, a.number)][1] == 0.05
+        deadline = time.monotonic() + 10
+        while attempts.read_heartbeats(job)[(0, a.number)][0] == first[(0, a.number)][0]:
+            assert time.monotonic() < deadline, "the heartbeat never changed"
+            time.sleep(0.02)
+    assert attempts.read_heartbeats(job) == {}  # an attempt that ended in Python holds nothing
+
+
+def test_a_heartbeat_left_by_a_dead_attempt_is_removed_by_the_next(job) -> None:
+    d = attempts.alive_dir(job)
+    d.mkdir(parents=True)
+    (d / "00000.1").write_bytes(b"5.000 000000000007\n")
+    assert attempts.read_heartbeats(job) == {(0, 1): (b"5.000 000000000007\n", 5.0)}
+    job.next_attempt(0, {})  # attempt 1 (the one that died)
+    attempts.begin(job, 0, 3, {})
+    assert attempts.read_heartbeats(job) == {}

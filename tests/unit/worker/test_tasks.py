@@ -75,7 +75,8 @@ def test_shard_context_from_queue_settings_and_manifest(tmp_path: Path) -> None:
     task = fake_task(WorkerSettings(precision="fp16", soft_time_limit=9), "gpu")
     ctx = shard_context(task, ShardTask("j", str(job.root), 1))
     assert (ctx.shard, ctx.queue, ctx.hostname, ctx.max_attempts) == (1, "gpu", "w1@h", 3)
-    assert ctx.max_batch_tokens == 32768 and ctx.soft_time_limit == 9
+    # 0: the loaded model's own budget (on CUDA sized to the GPU's memory: test_batching.py)
+    assert ctx.max_batch_tokens == 0 and ctx.soft_time_limit == 9
     assert ctx.load_model() == "model" and task.loads == [("/models/b", "gpu", "fp16")]
 
     m.update(max_attempts=5, max_batch_tokens=512, precision="int8")
@@ -88,7 +89,9 @@ def test_shard_context_from_queue_settings_and_manifest(tmp_path: Path) -> None:
     m.pop("max_batch_tokens")
     job.write_manifest(m)
     assert shard_context(fake_task(WorkerSettings(), "cpu"),
-                         ShardTask("j", str(job.root), 0)).max_batch_tokens == 4096
+                         ShardTask("j", str(job.root), 0)).max_batch_tokens == 0
+    assert shard_context(fake_task(WorkerSettings(max_batch_tokens=2048), "gpu"),
+                         ShardTask("j", str(job.root), 0)).max_batch_tokens == 2048
 
 
 def test_a_shard_the_manifest_does_not_list_is_a_bad_message(tmp_path: Path) -> None:

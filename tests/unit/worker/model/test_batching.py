@@ -12,6 +12,7 @@ from worker.model.batching import (
     DEFAULT_MAX_BATCH_ROWS,
     DEFAULT_MAX_PADDING,
     MIN_ROWS_BEFORE_PADDING_CUT,
+    batch_budget,
     batches_by_tokens,
     encode,
     pad_rows,
@@ -77,3 +78,60 @@ def test_encode_adds_special_tokens_and_batches_cover_every_text() -> None:
         for k, p in enumerate(b.positions):
             assert b.input_ids[k, : len(ids[p])].tolist() == ids[p]
         assert b.padded_tokens <= 16 or len(b.positions) == 1
+
+
+def test_an_8192_token_chunk_stays_alone_in_its_batch_on_cpu() -> None:
+    budget = batch_budget("cpu")
+    lengths = [8192, 30, 8192, 40, 8000, 512]
+    groups = plan_batches(lengths, budget)
+    for g in groups:
+        if any(lengths[i] > budget // 2 for i in g):
+            assert len(g) == 1, groups  # two long chunks, or a long one and short ones: never
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+
+
+def test_gpu_budget_follows_the_memory_free_after_loading() -> None:
+    from worker.model.batching import (GPU_MAX_BATCH_TOKENS, activation_bytes_per_token,
+                                       gpu_batch_budget)
+
+    per = activation_bytes_per_token(1024, 8192, 2)  # BGE-M3, fp16, rows of 8,192
+    small, why = gpu_batch_budget(16 * 2**30, None, 2**30, 1024, 8192)
+    assert small == int(0.8 * 16 * 2**30 // per) and "free after loading" in why
+    big, _ = gpu_batch_budget(130 * 2**30, None, 2**30, 1024, 8192)  # an H200 after loading
+    assert big > 6 * small and big <= GPU_MAX_BATCH_TOKENS
+    # gpu_mem_limit caps it (the arena holds the weights too); the smaller room wins
+    capped, why = gpu_batch_budget(130 * 2**30, 16 * 2**30, 2**30, 1024, 8192)
+    assert capped == int(0.8 * 15 * 2**30 // per) > 8192 and "gpu_mem_limit" in why
+    # a card too small for even one long row: one row per batch (OOM splits and reports)
+    assert gpu_batch_budget(2**20, None, 0, 1024, 8192)[0] == 8192
+    # fp32 rows cost twice fp16's; a 512-token window far less
+    assert gpu_batch_budget(16 * 2**30, None, 2**30, 1024, 8192, 4)[0] < small
+    assert gpu_batch_budget(16 * 2**30, None, 2**30, 384, 512)[0] > 8 * small
+    assert gpu_batch_budget(None, None, 2**30, 1024, 8192) == (
+        32768, "GPU memory unknown: the fixed default")
+
+
+def test_gpu_free_memory_query_and_its_failure() -> None:
+    from worker.model import gpumem
+
+    calls = []
+
+    def smi(cmd):
+        calls.append(cmd)
+        return "15000\n"
+
+    assert gpumem.free_bytes(0, run=smi) == 15000 * 2**20
+    assert calls[0][-2:] == ["-i", "0"]
+
+    def missing(cmd):
+        raise FileNotFoundError("nvidia-smi")
+
+    assert gpumem.free_bytes(0, run=missing) is None
+    tokens = gpumem.batch_tokens(0, None, 2**30, 1024, 8192, 2, free=lambda _: 16 * 2**30)
+    assert tokens == gpu_tokens_16gb()
+
+
+def gpu_tokens_16gb() -> int:
+    from worker.model.batching import gpu_batch_budget
+
+    return gpu_batch_budget(16 * 2**30, None, 2**30, 1024, 8192)[0]
