@@ -10,9 +10,11 @@ the export code changes (a key over worker/export/*.py).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -57,11 +59,17 @@ def m3_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_tiny_m3(root: Path) -> Path:
     """make_tiny_xlmr plus random heads saved the way FlagEmbedding saves them
     (``torch.save(linear.state_dict())``): colbert hidden -> hidden, sparse hidden -> 1."""
+    return make_m3(root, XlmrShape())
+
+
+def make_m3(root: Path, shape: XlmrShape, texts: Sequence[str] | None = None) -> Path:
+    """make_xlmr plus BGE-M3's two random heads (colbert hidden -> hidden, sparse hidden -> 1)."""
     import torch
 
-    make_tiny_xlmr(root)
+    make_xlmr(root, shape, texts)
     torch.manual_seed(1)
-    colbert, sparse = torch.nn.Linear(XLMR_DIM, XLMR_DIM), torch.nn.Linear(XLMR_DIM, 1)
+    colbert = torch.nn.Linear(shape.hidden, shape.hidden)
+    sparse = torch.nn.Linear(shape.hidden, 1)
     with torch.no_grad():
         sparse.bias.fill_(0.05)  # about half the random token weights come out above zero
     torch.save(colbert.state_dict(), root / "colbert_linear.pt")
@@ -69,49 +77,54 @@ def make_tiny_m3(root: Path) -> Path:
     return root
 
 
-def make_tiny_xlmr(root: Path) -> Path:
-    """Save a tiny XLM-R model directory the way sentence-transformers lays one out.
+@dataclasses.dataclass(frozen=True)
+class XlmrShape:
+    """An XLM-RoBERTa's size; the defaults are the tiny test model. ``vocab`` 0: the trained
+    tokenizer's own size; a larger one leaves the ids above the tokenizer's unused (as a
+    stand-in for a real vocabulary of that size, same weight bytes)."""
 
-    Tokenizer: a Unigram model trained on worker/samples.py with XLM-R's special tokens
-    ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3 and the ``<s> $A </s>`` template.
+    hidden: int = XLMR_DIM
+    layers: int = 2
+    heads: int = 2
+    ffn: int = 64
+    vocab: int = 0
+    window: int = XLMR_WINDOW
+    tokenizer_vocab: int = 2000
+
+
+BGE_M3_SHAPE = XlmrShape(hidden=1024, layers=24, heads=16, ffn=4096, vocab=250002,
+                         window=8192, tokenizer_vocab=8000)
+"""BAAI/bge-m3's size (XLM-R large): 568M parameters, 2.27 GB in fp32."""
+
+
+def make_tiny_xlmr(root: Path) -> Path:
+    """Save a tiny XLM-R model directory the way sentence-transformers lays one out."""
+    return make_xlmr(root, XlmrShape())
+
+
+def make_xlmr(root: Path, shape: XlmrShape, texts: Sequence[str] | None = None) -> Path:
+    """Save a random-weight XLM-R model directory the way sentence-transformers lays one out.
+
+    Tokenizer: a Unigram model trained on ``texts`` (default worker/export/samples.py) with
+    XLM-R's special tokens ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3 and the
+    ``<s> $A </s>`` template. Pooling CLS, then Normalize (as BGE-M3).
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import UnigramTrainer
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from worker.export.samples import SAMPLE_TEXTS
-
     root.mkdir(parents=True, exist_ok=True)
-    specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = UnigramTrainer(vocab_size=2000, special_tokens=specials, unk_token="<unk>",
-                             shrinking_factor=0.75, max_piece_length=8)
-    tok.train_from_iterator(list(SAMPLE_TEXTS) * 4, trainer=trainer)
-    assert [tok.token_to_id(t) for t in specials] == [0, 1, 2, 3], "special ids; this is a bug"
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", 0), ("</s>", 2)],
-    )
-    tok.save(str(root / "tokenizer.json"))
-    (root / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "XLMRobertaTokenizer", "model_max_length": XLMR_WINDOW,
-        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-    }))
-
+    n_tokens = _save_tokenizer(root, shape, texts)
     torch.manual_seed(0)
     config = XLMRobertaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=XLMR_DIM, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=XLMR_WINDOW + 2,
+        vocab_size=shape.vocab or n_tokens, hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+        intermediate_size=shape.ffn, max_position_embeddings=shape.window + 2,
         pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
     )
     XLMRobertaModel(config).eval().save_pretrained(str(root))
-    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling").mkdir(exist_ok=True)
     (root / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": XLMR_DIM, "pooling_mode_cls_token": True,
+        "word_embedding_dimension": shape.hidden, "pooling_mode_cls_token": True,
         "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False,
     }))
@@ -123,6 +136,34 @@ def make_tiny_xlmr(root: Path) -> Path:
          "type": "sentence_transformers.models.Normalize"},
     ]))
     return root
+
+
+def _save_tokenizer(root: Path, shape: XlmrShape, texts: Sequence[str] | None) -> int:
+    """Train and save tokenizer.json and tokenizer_config.json; returns the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import UnigramTrainer
+
+    from worker.export.samples import SAMPLE_TEXTS
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = UnigramTrainer(vocab_size=shape.tokenizer_vocab, special_tokens=specials,
+                             unk_token="<unk>", shrinking_factor=0.75, max_piece_length=8)
+    tok.train_from_iterator(list(texts or SAMPLE_TEXTS) * 4, trainer=trainer)
+    assert [tok.token_to_id(t) for t in specials] == [0, 1, 2, 3], "special ids; this is a bug"
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    tok.save(str(root / "tokenizer.json"))
+    (root / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "XLMRobertaTokenizer", "model_max_length": shape.window,
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+    }))
+    return tok.get_vocab_size()
 
 
 def cache_root() -> Path:
