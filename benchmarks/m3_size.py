@@ -99,10 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         a.model_dir, a.bundle = smoke_model(work)
         if a.chunks == parser_default(ap, "chunks"):
             a.chunks = ",".join(f"{k}:{v}" for k, v in SMOKE_CHUNKS.items())
-    res = run_all(a, work)
     out = a.json or DEFAULT_JSON
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    res = run_all(a, work, save=lambda r: out.write_text(json.dumps(r, indent=2) + "\n"))
     print(markdown(res, a.gpu_json))
     print(f"\nresults: {out}")
     return 0
@@ -123,7 +122,10 @@ def smoke_model(work: Path) -> tuple[Path, Path]:
 
 # --- the parent: plan, run each row in a fresh process, compare ------------------------------
 
-def run_all(a: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_all(a: argparse.Namespace, work: Path,
+            save: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
+    """Every row; ``save`` gets the results so far after each process (a stopped run keeps
+    what it measured)."""
     from storage.bundle import load_bundle
     from worker.model.providers import BF16_FLAGS
     from worker.model.session import available_providers, cpu_flags
@@ -152,12 +154,12 @@ def run_all(a: argparse.Namespace, work: Path) -> dict[str, Any]:
             jobs.append({"kind": "ort", "provider": name, "precision": prec, "skip": why})
     rows: list[dict[str, Any]] = []
     procs: list[dict[str, Any]] = []
-    for job in jobs:
-        if job.get("skip"):
-            rows.append({"provider": job["provider"], "precision": job["precision"],
-                         "status": "skipped", "reason": job["skip"]})
-            continue
-        for length, path in chunk_files.items():
+    rows += [{"provider": j["provider"], "precision": j["precision"], "status": "skipped",
+              "reason": j["skip"]} for j in jobs if j.get("skip")]
+    # The longest chunks first: load time, peak RSS and the torch check come from them, so a
+    # run that meets its budget early loses short rows, not those.
+    for length, path in sorted(chunk_files.items(), reverse=True):
+        for job in (j for j in jobs if not j.get("skip")):
             left = a.budget_s - (time.monotonic() - t_start)
             tag = f"{job['provider']}-{job['precision']}-{length}"
             if left < 5:
@@ -175,6 +177,14 @@ def run_all(a: argparse.Namespace, work: Path) -> dict[str, Any]:
                                                 "load_s", "rss_after_load_mb", "active",
                                                 "runtime_precision", "wall_s", "reason")})
             rows.extend(r.pop("rows", []) or [{**r, "status": r["status"]}])
+            save(finish(meta, rows, procs, work, t_start))
+    res = finish(meta, rows, procs, work, t_start)
+    save(res)
+    return res
+
+
+def finish(meta: dict[str, Any], rows: list[dict[str, Any]], procs: list[dict[str, Any]],
+           work: Path, t_start: float) -> dict[str, Any]:
     add_cosines(rows, work)
     add_previous_release(rows, procs)
     meta["load_end"] = os.getloadavg()[0]
@@ -517,7 +527,7 @@ def markdown(res: dict[str, Any], gpu_json: Path | None = GPU_JSON) -> str:
     lines = ["| provider | precision | outputs | chunk tokens | chunks | tok/s | peak RSS MB | "
              f"previous release ({m['prev_release']}) tok/s | min cos vs torch |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
+    for r in sorted(res["rows"], key=row_order):
         lab, prec = LABEL.get(r["provider"], r["provider"]), r["precision"]
         if r["status"] != "ok":
             length = r.get("length", "all")
@@ -558,6 +568,13 @@ def markdown(res: dict[str, Any], gpu_json: Path | None = GPU_JSON) -> str:
               + ", ".join(f"{k}: {v}" for k, v in m["chunks"].items())
               + f"; command: `{m['command']}` at {m['commit']}"]
     return "\n".join(lines)
+
+
+def row_order(r: dict[str, Any]) -> tuple[int, int, int, bool]:
+    """Table order: torch, CPU EP, OpenVINO EP; fp32, int8, bf16; short to long; dense first."""
+    return ({"torch": 0, "cpu": 1, "openvino": 2}.get(r["provider"], 9),
+            {"fp32": 0, "int8": 1, "bf16": 2}.get(r["precision"], 9),
+            r.get("length") or 10**9, r.get("outputs") != "dense")
 
 
 def fmt(x: float | None) -> str:

@@ -106,3 +106,13 @@ def test_gpu_script_without_cuda_is_one_clear_line(tmp_path: Path) -> None:
     assert res.stderr.strip().splitlines()[-1].startswith(
         "CUDAExecutionProvider is not available")
     assert json.loads(out.read_text())["meta"]["cuda"] is False
+
+
+def test_gpu_script_imports_with_only_the_gpu_and_export_extras() -> None:
+    """A CUDA machine gets `pip install -e ".[gpu,export]"`: no pytest, no psutil."""
+    code = ("import sys; sys.modules['pytest'] = None; sys.modules['psutil'] = None; "
+            "import benchmarks.gpu, benchmarks.m3_size")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
