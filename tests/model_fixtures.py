@@ -17,14 +17,20 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
+try:
+    import pytest
+
+    _session_fixture = pytest.fixture(scope="session")
+except ImportError:  # the builders also serve benchmarks/gpu.py on a host without pytest
+    def _session_fixture(f):  # type: ignore[no-untyped-def]
+        return f
 
 ROOT = Path(__file__).resolve().parent.parent
 XLMR_WINDOW = 8192
 XLMR_DIM = 32
 
 
-@pytest.fixture(scope="session")
+@_session_fixture
 def minilm_bundle() -> Path:
     """all-MiniLM-L6-v2 exported with fp32, fp16 and int8 (the variants that pass the gate)."""
     from worker.export import export_bundle
@@ -32,7 +38,7 @@ def minilm_bundle() -> Path:
     return _cached("all-MiniLM-L6-v2", lambda out: export_bundle("all-MiniLM-L6-v2", out))
 
 
-@pytest.fixture(scope="session")
+@_session_fixture
 def xlmr_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide random XLM-RoBERTa bundle (fp32 only) with an 8,192-token window."""
     from worker.export import export_bundle
@@ -44,7 +50,7 @@ def xlmr_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _cached("tiny-xlm-roberta", build)
 
 
-@pytest.fixture(scope="session")
+@_session_fixture
 def m3_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny XLM-R with random BGE-M3 heads, exported with all three outputs (fp32 only)."""
     from worker.export import export_bundle
