@@ -171,7 +171,7 @@ class GpuRun:
                 "staging": staging, "rows": rows}
 
     def _producer_run(self) -> dict[str, Any]:
-        from producer.tools.report import load_job, summarize
+        from producer.tools.report import load_report, summarize
 
         if self.minilm is None or self.corpus is None:
             return {"status": "skipped", "reason": "no MiniLM bundle or corpus (section 2)"}
@@ -184,7 +184,7 @@ class GpuRun:
         r = run_cmd(cmd, self.work / "producer-run.log", self.left(BUDGETS["producer_run"]))
         if r["status"] != "ok":
             return r
-        s = summarize(*load_job(self.work / "jobs" / "gpu-run")[:2])
+        s = summarize(*load_report(self.work / "jobs" / "gpu-run")[:2])
         tok = s["tokens"]
         return {**r, "tokens_per_s": round(tok["done"] / r["seconds"], 1),
                 "job_wall_s": s["wall_s"], "real_tokens": tok["inference_real"],
