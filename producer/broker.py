@@ -99,9 +99,11 @@ def broker_backlog(broker: str | None, queue: str) -> int | None:
 
 
 def job_backlog(broker: str | None, queue: str, job_id: str) -> int | None:
-    """Messages of ``job_id`` queued (any priority) or unacked on a Redis broker; None when it
-    cannot tell. ``Job.wait`` asks before treating a stall as lost messages: a low-priority job
-    waiting behind others has its messages still queued."""
+    """Messages of ``job_id`` still queued (any priority) on a Redis broker; None when it cannot
+    tell. The reconciler asks before treating a stall as lost messages: a low-priority job
+    waiting behind others has its messages still queued. Unacked messages do not count: one a
+    live worker holds is seen by its heartbeat, one a killed worker held is what a re-send is
+    for (it would come back only after the visibility timeout)."""
     if not broker or not broker.startswith(("redis://", "rediss://")):
         return None
     import redis
@@ -109,7 +111,6 @@ def job_backlog(broker: str | None, queue: str, job_id: str) -> int | None:
     try:
         with redis.Redis.from_url(broker, socket_timeout=5, socket_connect_timeout=3) as r:
             raws = [m for key, _ in queue_keys(queue) for m in r.lrange(key, 0, -1)]
-            raws += r.hvals("unacked")
     except Exception:
         return None
     return sum(message_job(m) == job_id for m in raws)
