@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@# The three ONNX Runtime distributions share one module: clear any other one first, so an
 	@# old venv that had plain onnxruntime switches cleanly to the cpu extra's (OpenVINO on x86-64).
 	$(PIP) uninstall -y -q onnxruntime onnxruntime-openvino onnxruntime-gpu >/dev/null 2>&1 || true
-	$(PIP) install -q -e ".[cpu,export,dev,pg]"
+	$(PIP) install -q -e ".[cpu,export,dev,pg,s3]"
 	touch $(STAMP)
 
 demo: $(STAMP)

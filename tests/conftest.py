@@ -80,3 +80,16 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """A real S3-protocol server (moto server mode) on 127.0.0.1; this process's AWS_* point at it."""
+    pytest.importorskip("moto.server")
+    from tests.objstore import S3Server
+
+    srv = S3Server(tmp_path / "s3").start()
+    for k, v in srv.env().items():
+        monkeypatch.setenv(k, v)
+    yield srv
+    srv.stop()

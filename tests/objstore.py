@@ -1,0 +1,73 @@
+"""A real S3-protocol server for the tests: moto's server mode on 127.0.0.1 and a free port.
+
+Never a fake client: the code under test talks HTTP to it through pyarrow/boto3, exactly as it
+would to MinIO or a cloud. ``S3Server.env()`` is what a producer or worker process needs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.procs import free_port
+
+
+class S3Server:
+    """``python -m moto.server`` as a subprocess; ``stop()``/``start()`` keep the same port."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing-key-id",
+                "AWS_SECRET_ACCESS_KEY": "testing-secret-key", "AWS_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def start(self) -> S3Server:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / "moto.log", "ab")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env()})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                self.client().list_buckets()
+                return self
+            except Exception:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"moto server exited: see {self.workdir / 'moto.log'}")
+                time.sleep(0.1)
+        raise RuntimeError(f"moto server on port {self.port} did not answer in 30 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def client(self):  # noqa: ANN201 - boto3 client
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing-key-id",
+                            aws_secret_access_key="testing-secret-key")
+
+    def bucket(self, name: str) -> str:
+        """Create bucket ``name`` (≥ 3 characters) and return ``s3://name``."""
+        self.client().create_bucket(Bucket=name)
+        return f"s3://{name}"
