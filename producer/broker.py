@@ -10,19 +10,21 @@ from producer.metrics import message_job
 from producer.priority import queue_depth, queue_keys, task_priority
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME, ShardTask
+from worker.fairshare import job_queue, shard_queue
 from storage.urls import DEFAULT_BROKER_URL, mask_url
 from worker.settings import WorkerSettings
 
 
-def connect(broker: str | None, *, events: bool = False) -> Any:
+def connect(broker: str | None, *, events: bool = False, fair_share: bool = True) -> Any:
     """A Celery app for ``broker`` whose connection works, else BrokerUnreachable naming it.
 
     ``events`` (EMBED_EVENTS=1, Flower is watching): send ``task-sent`` events, as workers do.
+    ``fair_share`` (EMBED_FAIR_SHARE): shard tasks go to the job's queue (worker/fairshare.py).
     """
     from worker.celery_app import create_app
 
     url = broker or DEFAULT_BROKER_URL
-    app = create_app(WorkerSettings(broker_url=url, events=events))
+    app = create_app(WorkerSettings(broker_url=url, events=events, fair_share=fair_share))
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2,
@@ -33,8 +35,9 @@ def connect(broker: str | None, *, events: bool = False) -> Any:
 
 
 def send_shards(app: Any, job: JobDir, shards: Sequence[int], queue: str) -> None:
-    """One small JSON message per shard, at the job's ``--priority``; publish retries follow
-    the app's retry policy.
+    """One small JSON message per shard, at the job's ``--priority``, to the job's own queue
+    under ``queue`` (``worker.fairshare.shard_queue``); publish retries follow the app's retry
+    policy.
 
     Raises:
         BrokerFull: Redis refused the message (over ``maxmemory``); names the limit and the
@@ -42,6 +45,7 @@ def send_shards(app: Any, job: JobDir, shards: Sequence[int], queue: str) -> Non
     """
     # A directory without a manifest yet (the unit tests' bare JobDir) has no priority set.
     priority = task_priority(job.manifest.priority if job.manifest_path.is_file() else None)
+    queue = shard_queue(app, queue, job.root.name)
     try:
         with app.producer_or_acquire() as producer:
             for n in shards:
@@ -99,8 +103,8 @@ def broker_backlog(broker: str | None, queue: str) -> int | None:
 
 
 def job_backlog(broker: str | None, queue: str, job_id: str) -> int | None:
-    """Messages of ``job_id`` still queued (any priority) on a Redis broker; None when it cannot
-    tell. The reconciler asks before treating a stall as lost messages: a low-priority job
+    """Messages of ``job_id`` still queued (any priority, in ``queue`` or the job's own queue)
+    on a Redis broker; None when it cannot tell. The reconciler asks before treating a stall as lost messages: a low-priority job
     waiting behind others has its messages still queued. Unacked messages do not count: one a
     live worker holds is seen by its heartbeat, one a killed worker held is what a re-send is
     for (it would come back only after the visibility timeout)."""
@@ -108,9 +112,10 @@ def job_backlog(broker: str | None, queue: str, job_id: str) -> int | None:
         return None
     import redis
 
+    keys = [k for q in (queue, job_queue(queue, job_id)) for k, _ in queue_keys(q)]
     try:
         with redis.Redis.from_url(broker, socket_timeout=5, socket_connect_timeout=3) as r:
-            raws = [m for key, _ in queue_keys(queue) for m in r.lrange(key, 0, -1)]
+            raws = [m for key in keys for m in r.lrange(key, 0, -1)]
     except Exception:
         return None
     return sum(message_job(m) == job_id for m in raws)

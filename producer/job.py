@@ -122,7 +122,8 @@ class Job:
         return len(pending)
 
     def _connect(self) -> Any:
-        return connect(self.broker, events=self.settings.events)
+        return connect(self.broker, events=self.settings.events,
+                       fair_share=self.settings.fair_share)
 
     def wait(self, *, progress: Any = False, poll_s: float = 1.0,
              stall_s: float | None = 120.0, timeout_s: float | None = None) -> JobStatus:
@@ -171,7 +172,7 @@ def submit(corpus: str | os.PathLike[str] | Iterable[dict[str, Any]],
     say = log or (lambda *_: None)
     s = settings or ProducerSettings.from_env(os.environ)  # the API's edge; the CLI passes it
     broker = broker or s.broker or DEFAULT_BROKER_URL
-    app = connect(broker, events=s.events)  # fail fast, before staging anything
+    app = connect(broker, events=s.events, fair_share=s.fair_share)  # fail fast, before staging
     spec = job_spec(JobOptions(**options), Path(home) if home else s.home)
     queue = choose_queue(app, spec.options.queue, cpu_queue=cpu_queue, gpu_queue=gpu_queue,
                          log=say)

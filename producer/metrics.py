@@ -2,7 +2,8 @@
 
 From the broker (Redis), read fresh on every scrape:
 
-    embedfleet_queue_depth{queue,priority}      messages waiting (LLEN of each priority list)
+    embedfleet_queue_depth{queue,priority}      messages waiting (LLEN of each priority list,
+                                                the queue's job queues' included)
     embedfleet_tasks_unacked{queue}             messages a worker holds (in flight)
     embedfleet_job_queued{job,queue}            waiting messages per job (bodies decoded)
     embedfleet_job_unacked{job}                 in-flight messages per job
@@ -32,7 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from producer.priority import queue_keys, step_name
+from producer.priority import step_name
+from worker.fairshare import PRIORITY_STEPS, all_list_keys, base_of
 
 HELP = {
     "embedfleet_queue_depth": ("gauge", "Messages waiting in a queue's priority list."),
@@ -75,12 +77,14 @@ def message_job(raw: bytes | str) -> str:
 
 
 def broker_samples(client: Any, queues: Iterable[str]) -> list[Sample]:
-    """Queue depth per queue and priority, unacked per queue, both per job (one pipeline)."""
+    """Queue depth per queue and priority, unacked per queue, both per job (one pipeline).
+    A queue's figures include its job queues' (worker/fairshare.py)."""
     out: list[Sample] = []
     queued: Counter[tuple[str, str]] = Counter()
     for q in queues:
-        for key, step in queue_keys(q):
-            msgs = client.lrange(key, 0, -1)
+        lists = all_list_keys(client, q)
+        for step in PRIORITY_STEPS:
+            msgs = [m for key, s in lists if s == step for m in client.lrange(key, 0, -1)]
             out.append(Sample("embedfleet_queue_depth", {"queue": q, "priority": step_name(step)},
                               len(msgs)))
             queued.update((message_job(m), q) for m in msgs)
@@ -91,7 +95,7 @@ def broker_samples(client: Any, queues: Iterable[str]) -> list[Sample]:
             rk = str(json.loads(raw)[2])
         except (ValueError, IndexError, TypeError):
             rk = ""
-        unacked[rk] += 1
+        unacked[base_of(rk) or rk] += 1
         unacked_jobs[message_job(raw)] += 1
     for q in queues:
         out.append(Sample("embedfleet_tasks_unacked", {"queue": q}, unacked.get(q, 0)))

@@ -8,7 +8,8 @@ ack, prefetch 1), so a high-priority task waits at most for the shard each proce
 A message sent without a priority (an older producer) lands in step 0, i.e. is treated as high;
 normal tasks live in ``cpu\x06\x163``, not in the plain ``cpu`` list: count a queue with
 ``queue_depth``. Stage tasks (``--stage-on fleet``) are sent without a priority.
-Within one priority, tasks are FIFO by send time: no fair share between jobs of equal priority.
+Within one priority, each job has its own queue and workers take from the jobs in turn
+(worker/fairshare.py): a fair share between jobs of equal priority.
 RabbitMQ would need ``x-max-priority`` on the queues (not declared here), and reverses the order.
 """
 
@@ -18,25 +19,14 @@ from typing import Any
 
 from storage.jobdir import JobDir
 from worker.contract import PRIORITIES, task_priority  # noqa: F401 (the staging worker sends too)
-
-SEP = "\x06\x16"
-"""kombu's Redis separator between a queue name and its priority step."""
-PRIORITY_STEPS = (0, 3, 6, 9)
-
-
-
-def queue_keys(queue: str) -> list[tuple[str, int]]:
-    """The Redis lists of ``queue``, one per priority step, in the order workers take from them.
-
-    >>> [k for k, _ in queue_keys("cpu")][:2]
-    ['cpu', 'cpu\\x06\\x163']
-    """
-    return [(queue if p == 0 else f"{queue}{SEP}{p}", p) for p in PRIORITY_STEPS]
+from worker.fairshare import list_keys as queue_keys  # noqa: F401 (one queue's lists)
+from worker.fairshare import queued_messages
 
 
 def queue_depth(client: Any, queue: str) -> int:
-    """Messages waiting in ``queue``: the sum over its priority lists (a redis-py client)."""
-    return sum(int(client.llen(k)) for k, _ in queue_keys(queue))
+    """Messages waiting in ``queue``: the sum over its priority lists and those of its job
+    queues (worker/fairshare.py; a redis-py client)."""
+    return queued_messages(client, queue)
 
 
 def step_name(step: int) -> str:

@@ -30,6 +30,8 @@ class ProducerSettings:
     """EMBED_EVENTS=1: send ``task-sent`` events, as workers do (Flower is watching)."""
     fast_tokenizer: bool = True
     """EMBED_FAST_TOKENIZER: staging counts short documents with nanotoken where it matches."""
+    fair_share: bool = True
+    """EMBED_FAIR_SHARE=0: send shard tasks to the plain queue, not the job's (worker/fairshare.py)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ProducerSettings:
@@ -38,7 +40,7 @@ class ProducerSettings:
         >>> ProducerSettings.from_env({"EMBED_HOME": "/h", "EMBED_EVENTS": "1"}).events
         True
         """
-        names = [env_name("events"), env_name("fast_tokenizer")]  # parsed as the worker does
+        names = [env_name(n) for n in ("events", "fast_tokenizer", "fair_share")]  # as workers
         w = WorkerSettings.from_env({v: env[v] for v in names if v in env})
         return cls(broker=env_broker(env), home=embedfleet_home(dict(env)), events=w.events,
-                   fast_tokenizer=w.fast_tokenizer)
+                   fast_tokenizer=w.fast_tokenizer, fair_share=w.fair_share)

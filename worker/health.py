@@ -26,6 +26,8 @@ from typing import Any
 
 from celery import bootsteps, signals
 
+from worker.fairshare import queued_messages
+
 BEAT_S = 5.0  # how often the worker writes its state
 DEFAULT_MAX_AGE_S = 60.0  # a state older than this: the event loop is stuck (or the worker gone)
 DEFAULT_IDLE_S = 60.0  # idle this long while the queue holds work: not consuming
@@ -119,7 +121,8 @@ def judge_health(state: dict[str, Any] | None, now: float, backlog: dict[str, in
 
 
 def queue_backlog(broker_url: str, queues: list[str], timeout: float = 5) -> dict[str, int]:
-    """Messages waiting in each queue (Redis brokers; others report nothing)."""
+    """Messages waiting in each queue: every priority list and job queue of it (Redis brokers;
+    others report nothing)."""
     if not broker_url.startswith(("redis://", "rediss://", "unix://")):
         return {}
     import redis
@@ -127,7 +130,7 @@ def queue_backlog(broker_url: str, queues: list[str], timeout: float = 5) -> dic
     client = redis.Redis.from_url(broker_url, socket_timeout=timeout,
                                   socket_connect_timeout=timeout)
     try:
-        return {q: int(client.llen(q)) for q in queues}
+        return {q: queued_messages(client, q) for q in queues}
     finally:
         client.close()
 

@@ -99,6 +99,10 @@ class WorkerSettings:
     events: bool = _env(False, "EMBED_EVENTS", "`1`: task events and worker heartbeats, for "
                         "Flower; off, a fleet worker sends no events (no gossip or mingle "
                         "either: [docs/fleet.md](docs/fleet.md#large-fleets))")
+    fair_share: bool = _env(True, "EMBED_FAIR_SHARE", "Redis broker: each job's tasks go to its "
+                            "own queue, which workers take from in turn (README, Running a "
+                            "shared fleet); `0`: the plain FIFO queue (fleets with workers "
+                            "older than fair share)")
     fast_tokenizer: bool = _env(True, "EMBED_FAST_TOKENIZER", "staging encodes short documents "
                                 "with nanotoken where it gives exactly the tokenizer's ids "
                                 "(WordPiece, checked at load); `0`: tokenizers only")

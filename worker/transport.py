@@ -1,4 +1,5 @@
-"""kombu's Redis transport with one fix: an ack that fails still frees the prefetch slot.
+"""kombu's Redis transport with two changes: an ack that fails still frees the prefetch slot,
+and a worker takes from per-job queues in turn (fair share, worker/fairshare.py).
 
 Why (issue 29, reproduced in tests/integration/test_partition.py): kombu's Redis ``QoS.ack``
 first removes the message from Redis's ``unacked`` index and only then frees the slot in the
@@ -27,6 +28,9 @@ from typing import Any
 import kombu.transport
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
+from kombu.utils.json import dumps
+
+from worker.fairshare import FairCycle, base_of, live_job_queues, registry_key
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +58,50 @@ class QoS(kombu_redis.QoS):
 
 
 class Channel(kombu_redis.Channel):
+    """Job queues: registered with every message put in them; BRPOPed in turn with the queues
+    consumed (``FairCycle`` replaces kombu's round-robin cycle over the consumed queues)."""
+
     QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queue_cycle = FairCycle(self._live_job_queues)
+
+    def _live_job_queues(self, base: str) -> list[str]:
+        with self.conn_or_acquire() as client:
+            return live_job_queues(client, base)
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        base = base_of(queue)
+        batch = kwargs.get("_publish_batch")
+        if base is None or batch is not None:
+            super()._put(queue, message, **kwargs)
+            if base is not None:  # queued after the LPUSH, sent in one pipeline
+                batch.add("sadd", registry_key(base), queue)
+            return
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        with self.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, dumps(message))
+            pipe.sadd(registry_key(base), queue)
+            pipe.execute()
+
+    def _do_restore_message(self, payload: Any, exchange: Any, routing_key: Any, pipe: Any,
+                            leftmost: bool = False) -> None:
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        base = base_of(str(routing_key or ""))  # a job queue's routing key is its name
+        if base is not None:  # in the same MULTI as the push
+            pipe.sadd(registry_key(base), str(routing_key))
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        """A job queue's message goes to its base queue's consumer (the one the worker has)."""
+        base = base_of(queue)
+        if base is not None and queue not in self._callbacks:
+            queue = base
+        super()._deliver(message, queue)
 
 
 def install() -> None:

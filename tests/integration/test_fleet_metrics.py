@@ -18,7 +18,8 @@ from producer.cli import main
 from producer.job import submit
 from producer.local import free_port
 from producer.metrics import Collector, serve
-from producer.priority import queue_depth, queue_keys
+from producer.priority import queue_depth
+from worker.fairshare import all_list_keys
 from tests.conftest import write_jsonl
 from tests.procs import http_get
 
@@ -86,7 +87,8 @@ def test_metrics_match_the_broker_during_a_job(tmp_path: Path, fleet, redis_serv
         s = scrape(redis_url, out)
         depth = sum(get(s, "embedfleet_queue_depth", queue="cpu", priority=p)
                     for p in ("high", "normal", "low", "9"))
-        assert depth == queue_depth(r, "cpu") == sum(r.llen(k) for k, _ in queue_keys("cpu"))
+        lists = all_list_keys(r, "cpu")  # cpu's priority lists and its jobs' queues'
+        assert depth == queue_depth(r, "cpu") == sum(r.llen(k) for k, _ in lists)
         assert get(s, "embedfleet_tasks_unacked", queue="cpu") == r.hlen("unacked") == 1
         done = len(list((out / "a" / "embeddings").glob("*.parquet")))
         queued = get(s, "embedfleet_job_queued", job="a", queue="cpu")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.priority import queue_depth, queue_keys
+from producer.priority import queue_depth
+from worker.fairshare import all_list_keys
 from producer.broker import connect
 from producer.job import Job, submit
 from tests.checker import check_job
@@ -53,7 +54,8 @@ def test_worker_rejects_paths_outside_its_roots(tmp_path, fleet, redis_server, r
     app = connect(redis_url)
     # Stage a job outside the roots while no worker runs, then drop its queued messages.
     bad = submit(corpus, outside, model=str(minilm_bundle), broker=redis_url, job_id="bad")
-    redis_server.client().delete(*(k for k, _ in queue_keys("cpu")))  # every priority list
+    r = redis_server.client()
+    r.delete(*(k for k, _ in all_list_keys(r, "cpu")))  # every priority list, job queues' too
     (jobs / "bad").symlink_to(bad.path)  # a symlink leaving the root
     # A job inside the roots whose manifest points at a bundle outside the model roots.
     shutil.copytree(bad.path, jobs / "model")

@@ -19,10 +19,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("producer", "worker", "storage")
 PRODUCER_MAY_IMPORT = {"worker.contract", "worker.settings", "worker.staging",
-                       "worker.model.policy"}
+                       "worker.model.policy", "worker.fairshare"}
 """What the producer imports from ``worker`` at module level (a package: its modules too):
-the message types, settings, the staging core both processes run, and the runtime policy
-the dry run asks (it reads stored figures; no onnxruntime)."""
+the message types, settings, the staging core both processes run, the runtime policy
+the dry run asks (it reads stored figures; no onnxruntime), and the job queues' names and
+registry (fair share; standard library only)."""
 LAYERS = {"storage": 0, "worker": 1, "producer": 2}
 """Package layers: an import points to the same layer or below (a deferred one too)."""
 

@@ -22,6 +22,7 @@ from storage.cancel import is_cancelled
 from storage.jobdir import JobDir
 from storage.manifest import ShardEntry
 from worker.contract import TASK_NAME, ShardTask, task_priority
+from worker.fairshare import shard_queue
 
 DUPLICATE_EXAMPLES = 5
 
@@ -97,6 +98,7 @@ def complete_staging(job: JobDir) -> None:
 
 def _send(app: Any, job: JobDir, shards: list[int], queue: str) -> None:
     priority = task_priority(job.manifest.priority)
+    queue = shard_queue(app, queue, job.root.name)  # the job's own queue (fair share)
     with app.producer_or_acquire() as producer:
         for n in shards:
             payload = ShardTask(job_id=job.root.name, job_dir=str(job.root), shard=n).to_dict()

@@ -9,18 +9,20 @@ import time
 
 import pytest
 
-from producer.priority import queue_keys
 from producer.broker import broker_backlog, connect, send_shards
 from producer.local import free_port
 from storage.jobdir import JobDir
 from worker.contract import TASK_NAME
+from worker.fairshare import all_list_keys, job_queues
 
 pytestmark = pytest.mark.integration
 
 
 def _messages(redis_server, queue: str) -> list[dict]:
-    """Every message of ``queue``, over its priority lists (normal: ``queue\x06\x163``)."""
-    raw = [m for k, _ in queue_keys(queue) for m in redis_server.client().lrange(k, 0, -1)]
+    """Every message of ``queue``, over its priority lists (normal: ``queue\x06\x163``) and its
+    job queues'."""
+    r = redis_server.client()
+    raw = [m for k, _ in all_list_keys(r, queue) for m in r.lrange(k, 0, -1)]
     return [json.loads(m) for m in raw]
 
 
@@ -56,6 +58,8 @@ def test_one_small_message_per_shard(tmp_path, redis_server, redis_url):
     assert sorted(p["shard"] for p in payloads) == [0, 2, 5]
     assert {m["properties"]["priority"] for m in msgs} == {3}  # normal (no manifest)
     assert {(p["job_id"], p["job_dir"]) for p in payloads} == {("job-1", str(job.root))}
+    assert job_queues(redis_server.client(), "cpu") == ["cpu.job.job-1"]  # the job's own queue
+    assert redis_server.client().llen("cpu.job.job-1\x06\x163") == 3
 
 
 def test_backlog_counts_queued_and_unacked(tmp_path, redis_server, redis_url):
