@@ -85,6 +85,17 @@ class Channel(kombu_redis.Channel):
             pipe.sadd(registry_key(base), queue)
             pipe.execute()
 
+    def _lookup(self, exchange: Any, routing_key: Any, default: Any = None) -> Any:
+        """A job queue is its own direct exchange and routing key: known without kombu's
+        binding table (``_queue_bind`` stores none for it, so a job leaves no key behind)."""
+        if exchange and exchange == routing_key and base_of(str(exchange)) is not None:
+            return [exchange]
+        return super()._lookup(exchange, routing_key, default)
+
+    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+        if not (queue == exchange == routing_key and base_of(str(queue)) is not None):
+            super()._queue_bind(exchange, routing_key, pattern, queue)
+
     def _do_restore_message(self, payload: Any, exchange: Any, routing_key: Any, pipe: Any,
                             leftmost: bool = False) -> None:
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)

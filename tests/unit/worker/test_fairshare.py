@@ -135,6 +135,8 @@ def test_a_consumer_of_cpu_takes_the_jobs_in_turn_high_priority_first(redis_serv
     assert sorted(got[1:]) == ["a"] * 3 + ["b"] * 3
     assert all(x != y for x, y in zip(got[1:], got[2:])), got  # a, b, a, b, ... (or b first)
     assert queued_messages(r, "cpu") == 0 and r.hlen("unacked") == 0
+    assert live_job_queues(r, "cpu") == []
+    assert not [k for k in r.keys() if b"job" in k], r.keys()  # no binding table per job
 
 
 @pytest.mark.integration
