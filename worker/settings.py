@@ -168,6 +168,10 @@ class WorkerSettings:
             raise ValueError(f"{env_name('heartbeat_s')} must be more than 0 seconds")
         if self.max_attempts < 1:
             raise ValueError(f"{env_name('max_attempts')} must be at least 1")
+        for name in ("cpu_queue", "gpu_queue"):
+            if ".job." in getattr(self, name):  # the mark of a job's own queue (fair share)
+                raise ValueError(f"{env_name(name)}={getattr(self, name)!r}: a queue name may "
+                                 "not contain '.job.' (it names a job's own queue)")
 
     @property
     def corpus_roots(self) -> tuple[str, ...]:

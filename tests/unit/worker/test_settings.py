@@ -98,6 +98,8 @@ def test_check_names_the_variable():
         WorkerSettings.from_env({"EMBED_DEVICE": "tpu"})
     with pytest.raises(ValueError, match="EMBED_MAX_BATCH_TOKENS must be at least 16"):
         WorkerSettings.from_env({"EMBED_MAX_BATCH_TOKENS": "8"})
+    with pytest.raises(ValueError, match="EMBED_GPU_QUEUE='a.job.b': a queue name may not"):
+        WorkerSettings.from_env({"EMBED_GPU_QUEUE": "a.job.b"})  # a job queue's mark
 
 
 def test_readme_table_is_the_generated_one():
