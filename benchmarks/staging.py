@@ -69,8 +69,9 @@ def first_task_s(tree: Path, corpus: Path, model: str, broker: str, out: Path, c
                  "--broker", broker, "--precision", "fp32", *procs)
     try:
         while time.monotonic() - t0 < cap_s:
-            # normal-priority tasks (since --priority) wait in cpu\x06\x163, older ones in cpu
-            if r.llen("cpu") + r.llen("cpu\x06\x163") > 0:
+            # normal-priority tasks (since --priority) wait in cpu\x06\x163, older ones in cpu;
+            # with fair share in the job's own queue, registered in the same MULTI as the task
+            if r.llen("cpu") + r.llen("cpu\x06\x163") + r.scard("_embedfleet.jobs.cpu") > 0:
                 return time.monotonic() - t0
             if p.poll() is not None:
                 raise RuntimeError(p.stdout.read() if p.stdout else "producer exited")
