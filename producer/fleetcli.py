@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from producer.options import JOB_DIR
 from storage.jobdir import JobDir
 from storage.urls import DEFAULT_BROKER_URL, mask_url
 
@@ -35,7 +36,7 @@ def continue_existing(root: Path, priority: str | None) -> None:
 
 
 @click.command()
-@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("job_dir", type=JOB_DIR)
 def cancel(job_dir: str) -> None:
     """Stop JOB_DIR: no further shard starts anywhere in the fleet; running shards stop at their
     next batch boundary. Written shards stay valid; `producer resume` continues the job."""

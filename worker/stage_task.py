@@ -13,12 +13,12 @@ retried.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
 from storage.jobdir import validate_job_id
+from storage.jobfs import job_path
 from worker.contract import STAGE_TASK_NAME
 from worker.cancel import skip_on_receipt
 from worker.paths import open_allowed_job
@@ -32,7 +32,7 @@ def register(app: Celery) -> None:
     def stage_split_task(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         from worker.staging.fleet import stage_one_split
 
-        job_dir = Path(str(payload["job_dir"]))
+        job_dir = job_path(str(payload["job_dir"]))
         validate_job_id(str(payload["job_id"]))
         if job_dir.name != payload["job_id"]:
             raise ValueError(f"job_dir {job_dir} does not end in job id {payload['job_id']!r}")
