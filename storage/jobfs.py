@@ -39,7 +39,10 @@ from storage.errors import StorageError, UsageError
 
 class StoreError(StorageError, OSError):
     """An object-store request failed (denied, bucket missing, store unreachable); names the
-    URI, never a credential."""
+    URI, never a credential. ``transient``: the store did not answer (a retry may succeed),
+    as opposed to an answer that refused the request."""
+
+    transient = False
 
 
 @dataclass(frozen=True)
@@ -256,24 +259,24 @@ def _bucket_key(path: StorePath) -> tuple[str, str]:
     return bucket, key
 
 
-_clients: dict[int, Any] = {}
+_clients: dict[tuple[str | None, ...], Any] = {}
 _lock = threading.Lock()
 
 
 def _client() -> Any:
-    """One boto3 S3 client per process (a forked worker makes its own); the endpoint and
-    credentials come from the standard AWS variables and files."""
-    pid = os.getpid()
+    """One boto3 S3 client per process (a forked worker makes its own) and connection
+    settings; the endpoint and credentials come from the standard AWS variables and files."""
+    key = objstore.settings_key()
     with _lock:
-        if pid not in _clients:
+        if key not in _clients:
             import boto3
             from botocore.config import Config
 
             _clients.clear()
-            _clients[pid] = boto3.session.Session().client("s3", config=Config(
+            _clients[key] = boto3.session.Session().client("s3", config=Config(
                 retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5,
                 read_timeout=60))
-        return _clients[pid]
+        return _clients[key]
 
 
 def _s3call(path: StorePath, call: Any, reraise: tuple[str, ...] = ()) -> Any:
@@ -287,12 +290,16 @@ def _s3call(path: StorePath, call: Any, reraise: tuple[str, ...] = ()) -> Any:
             raise _Precondition(code) from None
         if code in ("NoSuchKey", "404"):
             raise FileNotFoundError(errno.ENOENT, "no such object", str(path)) from None
-        raise StoreError(errno.EIO, f"object store refused the request ({code}: "
-                         f"{exc.response.get('Error', {}).get('Message', '')})", str(path)
-                         ) from None
+        err = StoreError(errno.EIO, f"object store refused the request ({code}: "
+                         f"{exc.response.get('Error', {}).get('Message', '')})", str(path))
+        err.transient = code.startswith("5") or code in ("SlowDown", "InternalError",
+                                                          "ServiceUnavailable", "RequestTimeout")
+        raise err from None
     except BotoCoreError as exc:
-        raise StoreError(errno.EIO, f"object store unreachable ({type(exc).__name__})",
-                         str(path)) from None
+        err = StoreError(errno.EIO, f"object store unreachable ({type(exc).__name__})",
+                         str(path))
+        err.transient = True
+        raise err from None
 
 
 def _call(path: StorePath, call: Any) -> Any:
@@ -304,4 +311,6 @@ def _call(path: StorePath, call: Any) -> Any:
 
 def _store_error(path: StorePath, exc: OSError) -> StoreError:
     text = " ".join(str(exc).split())[:300]
-    return StoreError(errno.EIO, f"object store request failed: {text}", str(path))
+    err = StoreError(errno.EIO, f"object store request failed: {text}", str(path))
+    err.transient = not any(w in text for w in ("ACCESS_DENIED", "NO_SUCH_BUCKET", "403"))
+    return err
