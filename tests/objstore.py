@@ -71,3 +71,68 @@ class S3Server:
         """Create bucket ``name`` (≥ 3 characters) and return ``s3://name``."""
         self.client().create_bucket(Bucket=name)
         return f"s3://{name}"
+
+
+class DenyWrites:
+    """An S3 endpoint on 127.0.0.1 in front of ``upstream_port`` that answers every write
+    (PUT, POST, DELETE) with ``403 AccessDenied``, as a bucket policy denying ``s3:PutObject``
+    does, and forwards reads (GET, HEAD, listings) unchanged. moto does not enforce bucket
+    policies, so the denial is made here, in the protocol the code under test speaks."""
+
+    DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+              b"<Message>Access Denied</Message></Error>")
+
+    def __init__(self, upstream_port: int) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        deny, upstream = self.DENIED, upstream_port
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _deny(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(403)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(deny)))
+                self.end_headers()
+                self.wfile.write(deny)
+
+            do_PUT = do_POST = do_DELETE = _deny  # noqa: N815
+
+            def _forward(self) -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", upstream, timeout=30)
+                conn.request(self.command, self.path, headers=dict(self.headers))
+                resp = conn.getresponse()
+                body = resp.read()
+                self.send_response(resp.status)
+                head = self.command == "HEAD"  # keeps the object's Content-Length
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection") and (
+                            head or k.lower() != "content-length"):
+                        self.send_header(k, v)
+                if not head:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+                conn.close()
+
+            do_GET = do_HEAD = _forward  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -201,3 +201,43 @@ def test_the_store_unreachable_for_30s_mid_job_costs_time_not_chunks(
            "(relay stops forwarding; moto's memory would not survive a restart)", res,
            f"{at_cut.done} of {at_cut.shards} shards done at the cut, {during.done} after "
            f"{outage_s:.0f}s; {retries} store error(s) retried, not counted as attempts")
+
+
+def test_a_bucket_that_denies_writes_is_one_error_naming_the_uri_and_loses_nothing(
+        tmp_path, s3_fleet, redis_url, s3_server, bucket, minilm_bundle, record, monkeypatch):
+    from tests.objstore import DenyWrites
+
+    deny = DenyWrites(s3_server.port)
+    try:
+        # The producer's first write (the manifest) is refused: one line naming the object.
+        monkeypatch.setenv("AWS_ENDPOINT_URL", deny.endpoint)
+        corpus = make_corpus(tmp_path / "c.jsonl", n=8)
+        out = CliRunner().invoke(main, ["submit", str(corpus), "--out", JOBS, "--job-id",
+                                        "denied", "--model", str(minilm_bundle),
+                                        "--broker", redis_url])
+        assert out.exit_code == 1, out.output
+        assert f"{JOBS}/denied/manifest.json" in out.output and "AccessDenied" in out.output
+        assert "Traceback" not in out.output and len(out.output.strip().splitlines()) <= 2
+        assert s3_server.client().list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+        # A worker whose writes are denied: each shard one error, left pending, nothing lost;
+        # `resume` once the worker may write finishes the job.
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+        w = s3_fleet("wd", AWS_ENDPOINT_URL=deny.endpoint)
+        job = submit(corpus, bucket, model=str(minilm_bundle), precision="fp32",
+                     broker=redis_url, job_id="denied2", shard_tokens=2000)
+        shards = len(job.dir.manifest.shards)
+        wait_until(lambda: w.text().count("left pending") >= shards, 120,
+                   "every shard refused by the store")
+        assert f"{JOBS}/denied2/" in w.text() and job.status().done == 0
+        w.stop()
+        s3_fleet("wok")
+        assert job.resume() == shards
+        st = job.wait(poll_s=0.5, timeout_s=WAIT_S)
+    finally:
+        deny.close()
+    assert st.status == "succeeded", st
+    res = check_job(f"{JOBS}/denied2")
+    assert res.clean and res.ok == res.expected > 0, res.describe()
+    record("job in s3://: a bucket denying writes (403 AccessDenied) to the producer, then to "
+           "a worker; `resume` after", res, f"submit: exit 1, one line naming the manifest; "
+           f"worker: {shards} shard(s) left pending with one error each, none failed")
