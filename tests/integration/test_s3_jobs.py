@@ -205,9 +205,9 @@ def test_the_store_unreachable_for_30s_mid_job_costs_time_not_chunks(
 
 def test_a_bucket_that_denies_writes_is_one_error_naming_the_uri_and_loses_nothing(
         tmp_path, s3_fleet, redis_url, s3_server, bucket, minilm_bundle, record, monkeypatch):
-    from tests.objstore import DenyWrites
+    from tests.objstore import S3Proxy
 
-    deny = DenyWrites(s3_server.port)
+    deny = S3Proxy(s3_server.port, deny_writes=True)
     try:
         # The producer's first write (the manifest) is refused: one line naming the object.
         monkeypatch.setenv("AWS_ENDPOINT_URL", deny.endpoint)
@@ -241,3 +241,37 @@ def test_a_bucket_that_denies_writes_is_one_error_naming_the_uri_and_loses_nothi
     record("job in s3://: a bucket denying writes (403 AccessDenied) to the producer, then to "
            "a worker; `resume` after", res, f"submit: exit 1, one line naming the manifest; "
            f"worker: {shards} shard(s) left pending with one error each, none failed")
+
+
+def test_a_worker_killed_mid_upload_of_its_shard_leaves_no_object_and_loses_nothing(
+        tmp_path, s3_fleet, redis_url, s3_server, bucket, minilm_bundle, record):
+    import signal
+
+    from tests.objstore import S3Proxy
+
+    proxy = S3Proxy(s3_server.port, hold="/embeddings/part-")
+    try:
+        w = s3_fleet("wu", AWS_ENDPOINT_URL=proxy.endpoint)
+        job = submit(make_corpus(tmp_path / "c.jsonl", n=12), bucket, model=str(minilm_bundle),
+                     precision="fp32", broker=redis_url, job_id="upload", shard_tokens=2000)
+        assert proxy.held.wait(120), w.text()[-3000:]  # half of a shard's upload went out
+        cut = [s.shard for s in job.dir.manifest.shards
+               if (job.dir.state_dir / "inflight").glob(f"{s.shard:05d}.*")]
+        assert len(cut) == 1, cut
+        shard = cut[0]
+        pid = job.dir.attempts(shard)[-1]["pid"]
+        assert pid in w.children()
+        os.kill(pid, signal.SIGKILL)  # the pool process dies inside its PUT
+        # What a reader sees of the shard meanwhile: nothing (no partial object, no .tmp).
+        assert not job.dir.embeddings_path(shard).exists()
+        st = job.wait(poll_s=0.5, timeout_s=WAIT_S)
+    finally:
+        proxy.close()
+    assert st.status == "succeeded", (st, w.text()[-3000:])
+    res = check_job(f"{JOBS}/upload")
+    assert res.clean and res.ok == res.expected > 0, res.describe()
+    recs = job.dir.attempts(shard)
+    assert len(recs) >= 2 and recs[-1]["pid"] != pid, recs
+    record("job in s3://: the worker's pool process SIGKILLed mid-upload of an embeddings "
+           "shard (half its PUT body sent)", res, f"shard {shard}: no object while cut, "
+           f"{len(recs)} attempts, landed by a later one")
