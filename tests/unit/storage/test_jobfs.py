@@ -57,7 +57,8 @@ def test_job_path_picks_the_type_by_scheme(tmp_path):
     p = job_path("s3://bkt/jobs/j1/")
     assert isinstance(p, StorePath) and os.fspath(p) == "s3://bkt/jobs/j1"
     assert (p / "embeddings" / "part-00001.parquet").name == "part-00001.parquet"
-    assert p.parent == StorePath("s3://bkt/jobs") and p.parent.parent.parent == StorePath("s3://bkt")
+    assert p.parent == StorePath("s3://bkt/jobs")
+    assert p.parent.parent.parent == StorePath("s3://bkt")
     assert (p / Path("docs") / "index.parquet").uri == "s3://bkt/jobs/j1/docs/index.parquet"
     assert p.is_relative_to("s3://bkt/jobs") and not p.is_relative_to("s3://bkt/job")
 
