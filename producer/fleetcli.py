@@ -11,6 +11,7 @@ import click
 
 from producer.options import JOB_DIR
 from storage.jobdir import JobDir
+from storage.jobfs import job_path
 from storage.urls import DEFAULT_BROKER_URL, mask_url
 
 BROKER_ENV = ["EMBED_BROKER_URL", "CELERY_BROKER_URL"]
@@ -108,7 +109,7 @@ def dry_run_estimate(corpus: str | None, out: str, *, broker: str | None, local:
     res = dry_run(corpus, settings=settings, **kw)
     home_path = settings.home
     queue = "gpu" if kw.get("queue") == "gpu" else "cpu"
-    rate = (measured_rate(Path(out), res["bundle_path"], queue)
+    rate = (measured_rate(job_path(out), res["bundle_path"], queue)
             or probe_rate(home_path, res["bundle_path"]))
     if rate is None:
         click.echo("  estimate  no measured rate yet for this model (no earlier job under "
