@@ -225,7 +225,7 @@ def write_once(path: AnyPath, data: bytes) -> bool:
 
     Local: ``O_CREAT | O_EXCL``. Store: a conditional PUT (``If-None-Match: *``): of two
     writers racing for a key exactly one gets True, on any store that supports conditional
-    writes (AWS S3, MinIO, Ceph RGW, R2; see README "Jobs in an object store").
+    writes (see README "Jobs in an object store" for what a store without them costs).
     """
     if not isinstance(path, StorePath):
         path.parent.mkdir(parents=True, exist_ok=True)
