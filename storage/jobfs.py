@@ -1,11 +1,9 @@
 """A job's files on a local disk or in an object store, behind one path type.
 
-``job_path(location)`` is a ``pathlib.Path`` for a plain path or ``file://`` URI and a
-``StorePath`` for ``s3://bucket/prefix`` (any scheme ``storage.objstore`` resolves). A
-``StorePath`` has the part of the ``Path`` interface a job uses (``/``, ``name``, ``parent``,
-``glob``, ``is_file``, ``read_bytes``, ``stat``, ``unlink``...), so the job layout in
-``storage.jobdir`` is written once for both. What an object store lacks is handled by the
-writers, never by the callers:
+``job_path(location)`` is a ``pathlib.Path`` for a path or ``file://`` URI, a ``StorePath``
+for ``s3://bucket/prefix``: the part of the ``Path`` interface a job uses (``/``, ``glob``,
+``read_bytes``, ``stat``...), so ``storage.jobdir`` is written once for both. What a store
+lacks is handled by the writers, never by the callers:
 
 * no rename: ``put`` is one whole-object PUT, which a store makes visible all at once (a
   reader sees the old object or the new one, never a part; a writer killed mid-upload leaves
@@ -15,10 +13,9 @@ writers, never by the callers:
 * no append, no ``pwrite``: the staging ledger and the in-flight markers rewrite their whole
   (small) object, each by its single writer.
 
-``os.fspath()`` of a ``StorePath`` is its URI, so pyarrow (``pq.read_table``, ``read_metadata``,
-``ParquetFile``...) reads it from the store directly; ``str()`` is the same URI, safe in logs,
-messages and the manifest: a URI holding a credential or a query string is refused. Connection settings come from the
-standard AWS variables and files; nothing here takes or prints a credential.
+``os.fspath()`` of a ``StorePath`` is its URI, so pyarrow (``pq.read_table``...) reads the store
+directly; ``str()`` is the same URI, safe to print (a URI holding a credential or a query
+string is refused). Connection settings come from the standard AWS variables and files.
 """
 
 from __future__ import annotations
@@ -103,18 +100,11 @@ class StorePath:
         head = self.uri.rsplit("/", 1)[0]
         return self if head.endswith(":/") else StorePath(head)
 
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return tuple(self.uri.split("://", 1)[1].split("/"))
-
     def with_name(self, name: str) -> StorePath:
         return self.parent / name
 
     def resolve(self) -> StorePath:
         return self
-
-    def is_absolute(self) -> bool:
-        return True
 
     def is_relative_to(self, other: StorePath | str) -> bool:
         base = other.uri if isinstance(other, StorePath) else str(other).rstrip("/")
@@ -133,9 +123,6 @@ class StorePath:
 
     def is_dir(self) -> bool:
         return self._info().type == pafs.FileType.Directory
-
-    def is_symlink(self) -> bool:
-        return False
 
     def stat(self) -> StoreStat:
         info = self._info()
@@ -186,9 +173,6 @@ class StorePath:
     def write_bytes(self, data: bytes) -> int:
         put(self, data)
         return len(data)
-
-    def write_text(self, text: str, encoding: str = "utf-8") -> int:
-        return self.write_bytes(text.encode(encoding))
 
     def unlink(self, missing_ok: bool = False) -> None:
         if not missing_ok and not self.exists():
