@@ -128,6 +128,12 @@ def test_two_workers_sharing_only_redis_and_the_bucket_embed_every_chunk_once(
         n, keys = c.execute("SELECT count(*), count(DISTINCT (doc_id, chunk_index)) "
                             "FROM s3two").fetchone()
     assert n == keys == res.ok
+    comp = runner.invoke(main, ["compact", f"{JOBS}/s3two", "--out", str(tmp_path / "big"),
+                                "--no-progress"])
+    assert comp.exit_code == 0, comp.output
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "big" / "embeddings").num_rows == res.ok
     manifest = (job.path / "manifest.json").read_text()
     for text in (out.output, rep.output, load.output, manifest, *(w.text() for w in workers)):
         assert s3_server.env()["AWS_SECRET_ACCESS_KEY"] not in text
