@@ -99,6 +99,7 @@ def test_two_workers_sharing_only_redis_and_the_bucket_embed_every_chunk_once(
              for s in job.dir.manifest.shards for a in job.dir.attempts(s.shard)}
     assert hosts == {"wa", "wb"}, hosts  # both workers embedded shards
     assert job_files_outside_the_bucket(tmp_path / "wa", tmp_path / "wb") == []
+    assert not (Path.cwd() / "s3:").exists()  # the producer's side: no s3:/… path made locally
     assert (job.path / "_SUCCESS").exists() and not list(job.path.rglob("*.tmp"))
 
     # A redelivered task whose shard is committed: "already done", no new attempt, nothing
