@@ -17,13 +17,14 @@ from click.core import ParameterSource
 
 from producer.errors import Interrupted, JobFailed, UsageError
 from producer.exitcodes import EXIT_CODES, USAGE_EXIT, _exit_code_help, exit_code  # noqa: F401
-from producer.options import STAGE_PROCS, submit_options
+from producer.options import JOB_DIR, STAGE_PROCS, submit_options
 from producer.settings import ProducerSettings
 from producer.fleetcli import ESTIMATE_WORKERS, continue_existing, dry_run_estimate
 from producer.fleetcli import register as register_fleet
 from producer.fleetcli import resume_cancelled
 from producer.tools.cli import register as register_tools
 from storage.jobdir import JobDir
+from storage.jobfs import job_path
 from storage.urls import BROKER_ENV, DEFAULT_BROKER_URL, mask_url
 
 
@@ -112,7 +113,7 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
 @main.command()
 @click.argument("corpus", type=click.Path(exists=True, dir_okay=False), required=False)
 @submit_options
-@click.option("--resume", "resume_from", type=click.Path(exists=True, file_okay=False),
+@click.option("--resume", "resume_from", type=JOB_DIR,
               default=None, help="Continue the job OUT/JOB (e.g. after Ctrl-C): the private "
               "fleet starts again, done shards are kept, pending ones are sent.")
 @click.option("--workers", "-w", type=click.IntRange(1, 64), default=None,
@@ -146,7 +147,7 @@ def run(corpus: str | None, out: str, resume_from: str | None, workers: int | No
         return dry_run_estimate(corpus, out, broker=None, local=workers or 1, workers=None,
                                 home=home, cache_url=cache_url, settings=_settings(), **kw)
     home_path = Path(home) if home else _settings().home
-    root = Path(resume_from) if resume_from else Path(out) / (kw["job_id"] or new_job_id())
+    root = job_path(resume_from) if resume_from else job_path(out) / (kw["job_id"] or new_job_id())
     ctx = click.get_current_context()
     given = {k for k in kw if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     continue_existing(root, kw["priority"] if "priority" in given else None)
@@ -205,7 +206,7 @@ def _finish(job: Any, progress: Any) -> None:
 
 
 @main.command()
-@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("job_dir", type=JOB_DIR)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(job_dir: str, as_json: bool) -> None:
     """Progress of JOB_DIR: shards, chunks, rejects, failed shards; finalises a finished job."""
@@ -221,7 +222,7 @@ def status(job_dir: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("job_dir", type=JOB_DIR)
 @click.option("--broker", envvar=BROKER_ENV, default=None,
               help="Celery broker URL (default: the one the job was submitted to, from its "
               "manifest; a URL whose password was masked there must be given again).")

@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 
+from producer.options import JOB_DIR
 from storage.jobdir import JobDir
+from storage.jobfs import job_path
 from storage.urls import DEFAULT_BROKER_URL, mask_url
 
 BROKER_ENV = ["EMBED_BROKER_URL", "CELERY_BROKER_URL"]
@@ -35,7 +37,7 @@ def continue_existing(root: Path, priority: str | None) -> None:
 
 
 @click.command()
-@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("job_dir", type=JOB_DIR)
 def cancel(job_dir: str) -> None:
     """Stop JOB_DIR: no further shard starts anywhere in the fleet; running shards stop at their
     next batch boundary. Written shards stay valid; `producer resume` continues the job."""
@@ -107,7 +109,7 @@ def dry_run_estimate(corpus: str | None, out: str, *, broker: str | None, local:
     res = dry_run(corpus, settings=settings, **kw)
     home_path = settings.home
     queue = "gpu" if kw.get("queue") == "gpu" else "cpu"
-    rate = (measured_rate(Path(out), res["bundle_path"], queue)
+    rate = (measured_rate(job_path(out), res["bundle_path"], queue)
             or probe_rate(home_path, res["bundle_path"]))
     if rate is None:
         click.echo("  estimate  no measured rate yet for this model (no earlier job under "

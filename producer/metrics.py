@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from producer.priority import step_name
+from storage.jobfs import job_path
 from worker.fairshare import PRIORITY_STEPS, all_list_keys, base_of
 
 HELP = {
@@ -118,7 +119,7 @@ class Collector:
     """Everything ``producer metrics`` reports; ``text()`` is one scrape."""
 
     def __init__(self, broker: str, queues: list[str], jobs: list[str]) -> None:
-        self.broker, self.queues, self.jobs = broker, queues, [Path(j) for j in jobs]
+        self.broker, self.queues, self.jobs = broker, queues, [job_path(j) for j in jobs]
         self._files: dict[Path, _ShardFile] = {}
         self._attempt_hosts: dict[Path, str] = {}
         self._failed: set[tuple[Path, int]] = set()

@@ -10,6 +10,23 @@ from typing import Any
 
 import click
 
+class JobLocation(click.ParamType):
+    """A job: an existing local directory, or an ``s3://bucket/prefix/job`` URI (checked when
+    the job is opened: a store is not contacted while parsing options)."""
+
+    name = "job_dir"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str:
+        from storage.objstore import check_location, is_object_uri
+
+        if is_object_uri(str(value)):
+            return check_location(str(value), "job directory")
+        return str(click.Path(exists=True, file_okay=False).convert(value, param, ctx))
+
+
+JOB_DIR = JobLocation()
+
 STAGE_PROCS = click.option("--stage-procs", type=click.IntRange(1, 256), envvar="EMBED_STAGE_PROCS",
                            help="Processes that read and chunk the corpus (default: cores).")
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from storage import ledger
 from storage.jobdir import JobDir
+from storage.jobfs import job_path
 from storage.manifest import Manifest
 
 CHECK_S = 5.0
@@ -234,7 +235,7 @@ def _failed_lines(st: Any) -> list[str]:
 
     shards = [f["shard"] for f in st.failed_shards]
     return ([f"failed shard {f['shard']}: {f['reason']}" for f in st.failed_shards]
-            + [f"what to do: {line}" for line in damaged_inputs(Path(st.job_dir), shards)])
+            + [f"what to do: {line}" for line in damaged_inputs(job_path(st.job_dir), shards)])
 
 
 def _clock(s: float) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from producer.errors import UsageError
 from storage.jobdir import JobDir
+from storage.jobfs import StoreError
 
 RECONCILE_ENV = "EMBED_RECONCILE_S"
 """Seconds with no shard finished and no heartbeat before the producer re-sends (default 120)."""
@@ -96,31 +97,42 @@ def wait_reconciling(job: Any, *, progress: Any = False, poll_s: float = 1.0,
     bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
     beats = Heartbeats(job.dir)
     t0 = last_change = time.monotonic()
-    last_done, idle_checks = -1, 0
+    last_done, idle_checks, outage = -1, 0, False
     st = job.status()
     while not st.finished:
-        bar.update(st)
-        finished = st.done + st.failed
-        if beats.look() or finished != last_done:
-            last_change = time.monotonic()
-        if finished != last_done:
-            last_done, idle_checks = finished, 0
-        elif st.status == "running":
-            backlog = broker_backlog(job.broker, job.dir.manifest.queue)
-            idle_checks = idle_checks + 1 if backlog == 0 else 0
-            stalled = stall_s is not None and time.monotonic() - last_change > stall_s
-            if stalled and job_backlog(job.broker, job.dir.manifest.queue, job.path.name):
-                stalled, last_change = False, time.monotonic()  # queued behind other jobs
-            if idle_checks >= 3 or stalled:
-                n = job.resume(skip=beats.held())
-                if n:
-                    bar.note(f"re-sent {n} shard(s) whose messages were lost (no live worker "
-                             "held them)")
-                last_change, idle_checks = time.monotonic(), 0
+        try:
+            bar.update(st)
+            finished = st.done + st.failed
+            if beats.look() or finished != last_done:
+                last_change = time.monotonic()
+            if finished != last_done:
+                last_done, idle_checks = finished, 0
+            elif st.status == "running":
+                backlog = broker_backlog(job.broker, job.dir.manifest.queue)
+                idle_checks = idle_checks + 1 if backlog == 0 else 0
+                stalled = stall_s is not None and time.monotonic() - last_change > stall_s
+                if stalled and job_backlog(job.broker, job.dir.manifest.queue, job.path.name):
+                    stalled, last_change = False, time.monotonic()  # queued behind other jobs
+                if idle_checks >= 3 or stalled:
+                    n = job.resume(skip=beats.held())
+                    if n:
+                        bar.note(f"re-sent {n} shard(s) whose messages were lost (no live "
+                                 "worker held them)")
+                    last_change, idle_checks = time.monotonic(), 0
+        except StoreError as exc:  # the job's object store does not answer: look again later
+            if not exc.transient:
+                raise
+            if not outage:
+                bar.note(f"{exc}: waiting for the object store")
+            outage = True
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
             raise TimeoutError(f"{job.path}: not finished after {timeout_s:.0f}s")
         time.sleep(poll_s)
-        st = job.status()
+        try:
+            st, outage = job.status(), False
+        except StoreError as exc:
+            if not exc.transient:
+                raise
     bar.update(st)
     bar.close()
     return st

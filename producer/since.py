@@ -9,7 +9,6 @@ and ``producer load``'s delta still come from the base's index).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from producer.errors import UsageError
@@ -17,6 +16,7 @@ from storage.carry import base_mismatch
 from storage.docindex import INDEX
 from storage.errors import StorageError
 from storage.jobdir import JobDir
+from storage.jobfs import job_path
 
 
 def since_record(since: str, full_reembed: bool, chunking: dict[str, Any],
@@ -48,4 +48,4 @@ def since_record(since: str, full_reembed: bool, chunking: dict[str, Any],
 
 def since_root(record: dict[str, Any] | None) -> str:
     """The directory staging carries rows from ('' when none)."""
-    return str(Path(record["since"])) if record and record.get("carry") else ""
+    return str(job_path(record["since"])) if record and record.get("carry") else ""

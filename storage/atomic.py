@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.errors import DiskFull
+from storage.jobfs import AnyPath, StorePath, put
 
 TMP_SUFFIX = ".tmp"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -35,8 +37,11 @@ def tmp_name(final: Path) -> Path:
         f".{final.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
 
 
-def write_atomic(final: Path, write: Callable[[Path], None], *, durable: bool = True) -> None:
+def write_atomic(final: AnyPath, write: Callable[[Path], None], *, durable: bool = True) -> None:
     """Call ``write(tmp_path)``, fsync the file, rename it onto ``final``, fsync the directory.
+
+    ``final`` in an object store: ``write`` fills a local temporary file, which is uploaded in
+    one PUT (a store shows a whole object or none; it has no rename to do).
 
     ``durable=False`` skips both fsyncs: still all-or-nothing for readers and for a killed
     writer, but not across a power loss. For files that only have to outlive a process (the
@@ -45,6 +50,9 @@ def write_atomic(final: Path, write: Callable[[Path], None], *, durable: bool = 
     Raises:
         DiskFull: no space left (ENOSPC/EDQUOT), naming ``final``; nothing is left behind.
     """
+    if isinstance(final, StorePath):
+        _upload(final, write)
+        return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(final)
     try:
@@ -67,7 +75,18 @@ def write_atomic(final: Path, write: Callable[[Path], None], *, durable: bool = 
         fsync_dir(final.parent)
 
 
-def write_bytes_atomic(final: Path, data: bytes, *, durable: bool = True) -> None:
+def _upload(final: StorePath, write: Callable[[Path], None]) -> None:
+    with tempfile.TemporaryDirectory(prefix="embedfleet-put-") as d:
+        tmp = Path(d) / final.name
+        write(tmp)
+        put(final, tmp.read_bytes())
+
+
+def write_bytes_atomic(final: AnyPath, data: bytes, *, durable: bool = True) -> None:
+    if isinstance(final, StorePath):
+        put(final, data)
+        return
+
     def _write(tmp: Path) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as f:
@@ -76,11 +95,13 @@ def write_bytes_atomic(final: Path, data: bytes, *, durable: bool = True) -> Non
     write_atomic(final, _write, durable=durable)
 
 
-def write_json_atomic(final: Path, obj: Any) -> None:
+def write_json_atomic(final: AnyPath, obj: Any) -> None:
     write_bytes_atomic(final, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: AnyPath) -> None:
+    if isinstance(path, StorePath):
+        return
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -93,7 +114,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_tmp(directory: Path, *, max_age_s: float = DEFAULT_TMP_MAX_AGE_S) -> int:
+def remove_stale_tmp(directory: AnyPath, *, max_age_s: float = DEFAULT_TMP_MAX_AGE_S) -> int:
     """Delete temporary files left by killed writers; returns how many were removed.
 
     A file is stale when its writer ran on this host and no longer exists, or when it has not
@@ -101,6 +122,8 @@ def remove_stale_tmp(directory: Path, *, max_age_s: float = DEFAULT_TMP_MAX_AGE_
     concurrent ``finalize`` or a duplicate task fail its rename.
     """
     n = 0
+    if isinstance(directory, StorePath):
+        return 0  # nothing in a store is ever written under a temporary name
     if not directory.is_dir():
         return 0
     now = time.time()

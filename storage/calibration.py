@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from storage.atomic import fsync_dir, tmp_name
+from storage.jobfs import AnyPath, StorePath, job_path, write_once
 from storage.quantize import Calibration
 
 FILE = "calibration.json"
 
 
-def path(root: Path) -> Path:
-    return Path(root) / "_state" / FILE
+def path(root: AnyPath) -> AnyPath:
+    return job_path(root) / "_state" / FILE
 
 
 def read(root: Path) -> dict[str, Any] | None:
@@ -41,6 +42,12 @@ def read(root: Path) -> dict[str, Any] | None:
 def claim(root: Path, mine: Calibration) -> Calibration:
     """Record ``mine`` unless the job already has ranges; returns the job's ranges."""
     p = path(root)
+    if isinstance(p, StorePath):  # a conditional PUT: the first claim wins
+        if write_once(p, json.dumps(mine.to_dict()).encode()):
+            return mine
+        got = read(root)
+        assert got is not None
+        return Calibration.from_dict(got)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(p)
     try:

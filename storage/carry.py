@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from storage import ledger
 from storage.docindex import read_index
+from storage.jobfs import job_path
 from storage.manifest import Manifest, ShardEntry
 from storage.shards import metrics_table, shard_name, write_table
 
@@ -62,7 +63,7 @@ def first_carry_shard(root: Path) -> int:
 
 def settle(root: Path, m: Manifest, kept: pa.Table) -> tuple[list[ShardEntry], dict[str, int]]:
     """Write the carried shards and the change list; return the shards and the counts."""
-    base = Path(m.delta["since"])  # type: ignore[index]
+    base = job_path(m.delta["since"])  # type: ignore[index]
     index = read_index(base)
     entries = _carry(root, base, index, kept.filter(kept["carried"]),
                      int(m.chunking.get("shard_max_chunks") or 2048))
@@ -129,5 +130,5 @@ def _changes(root: Path, index: pa.Table, kept: pa.Table) -> dict[str, int]:
 
 
 def read_changes(root: Path) -> pa.Table:
-    return pq.read_table(Path(root) / CHANGES, schema=CHANGES_SCHEMA)
+    return pq.read_table(job_path(root) / CHANGES, schema=CHANGES_SCHEMA)
 

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from storage.atomic import fsync_dir, tmp_name
 from storage.errors import CompactError
 from storage.jobdir import JobDir
+from storage.objstore import is_object_uri
 from storage.readers import open_job
 from storage.shards import META_PREFIX, read_metadata
 
@@ -64,6 +65,9 @@ def compact_job(job_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
     if rows_per_file < 1:
         raise CompactError(f"--rows-per-file {rows_per_file}: must be at least 1")
     job = open_job(job_dir)
+    if is_object_uri(out):  # the output is made as one directory renamed into place
+        raise CompactError(f"--out {out}: compact writes a local directory (a job in a bucket "
+                           "is read from there); copy the result to the bucket afterwards")
     final = Path(out).resolve()
     if final == job.root or job.root in final.parents:
         raise CompactError(f"--out {final}: inside the job being compacted; pick another")
@@ -79,7 +83,7 @@ def compact_job(job_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
         listing = _write_embeddings(shards, new, rows_per_file, progress)
         _write_metrics(job, new)
         if job.rejects_path.is_file():
-            shutil.copyfile(job.rejects_path, new.rejects_path)
+            new.rejects_path.write_bytes(job.rejects_path.read_bytes())  # the job may be in a store
         manifest = job.manifest.to_dict()
         manifest.update(job_id=f"{manifest.get('job_id', job.root.name)}-compacted",
                         shards=listing, compacted_from={"path": str(job.root),

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from storage import ledger
 from storage.atomic import write_bytes_atomic, write_json_atomic
+from storage.jobfs import job_path
 from storage.shards import read_metadata, write_table
 
 POLICIES = ("reject", "last")
@@ -165,11 +166,11 @@ def write_index(root: Path, shard_paths: dict[int, Path], bad_lines: set[int]) -
 
 
 def read_index(root: Path) -> pa.Table:
-    return pq.read_table(Path(root) / INDEX, schema=INDEX_SCHEMA)
+    return pq.read_table(job_path(root) / INDEX, schema=INDEX_SCHEMA)
 
 
 @lru_cache(maxsize=2)
 def previous_hashes(root: str) -> dict[str, str]:
     """doc_id -> text hash of a finished job's index (read once per staging process)."""
-    t = read_index(Path(root))
+    t = read_index(job_path(root))
     return dict(zip(t["doc_id"].to_pylist(), t["doc_sha256"].to_pylist(), strict=True))

@@ -22,7 +22,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -31,6 +30,7 @@ from storage import calibration, docindex, ledger
 from storage.atomic import NO_SPACE, remove_stale_tmp, write_bytes_atomic, write_json_atomic
 from storage.errors import DiskFull, InvalidJobId, JobNotFound
 from storage.integrity import read_manifest
+from storage.jobfs import AnyPath, job_path, write_once
 from storage.manifest import Manifest, ShardEntry
 from storage.metrics import metrics_totals
 from storage.shards import shard_is_valid, shard_name
@@ -59,15 +59,16 @@ class ShardState:
 
 
 class JobDir:
-    """Paths and state of one job directory."""
+    """Paths and state of one job directory: a local directory or an object-store prefix
+    (``s3://bucket/jobs/<id>``; ``storage.jobfs`` gives both the same path interface)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).resolve()
+        self.root: AnyPath = job_path(root)
         self._manifest: Manifest | None = None
 
     @classmethod
     def create(cls, out: str | os.PathLike[str], job_id: str) -> JobDir:
-        job = cls(Path(out) / validate_job_id(job_id))
+        job = cls(job_path(out) / validate_job_id(job_id))
         for d in (job.root, job.input_dir, job.embeddings_dir, job.metrics_dir,
                   job.state_dir / "attempts", job.state_dir / "failed", job.state_dir / "rejects"):
             d.mkdir(parents=True, exist_ok=True)
@@ -89,19 +90,19 @@ class JobDir:
     rejects_path = property(lambda self: self.root / "rejects.jsonl")
     success_path = property(lambda self: self.root / SUCCESS)
 
-    def input_path(self, shard: int) -> Path:
+    def input_path(self, shard: int) -> AnyPath:
         return self.input_dir / shard_name(shard)
 
-    def embeddings_path(self, shard: int) -> Path:
+    def embeddings_path(self, shard: int) -> AnyPath:
         return self.embeddings_dir / shard_name(shard)
 
-    def metrics_path(self, shard: int) -> Path:
+    def metrics_path(self, shard: int) -> AnyPath:
         return self.metrics_dir / shard_name(shard)
 
-    def shard_rejects_path(self, shard: int) -> Path:
+    def shard_rejects_path(self, shard: int) -> AnyPath:
         return self.state_dir / "rejects" / shard_name(shard).replace(".parquet", ".jsonl")
 
-    def failed_path(self, shard: int) -> Path:
+    def failed_path(self, shard: int) -> AnyPath:
         return self.state_dir / "failed" / shard_name(shard).replace(".parquet", ".json")
 
     # -- manifest ------------------------------------------------------------------------
@@ -148,29 +149,23 @@ class JobDir:
     def next_attempt(self, shard: int, info: dict[str, Any]) -> int:
         """Record one more attempt at ``shard`` and return its number (1-based).
 
-        Each attempt is a file created with O_EXCL, so concurrent attempts on a shared
-        filesystem get distinct numbers without any broker support (Redis has no delivery
-        counter).
+        Each attempt is a file created with O_EXCL (in an object store: a conditional PUT), so
+        concurrent attempts get distinct numbers without any broker support (Redis has no
+        delivery counter).
         """
         d = self.state_dir / "attempts"
-        d.mkdir(parents=True, exist_ok=True)
         n = len(list(d.glob(f"{shard:05d}.*"))) + 1
+        data = json.dumps(info).encode()
         while True:
             try:
-                fd = os.open(d / f"{shard:05d}.{n}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                n += 1
-                continue
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(info, f)
-            except BaseException as exc:  # an attempt that could not be recorded is not counted
-                self.drop_attempt(shard, n)
-                if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+                if write_once(d / f"{shard:05d}.{n}", data):
+                    return n
+            except OSError as exc:  # an attempt that could not be recorded is not counted
+                if exc.errno in NO_SPACE and not isinstance(exc, DiskFull):
                     raise DiskFull(exc.errno, "no space left on device writing this file",
                                    str(d / f"{shard:05d}.{n}")) from exc
                 raise
-            return n
+            n += 1
 
     def drop_attempt(self, shard: int, n: int) -> None:
         """Un-count attempt ``n`` (one that found no space: not the shard's fault)."""

@@ -10,6 +10,8 @@ continue: read again from ``pos`` (the start of the record being chunked, whose 
 chunks are already in the shard) with line number ``line``. A torn last line is ignored and cut
 off before the next append. A split has one writer at a time; a redelivered stage task may
 repeat a segment, which then has the same content and is counted once (keyed by ``seq``).
+In an object store (no append) that single writer rewrites the split's ledger object whole
+with the new line, one PUT: a reader sees the ledger before or after it, never a torn line.
 
 Shard numbers are ``split * SHARDS_PER_SPLIT + k``: fixed by the corpus and the settings, never
 by timing or the number of staging processes.
@@ -25,6 +27,7 @@ from typing import Any
 
 from storage.atomic import NO_SPACE, fsync_dir, write_bytes_atomic
 from storage.errors import DiskFull
+from storage.jobfs import StorePath
 
 SHARDS_PER_SPLIT = 10_000
 """Shard numbers reserved per split. A 16 MB split of the shortest possible records (2,048
@@ -102,6 +105,10 @@ def append(root: Path, cp: Checkpoint, rejects: list[bytes]) -> None:
     if any(c.seq == cp.seq for c in existing):
         return  # a repeated segment (redelivered task): same content, counted once
     line = json.dumps(asdict(cp), sort_keys=True).encode() + b"\n"
+    if isinstance(path, StorePath):  # no append: its single writer PUTs the whole ledger
+        old = path.read_bytes()[:good] if good else b""
+        write_bytes_atomic(path, old + line)
+        return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         if os.fstat(fd).st_size != good:

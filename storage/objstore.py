@@ -70,7 +70,7 @@ def resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
         path = urlsplit(text).path if text.startswith("file://") else text
         return _local(), os.path.abspath(path)
     parts = urlsplit(text)
-    fs = _object_fs(parts.scheme.lower(), parts.netloc)
+    fs = _object_fs(parts.scheme.lower(), parts.netloc, settings_key())
     return fs, (parts.netloc + parts.path).rstrip("/")
 
 
@@ -108,7 +108,17 @@ def _local() -> pafs.LocalFileSystem:
     return pafs.LocalFileSystem()
 
 
+AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_REGION",
+                "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_SESSION_TOKEN")
+
+
+def settings_key() -> tuple[str | None, ...]:
+    """The connection settings a cached client was made with: a client is reused only while
+    they are unchanged (a test, or a long-lived process whose environment changes)."""
+    return (str(os.getpid()), *(os.environ.get(k) for k in AWS_SETTINGS))
+
+
 @lru_cache(maxsize=64)
-def _object_fs(scheme: str, bucket: str) -> pafs.FileSystem:
+def _object_fs(scheme: str, bucket: str, settings: tuple[str | None, ...]) -> pafs.FileSystem:
     fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}/")
     return fs

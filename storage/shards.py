@@ -6,6 +6,7 @@ exists and validates is a no-op reported as "already done", so a redelivered tas
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.atomic import write_atomic
+from storage.jobfs import AnyPath, StorePath, write_once
 from storage.quantize import BITS, from_packed, numpy_dtype, packed_bits
 from storage.schema import INPUT_SCHEMA, METRICS_SCHEMA, dense_type, embeddings_schema
 
@@ -31,8 +33,15 @@ def shard_name(shard: int) -> str:
     return f"part-{shard:05d}.parquet"
 
 
-def write_table(path: Path, table: pa.Table, metadata: Mapping[str, Any] | None = None) -> None:
-    """Write ``table`` to ``path`` via a temporary file and rename."""
+def write_table(path: AnyPath, table: pa.Table, metadata: Mapping[str, Any] | None = None,
+                *, expected_chunks: int | None = -1) -> bool:
+    """Write ``table`` to ``path`` via a temporary file and rename; True when written.
+
+    With ``expected_chunks`` (not -1) this is a commit: in an object store the shard is
+    written once (a conditional PUT), so of two attempts racing for it the first wins and the
+    other gets False and discards its result; an object that is there but does not validate
+    (not a commit) is replaced. Locally the rename replaces it with the same content, as always.
+    """
     if metadata:
         meta = dict(table.schema.metadata or {})
         meta.update({META_PREFIX + k.encode(): str(v).encode() for k, v in metadata.items()})
@@ -48,7 +57,18 @@ def write_table(path: Path, table: pa.Table, metadata: Mapping[str, Any] | None 
     def _write(tmp: Path) -> None:
         pq.write_table(table, tmp, compression="zstd", use_dictionary=dictionary)
 
+    if expected_chunks == -1 or not isinstance(path, StorePath):
+        write_atomic(path, _write)
+        return True
+    with tempfile.TemporaryDirectory(prefix="embedfleet-put-") as d:
+        _write(Path(d) / path.name)
+        data = (Path(d) / path.name).read_bytes()
+    if write_once(path, data):
+        return True
+    if shard_is_valid(path, expected_chunks):
+        return False
     write_atomic(path, _write)
+    return True
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from storage.docindex import excluded_lines
+from storage.jobfs import job_path
 
 Key = tuple[str, int, str]  # (doc_id, chunk_index, text_sha256)
 
@@ -74,7 +75,7 @@ def _shard_of(path: Path) -> int:
 
 def check_job(job_dir: str | Path, *, norm_tol: float = 1e-3) -> CheckResult:
     """Classify every staged chunk of ``job_dir`` (see the module docstring)."""
-    root = Path(job_dir)
+    root = job_path(job_dir)
     if not (root / "manifest.json").is_file():
         raise FileNotFoundError(f"{root}: not a job directory (no manifest.json)")
     res = CheckResult()

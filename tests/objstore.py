@@ -71,3 +71,89 @@ class S3Server:
         """Create bucket ``name`` (≥ 3 characters) and return ``s3://name``."""
         self.client().create_bucket(Bucket=name)
         return f"s3://{name}"
+
+
+class S3Proxy:
+    """An S3 endpoint on 127.0.0.1 in front of ``upstream_port`` that forwards every request
+    unchanged, except:
+
+    * ``deny_writes``: every write (PUT, POST, DELETE) gets ``403 AccessDenied``, as a bucket
+      policy denying ``s3:PutObject`` does (moto does not enforce bucket policies, so the
+      denial is made here, in the protocol the code under test speaks);
+    * ``hold``: the first PUT whose path contains it is cut in the middle: half its body is
+      read, ``held`` is set, and the request never gets an answer (``close`` ends it): an
+      upload in progress when its writer is killed.
+    """
+
+    DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+              b"<Message>Access Denied</Message></Error>")
+
+    def __init__(self, upstream_port: int, *, deny_writes: bool = False,
+                 hold: str | None = None) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+        self.deny_writes, self.hold = deny_writes, hold
+        self.held, self._closing = threading.Event(), threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _write(self) -> None:
+                size = int(self.headers.get("Content-Length") or 0)
+                if proxy.hold and proxy.hold in self.path and not proxy.held.is_set():
+                    self.rfile.read(size // 2)
+                    proxy.held.set()
+                    proxy._closing.wait()
+                    self.close_connection = True
+                    return
+                body = self.rfile.read(size)
+                if proxy.deny_writes:
+                    self._answer(403, [("Content-Type", "application/xml")], proxy.DENIED)
+                    return
+                self._forward(body)
+
+            def _forward(self, body: bytes | None = None) -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                head = self.command == "HEAD"  # keeps the object's Content-Length
+                self._answer(resp.status, [(k, v) for k, v in resp.getheaders()
+                                           if k.lower() not in ("transfer-encoding", "connection")
+                                           and (head or k.lower() != "content-length")],
+                             b"" if head else data, length=not head)
+                conn.close()
+
+            def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes,
+                        length: bool = True) -> None:
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                if length:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_PUT = do_POST = do_DELETE = _write  # noqa: N815
+            do_GET = do_HEAD = _forward  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._closing.set()
+        self.server.shutdown()
+        self.server.server_close()

@@ -36,10 +36,13 @@ from billiard.exceptions import SoftTimeLimitExceeded
 
 from storage.atomic import NO_SPACE, write_bytes_atomic
 from storage.jobdir import JobDir
+from storage.jobfs import StoreError, is_store
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_COUNTDOWN_S = 30
+STORE_RETRY_S = 5
+"""Seconds between tries of a shard while its object store does not answer."""
 """Back-off between attempts after an error: 2, 4, 8 ... seconds, at most this."""
 
 
@@ -108,7 +111,9 @@ class Attempt:
 
         def mark(b: int) -> None:
             nonlocal fd
-            if fd < 0:
+            if is_store(self.marker_path):  # no pwrite in a store: one small PUT per batch
+                write_bytes_atomic(self.marker_path, _index(b) + json.dumps(groups).encode())
+            elif fd < 0:
                 write_bytes_atomic(self.marker_path, _index(b) + json.dumps(groups).encode(),
                                    durable=False)
                 fd = os.open(self.marker_path, os.O_WRONLY | os.O_NOFOLLOW)
@@ -135,11 +140,16 @@ class Attempt:
         """
         path = alive_dir(self.job) / f"{self.shard:05d}.{self.number}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        store = is_store(path)
+        fd = -1 if store else os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                                      0o644)
         stop = threading.Event()
 
         def beat(n: int) -> None:
-            os.pwrite(fd, b"%.3f %012d\n" % (interval_s, n), 0)
+            if store:  # the whole (28-byte) object, one PUT
+                write_bytes_atomic(path, b"%.3f %012d\n" % (interval_s, n))
+            else:
+                os.pwrite(fd, b"%.3f %012d\n" % (interval_s, n), 0)
 
         def loop() -> None:
             n = 1
@@ -158,8 +168,12 @@ class Attempt:
         finally:
             stop.set()
             thread.join()
-            os.close(fd)
-            path.unlink(missing_ok=True)
+            if fd >= 0:
+                os.close(fd)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # a store that is down: the reader ignores a stale beat
+                log.warning("heartbeat %s not removed: %s", path, exc)
 
 
 def alive_dir(job: JobDir) -> Path:
@@ -217,6 +231,8 @@ def after_error(job: JobDir, shard: int, exc: BaseException, max_attempts: int,
     is un-counted, ``exc`` itself is raised (the task ends, no retry loop against a full disk)
     and the shard stays pending until ``producer resume`` once there is space.
     """
+    if isinstance(exc, StoreError):
+        _store_error(job, shard, exc, attempt)
     if isinstance(exc, OSError) and exc.errno in NO_SPACE:
         if attempt is not None:
             job.drop_attempt(shard, attempt)
@@ -237,6 +253,27 @@ def after_error(job: JobDir, shard: int, exc: BaseException, max_attempts: int,
     log.warning("shard %s of %s: attempt %d of %d failed (%s: %s); retrying", shard, job.root,
                 attempts, max_attempts, type(exc).__name__, exc)
     raise RetryShard(min(2 ** attempts, MAX_RETRY_COUNTDOWN_S), exc) from exc
+
+
+def _store_error(job: JobDir, shard: int, exc: StoreError, attempt: int | None) -> None:
+    """The object store did not answer, or refused: not the shard's fault, never counted.
+
+    Unreachable: retried after STORE_RETRY_S, for as long as it lasts (an outage costs time,
+    never the shard). Refused (access denied, no such bucket): ``exc`` is raised, once; the
+    shard stays pending until ``producer resume`` after the store is fixed.
+    """
+    if attempt is not None:
+        try:
+            job.drop_attempt(shard, attempt)
+        except OSError:  # the store is down: that record stays (at most one per outage)
+            pass
+    if exc.transient:
+        log.warning("shard %s of %s: %s; retrying in %ss, not counted as an attempt", shard,
+                    job.root, exc, STORE_RETRY_S)
+        raise RetryShard(STORE_RETRY_S, exc) from None
+    log.error("shard %s of %s: %s; left pending, not counted as an attempt: fix the store's "
+              "permissions, then `producer resume %s`", shard, job.root, exc, job.root)
+    raise exc
 
 
 def give_up(job: JobDir, shard: int, reason: str, attempts: int) -> bool:

@@ -10,7 +10,9 @@ accepted only when it is absolute, has no ``..`` component, and, with every syml
 (the directory itself and its top-level entries), stays under one of the roots. A rejected task
 logs one line naming the path and is dropped (Celery ``Ignore``: acknowledged, never retried),
 before anything is read from or written to the job directory. Unset roots accept every path,
-as before; a shared fleet must set both (docs/fleet.md).
+as before; a shared fleet must set both (docs/fleet.md). A root may be a bucket prefix
+(``s3://bucket/jobs/``): a URI is then accepted only under a prefix of the same bucket, and a
+URI is never accepted under a local root, nor a path under a bucket prefix.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from storage.jobdir import JobDir
+from storage.jobfs import AnyPath, job_path
+from storage.objstore import is_object_uri, redact
 from worker.errors import PathNotAllowed
 from worker.settings import WorkerSettings, env_name
 
 log = logging.getLogger(__name__)
 
 
-def check_under(path: str | os.PathLike[str], roots: Sequence[str], what: str) -> Path:
+def check_under(path: str | os.PathLike[str], roots: Sequence[str], what: str) -> AnyPath:
     """``path`` resolved, when it may be used under ``roots`` (any path when there are none).
 
     >>> check_under("/data/out/job", ["/data/out"], "job directory")
@@ -37,6 +41,8 @@ def check_under(path: str | os.PathLike[str], roots: Sequence[str], what: str) -
     ...
     worker.errors.PathNotAllowed: job directory /data/out/../etc: '..' is not allowed
     """
+    if is_object_uri(path) or any(is_object_uri(r) for r in roots):
+        return _check_uri_under(os.fspath(path), roots, what)
     raw = Path(path)
     if not roots:
         return raw
@@ -52,6 +58,33 @@ def check_under(path: str | os.PathLike[str], roots: Sequence[str], what: str) -
             via = "" if target == raw else f" (resolves to {target})"
             raise PathNotAllowed(f"{what} {raw}{via} is outside {os.pathsep.join(roots)}")
     return resolved
+
+
+def _check_uri_under(uri: str, roots: Sequence[str], what: str) -> AnyPath:
+    """A path or bucket URI against roots that may hold bucket prefixes: a URI is accepted
+    only under a prefix of the same scheme and bucket (ending at a ``/``), a path only under
+    a local root; ``..`` is refused in both.
+
+    >>> _check_uri_under("s3://bkt/jobs/j1", ["s3://bkt/jobs/"], "job directory")
+    StorePath('s3://bkt/jobs/j1')
+    >>> _check_uri_under("s3://bkt/jobs-evil/j1", ["s3://bkt/jobs"], "job directory")
+    Traceback (most recent call last):
+    ...
+    worker.errors.PathNotAllowed: job directory s3://bkt/jobs-evil/j1 is outside s3://bkt/jobs
+    """
+    if not is_object_uri(uri):
+        local = [r for r in roots if not is_object_uri(r)]
+        if local or not roots:
+            return check_under(uri, local, what)
+        raise PathNotAllowed(f"{what} {uri} is not under any of {' '.join(roots)} "
+                             "(bucket prefixes only)")
+    if ".." in uri.split("://", 1)[1].split("/"):
+        raise PathNotAllowed(f"{what} {redact(uri)}: '..' is not allowed")
+    target = job_path(uri)
+    if roots and not any(is_object_uri(r) and target.is_relative_to(r.rstrip("/"))
+                         for r in roots):
+        raise PathNotAllowed(f"{what} {redact(uri)} is outside {' '.join(roots)}")
+    return target
 
 
 def open_allowed_job(settings: WorkerSettings, job_dir: str | os.PathLike[str], *,

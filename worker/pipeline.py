@@ -10,12 +10,11 @@ The numbers are the README's stage table (stages 1-4 run in the producer):
     8  pool and normalise (inside ``model.run``: worker/model/session.py → pooling.py); a job
        with BGE-M3 outputs also keeps sparse and ColBERT rows (worker/extra_outputs.py)
     9  cache store: pipelined SET of the new vectors
-    10 write rejects, metrics and embeddings shards; the last shard finalises the job
+    10 write rejects, metrics, embeddings (last; write-once in a store); the last finalises
 
 Crash safety lives in worker/attempts.py: an in-flight marker names the batch running, chunks
 left in flight by a crashed attempt run alone and first, a chunk in flight at two crashes
-becomes a reject; every way of giving up goes through ``attempts.give_up``.
-"""
+becomes a reject; every way of giving up goes through ``attempts.give_up``."""
 
 from __future__ import annotations
 
@@ -148,15 +147,15 @@ def _run_attempt(ctx: ShardContext, attempt: attempts.Attempt, t0: float) -> Sha
                                          rows.output_bytes(group)))
         # 9. Store the new vectors (a Redis outage only costs future hits).
         rows.outputs.store(cache, keys, rows.vectors, fresh)
-        # A late finisher (paused past the visibility timeout while a redelivered copy landed
-        # the shard) discards its result: the landed files and metrics stay as they are.
-        if shard_is_valid(job.embeddings_path(shard), job.expected_chunks(shard)):
+        # 10. Rejects, metrics, the embeddings last (their presence means "done"). A late
+        # finisher (paused past the visibility timeout while a redelivered copy landed the
+        # shard) discards its result; in a store the embeddings' conditional PUT decides too.
+        if (shard_is_valid(job.embeddings_path(shard), job.expected_chunks(shard))
+                or not _write_shards(job, shard, model, rows, metrics, dense)):
             log.warning("shard %d landed while attempt %d ran (redelivered elsewhere): "
                         "discarding this attempt's result", shard, attempt.number)
             return ShardResult(shard, "already done", attempt=attempt.number,
                                finalized=job.finalize())
-        # 10. Rejects first, metrics, the embeddings last (their presence means "done").
-        _write_shards(job, shard, model, rows, metrics, dense)
     return _done(ctx, model, attempt.number, rows, t0, finalized=job.finalize())
 
 
@@ -242,7 +241,7 @@ def _run_split(model: Any, batch: Batch, texts: list[str], faults: dict[str, str
 
 
 def _write_shards(job: JobDir, shard: int, model: Any, rows: ShardRows,
-                  metrics: list[dict[str, Any]], dense: DenseSpec) -> None:
+                  metrics: list[dict[str, Any]], dense: DenseSpec) -> bool:
     if rows.rejects:
         write_bytes_atomic(job.shard_rejects_path(shard),
                            b"".join(json.dumps(r).encode() + b"\n" for r in rows.rejects))
@@ -250,10 +249,11 @@ def _write_shards(job: JobDir, shard: int, model: Any, rows: ShardRows,
             "provider": model.provider, "dim": dense.dim, "dtype": dense.dtype,
             "rejected": int((~rows.ok).sum()), "source": model.bundle.config.source}
     write_table(job.metrics_path(shard), metrics_table(metrics), meta)
-    write_table(job.embeddings_path(shard),
-                embeddings_table(inputs=rows.inputs, cached=rows.cached, keep=rows.ok,
-                                 **dense.columns(job, shard, rows.vectors, rows.ok),
-                                 **rows.outputs.table_columns()), meta)
+    return write_table(job.embeddings_path(shard),
+                       embeddings_table(inputs=rows.inputs, cached=rows.cached, keep=rows.ok,
+                                        **dense.columns(job, shard, rows.vectors, rows.ok),
+                                        **rows.outputs.table_columns()), meta,
+                       expected_chunks=job.expected_chunks(shard))
 
 
 def _done(ctx: ShardContext, model: Any, attempt: int, rows: ShardRows, t0: float,

@@ -10,6 +10,7 @@ tests/unit/worker/test_settings.py).
 from __future__ import annotations
 
 import os
+import re
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
@@ -106,9 +107,10 @@ class WorkerSettings:
     fast_tokenizer: bool = _env(True, "EMBED_FAST_TOKENIZER", "staging encodes short documents "
                                 "with nanotoken where it gives exactly the tokenizer's ids "
                                 "(WordPiece, checked at load); `0`: tokenizers only")
-    job_roots: tuple[str, ...] = _env((), "EMBED_JOB_ROOTS", "`:`-separated directories a task's "
-                                      "job directory must be under (required in a shared "
-                                      "fleet; `producer run` sets it)", shown="any")
+    job_roots: tuple[str, ...] = _env((), "EMBED_JOB_ROOTS", "`:`-separated directories or bucket "
+                                      "prefixes (`s3://bucket/jobs/`) a task's job directory "
+                                      "must be under (required in a shared fleet; `producer "
+                                      "run` sets it)", shown="any")
     model_roots: tuple[str, ...] = _env((), "EMBED_MODEL_ROOTS", "`:`-separated directories a "
                                         "job's model bundle must be under (required in a "
                                         "shared fleet)", shown="any")
@@ -223,7 +225,13 @@ _PARSERS: dict[Any, Callable[[str], Any]] = {bool: _parse_bool, int: int, float:
 
 
 def _parse_paths(raw: str) -> tuple[str, ...]:
-    return tuple(p for p in raw.split(os.pathsep) if p.strip())
+    """``a:b`` split on the path separator, except the colon of a URI scheme (``s3://b/x``).
+
+    >>> _parse_paths("/data/jobs:s3://bkt/jobs/")
+    ('/data/jobs', 's3://bkt/jobs/')
+    """
+    sep = re.escape(os.pathsep)
+    return tuple(p for p in re.split(sep + "(?!//)", raw) if p.strip())
 
 
 def _parser(typ: Any) -> Callable[[str], Any]:

@@ -13,7 +13,6 @@ retried.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -32,9 +31,9 @@ def register(app: Celery) -> None:
     def stage_split_task(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         from worker.staging.fleet import stage_one_split
 
-        job_dir = Path(str(payload["job_dir"]))
+        job_dir = str(payload["job_dir"])  # a path or an s3:// URI, checked as given
         validate_job_id(str(payload["job_id"]))
-        if job_dir.name != payload["job_id"]:
+        if job_dir.rstrip("/").rsplit("/", 1)[-1] != payload["job_id"]:
             raise ValueError(f"job_dir {job_dir} does not end in job id {payload['job_id']!r}")
         job = open_allowed_job(self.app.settings, job_dir, stage=True)  # only under the roots
         if skip_on_receipt(job, -1):  # `producer cancel`: acked, not staged

@@ -21,8 +21,9 @@ from celery import Celery, Task
 
 from storage.cache import EmbeddingCache
 from storage.jobdir import validate_job_id
+from storage.jobfs import StoreError
 from worker import recycle
-from worker.attempts import RetryShard
+from worker.attempts import STORE_RETRY_S, RetryShard
 from worker.contract import TASK_NAME, ShardTask
 from worker.errors import BadMessage
 from worker.paths import open_allowed_job
@@ -146,7 +147,12 @@ def register(app: Celery) -> None:
     @app.task(name=TASK_NAME, bind=True, base=ModelTask, acks_late=True,
               reject_on_worker_lost=True, max_retries=None)
     def embed_shard_task(self: ModelTask, payload: dict[str, Any]) -> dict[str, Any]:
-        ctx = shard_context(self, read_payload(payload))
+        try:
+            ctx = shard_context(self, read_payload(payload))
+        except StoreError as exc:  # its store did not answer: try again later, as the pipeline
+            if not exc.transient:
+                raise
+            raise self.retry(exc=exc, countdown=STORE_RETRY_S) from None
         try:
             return run_pipeline(ctx).to_dict()
         except RetryShard as r:  # the pipeline asked worker/attempts.py; Celery re-sends

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from producer.options import JOB_DIR
 from producer.errors import UsageError
 from producer.tools import load as load_cmds
 from producer.tools.evalcli import eval_command
@@ -86,7 +87,7 @@ def export(src: str, out: str, precision: str, opset: int, pooling: str | None,
 
 
 @click.command()
-@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("job_dir", type=JOB_DIR)
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
               help="Also write a self-contained HTML report with SVG charts to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from producer.options import JOB_DIR
+
 
 class _Bars:
     """One click progress bar per phase ("rows", "index", "shards"), on stderr."""
@@ -55,7 +57,7 @@ def _with_bars(enabled: bool, work: Callable[[_Bars], Any]) -> Any:
 
 
 @click.command()
-@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("job_dir", type=JOB_DIR)
 @click.option("--dsn", required=True, envvar="EMBED_PG_DSN",
               help="PostgreSQL URL or key=value string (its password is never printed).")
 @click.option("--table", required=True, help="Target [schema.]table (lowercase, digits, _).")
@@ -99,7 +101,7 @@ def load(job_dir: str, dsn: str, table: str, create: bool, vector_type: str | No
 
 
 @click.command()
-@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("job_dir", type=JOB_DIR)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="New directory for the compacted job (must not exist or be empty).")
 @click.option("--rows-per-file", type=click.IntRange(1, None), default=1_000_000,

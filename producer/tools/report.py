@@ -224,8 +224,7 @@ def _ms(v: float | None) -> str:
 
 
 def _count_lines(p: Path) -> int:
-    try:
-        with open(p, "rb") as f:
-            return sum(1 for line in f if line.strip())
+    try:  # read whole: the job may be in an object store (a report's files are small)
+        return sum(1 for line in p.read_bytes().splitlines() if line.strip())
     except OSError:
         return 0

@@ -251,3 +251,23 @@ def test_a_heartbeat_left_by_a_dead_attempt_is_removed_by_the_next(job) -> None:
     job.next_attempt(0, {})  # attempt 1 (the one that died)
     attempts.begin(job, 0, 3, {})
     assert attempts.read_heartbeats(job) == {}
+
+
+def test_a_store_error_is_never_counted_retried_when_transient_raised_once_when_refused(
+        tmp_path):
+    import errno
+
+    from storage.jobfs import StoreError
+
+    job = staged_job(tmp_path / "out", [["a b c"]])
+    n = job.next_attempt(0, {"pid": 1})
+    down = StoreError(errno.EIO, "object store unreachable (EndpointConnectionError)", "s3://b/k")
+    down.transient = True
+    with pytest.raises(RetryShard) as r:
+        attempts.after_error(job, 0, down, max_attempts=1, soft_time_limit=5, attempt=n)
+    assert r.value.countdown == attempts.STORE_RETRY_S and job.attempts(0) == []
+    n = job.next_attempt(0, {"pid": 1})
+    denied = StoreError(errno.EIO, "object store refused the request (AccessDenied)", "s3://b/k")
+    with pytest.raises(StoreError, match="AccessDenied"):
+        attempts.after_error(job, 0, denied, max_attempts=1, soft_time_limit=5, attempt=n)
+    assert job.attempts(0) == [] and not job.failed_path(0).exists()

@@ -100,3 +100,21 @@ def test_a_stage_task_checks_its_corpus_and_its_staging_bundle(tmp_path, env, co
         return
     with pytest.raises(Ignore, match=re.escape(rejected.format(t=t))):
         open_allowed_job(s, job.root, stage=True)
+
+
+def test_bucket_prefixes_accept_only_uris_under_them_and_never_mix_with_paths(tmp_path):
+    from storage.jobfs import StorePath
+
+    roots = ["s3://fleet/jobs/", str(tmp_path)]
+    assert check_under("s3://fleet/jobs/j1", roots, "job") == StorePath("s3://fleet/jobs/j1")
+    assert check_under(tmp_path / "j2", roots, "job") == (tmp_path / "j2").resolve()
+    for bad, why in (("s3://fleet/jobs-x/j1", "is outside"), ("s3://other/jobs/j1", "is outside"),
+                     ("s3://fleet/jobs/../secret/j1", "'..' is not allowed"),
+                     ("gs://fleet/jobs/j1", "is outside")):
+        with pytest.raises(PathNotAllowed, match=why):
+            check_under(bad, roots, "job directory")
+    with pytest.raises(PathNotAllowed, match="is outside"):  # a URI under local roots only
+        check_under("s3://fleet/jobs/j1", [str(tmp_path)], "job directory")
+    with pytest.raises(PathNotAllowed, match="bucket prefixes only"):  # a path, bucket roots
+        check_under(tmp_path / "j3", ["s3://fleet/jobs/"], "job directory")
+    assert check_under("s3://any/where", [], "job") == StorePath("s3://any/where")
