@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from producer.errors import FleetError
+from storage.objstore import is_object_uri, redact
 from worker.settings import env_name
 
 BROKER_DB = 0
@@ -180,8 +181,8 @@ def _terminate(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: flo
 
 def fleet_roots(out: str | os.PathLike[str], bundle: str | os.PathLike[str]) -> dict[str, str]:
     """The private fleet accepts only this run's output directory and model bundle."""
-    return {env_name("job_roots"): str(Path(out).resolve()),
-            env_name("model_roots"): str(Path(bundle).resolve())}
+    model = redact(bundle) if is_object_uri(bundle) else str(Path(bundle).resolve())
+    return {env_name("job_roots"): str(Path(out).resolve()), env_name("model_roots"): model}
 
 
 @contextmanager

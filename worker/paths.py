@@ -10,7 +10,9 @@ accepted only when it is absolute, has no ``..`` component, and, with every syml
 (the directory itself and its top-level entries), stays under one of the roots. A rejected task
 logs one line naming the path and is dropped (Celery ``Ignore``: acknowledged, never retried),
 before anything is read from or written to the job directory. Unset roots accept every path,
-as before; a shared fleet must set both (docs/fleet.md).
+as before; a shared fleet must set both (docs/fleet.md). A root may be a bucket prefix
+(``s3://bucket/models/``): it accepts only URIs of the same scheme and bucket whose key is under
+it (``check_uri_under``); a path is never under a URI root, nor a URI under a path root.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from storage.jobdir import JobDir
+from storage.objstore import is_object_uri, redact
 from worker.errors import PathNotAllowed
 from worker.settings import WorkerSettings, env_name
 
@@ -37,6 +41,8 @@ def check_under(path: str | os.PathLike[str], roots: Sequence[str], what: str) -
     ...
     worker.errors.PathNotAllowed: job directory /data/out/../etc: '..' is not allowed
     """
+    if is_object_uri(path):
+        return check_uri_under(os.fspath(path), roots, what)  # type: ignore[return-value]
     raw = Path(path)
     if not roots:
         return raw
@@ -45,13 +51,39 @@ def check_under(path: str | os.PathLike[str], roots: Sequence[str], what: str) -
     if ".." in raw.parts:
         raise PathNotAllowed(f"{what} {raw}: '..' is not allowed")
     resolved = raw.resolve()
-    bases = [Path(r).resolve() for r in roots]
+    bases = [Path(r).resolve() for r in roots if not is_object_uri(r)]
     targets = [resolved, *_link_targets(resolved)]
     for target in targets:
         if not any(target == b or target.is_relative_to(b) for b in bases):
             via = "" if target == raw else f" (resolves to {target})"
             raise PathNotAllowed(f"{what} {raw}{via} is outside {os.pathsep.join(roots)}")
     return resolved
+
+
+def check_uri_under(uri: str, roots: Sequence[str], what: str) -> str:
+    """``uri`` when it is under one of the bucket prefixes in ``roots`` (any when none).
+
+    >>> check_uri_under("s3://data/models/m1", ["s3://data/models/"], "model bundle")
+    's3://data/models/m1'
+    >>> check_uri_under("s3://other/models/m1", ["s3://data/models/"], "model bundle")
+    Traceback (most recent call last):
+    ...
+    worker.errors.PathNotAllowed: model bundle s3://other/models/m1 is outside s3://data/models/
+    """
+    if not roots:
+        return uri
+    parts = urlsplit(uri)
+    segments = parts.path.split("/")
+    if ".." in segments or "." in segments:
+        raise PathNotAllowed(f"{what} {redact(uri)}: '..' and '.' are not allowed")
+    for root in (r for r in roots if is_object_uri(r)):
+        base = urlsplit(root)
+        prefix = base.path.rstrip("/")
+        if ((parts.scheme.lower(), parts.hostname) == (base.scheme.lower(), base.hostname)
+                and (parts.path.rstrip("/") == prefix or parts.path.startswith(prefix + "/"))):
+            return uri
+    shown = os.pathsep.join(redact(r) for r in roots)
+    raise PathNotAllowed(f"{what} {redact(uri)} is outside {shown}")
 
 
 def open_allowed_job(settings: WorkerSettings, job_dir: str | os.PathLike[str], *,

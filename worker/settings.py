@@ -10,6 +10,7 @@ tests/unit/worker/test_settings.py).
 from __future__ import annotations
 
 import os
+import re
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
@@ -215,7 +216,12 @@ _PARSERS: dict[Any, Callable[[str], Any]] = {bool: _parse_bool, int: int, float:
 
 
 def _parse_paths(raw: str) -> tuple[str, ...]:
-    return tuple(p for p in raw.split(os.pathsep) if p.strip())
+    """``:``-separated, where the ``:`` of a URI scheme (``s3://``) does not separate.
+
+    >>> _parse_paths("/data/out:s3://bucket/jobs/:/srv")
+    ('/data/out', 's3://bucket/jobs/', '/srv')
+    """
+    return tuple(p for p in re.split(rf"{re.escape(os.pathsep)}(?!//)", raw) if p.strip())
 
 
 def _parser(typ: Any) -> Callable[[str], Any]:
