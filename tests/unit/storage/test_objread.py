@@ -139,6 +139,18 @@ def test_the_dry_run_stages_a_bucket_corpus_as_the_file_on_disk(s3, tmp_path, ha
     assert not [r for r in reqs if r.method not in ("GET", "HEAD")]  # a dry run writes nothing
 
 
+def test_the_cli_takes_a_corpus_uri_and_refuses_other_schemes(tmp_path):
+    import click
+
+    from producer.options import CORPUS
+
+    assert CORPUS.convert("s3://corpora/c.jsonl.gz", None, None) == "s3://corpora/c.jsonl.gz"
+    with pytest.raises(click.BadParameter, match="unsupported scheme 'ftp'"):
+        CORPUS.convert("ftp://host/c.jsonl", None, None)
+    with pytest.raises(click.BadParameter, match="does not exist"):
+        CORPUS.convert(str(tmp_path / "missing.jsonl"), None, None)
+
+
 def test_the_readme_reads_outputs_straight_from_the_bucket(s3, tmp_path):
     """The README's reader block, run as written (only its job URI pointed at this bucket)."""
     import re
