@@ -122,11 +122,11 @@ def iter_split(path: str | Path, split: Split, pos: int, line: int, *, text_fiel
                 yield row, rec
         return
     if data is not None:
-        f: Any = io.BytesIO(data[pos - split.start:])
-    else:
-        f = (gzip.open(open_range(path), "rb") if split.kind == "gzip"
-             else open_range(path, pos, split.end))  # a ranged read of an object
-    with f:
+        raw: Any = io.BytesIO(data[pos - split.start:])
+    else:  # an object: a ranged read of the split's bytes (gzip: the whole stream)
+        raw = open_range(path) if split.kind == "gzip" else open_range(path, pos, split.end)
+    f = gzip.open(raw, "rb") if data is None and split.kind == "gzip" else raw
+    with raw, f:
         try:
             if data is None and split.kind == "gzip":
                 _skip(f, pos)
