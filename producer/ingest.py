@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from worker.staging import faults

@@ -22,7 +22,8 @@ READ_BLOCK = 8 << 20
 
 
 def input_location(location: str | os.PathLike[str]) -> str:
-    """What a manifest records for an input: an absolute path, or the URI without credentials.
+    """What a manifest records for an input: its real path (symlinks resolved, as before), or
+    the URI without credentials.
 
     >>> input_location("s3://key:secret@bucket/c.jsonl")
     's3://bucket/c.jsonl'
@@ -30,7 +31,7 @@ def input_location(location: str | os.PathLike[str]) -> str:
     text = os.fspath(location)
     if is_object_uri(text):
         return redact(text)
-    return resolve(text)[1]
+    return os.path.realpath(resolve(text)[1])
 
 
 def location_size(location: str | os.PathLike[str]) -> int:
