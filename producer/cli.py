@@ -17,7 +17,7 @@ from click.core import ParameterSource
 
 from producer.errors import Interrupted, JobFailed, UsageError
 from producer.exitcodes import EXIT_CODES, USAGE_EXIT, _exit_code_help, exit_code  # noqa: F401
-from producer.options import JOB_DIR, STAGE_PROCS, submit_options
+from producer.options import CORPUS, JOB_DIR, STAGE_PROCS, submit_options
 from producer.settings import ProducerSettings
 from producer.fleetcli import ESTIMATE_WORKERS, continue_existing, dry_run_estimate
 from producer.fleetcli import register as register_fleet
@@ -74,7 +74,7 @@ def _settings() -> ProducerSettings:
 
 
 @main.command()
-@click.argument("corpus", type=click.Path(exists=True, dir_okay=False))
+@click.argument("corpus", type=CORPUS)
 @submit_options
 @click.option("--broker", envvar=BROKER_ENV, default=DEFAULT_BROKER_URL, show_default=True,
               help="Celery broker URL (redis://, rediss://, amqp://).")
@@ -111,7 +111,7 @@ def submit(corpus: str, out: str, broker: str, wait: bool, dry_run: bool,
 
 
 @main.command()
-@click.argument("corpus", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.argument("corpus", type=CORPUS, required=False)
 @submit_options
 @click.option("--resume", "resume_from", type=JOB_DIR,
               default=None, help="Continue the job OUT/JOB (e.g. after Ctrl-C): the private "

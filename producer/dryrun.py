@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import click
@@ -16,6 +15,8 @@ from producer.settings import ProducerSettings
 from producer.outputs import estimate_bytes, format_bytes
 from producer.spec import JobOptions, JobSpec, job_spec
 from storage import ledger
+from storage.objread import location_size
+from storage.objstore import redact
 from worker.model.policy import fingerprint
 from worker.staging.pool import default_procs, stage_splits
 from worker.staging.splits import plan_splits
@@ -39,23 +40,23 @@ def dry_run(corpus: str, *, cache_url: str | None, settings: ProducerSettings | 
     t0 = time.perf_counter()
     splits, _ = plan_splits(corpus, spec.options.split_bytes)
     stage = replace(spec.stage, fast_tokenizer=s.fast_tokenizer)
-    cps, hits = stage_splits(Path(corpus), splits, stage, root=None, procs=procs,
+    cps, hits = stage_splits(corpus, splits, stage, root=None, procs=procs,
                              on_shard=lambda cp: None, lookup=lookup)
     wall = time.perf_counter() - t0
     t = ledger.totals({0: cps})
-    size = Path(corpus).stat().st_size
+    size = location_size(corpus)
     disk = estimate_bytes(spec.outputs, spec.bundle.config, t["chunks"], t["tokens"], spec.dense)
     got = {**t, "cached": hits, "precision": runtime.precision, "provider": runtime.provider,
            "wall_s": wall, "mb_per_s": size / 1e6 / wall, "procs": procs,
            "outputs": list(spec.outputs), "disk_bytes": disk, "splits": len(splits),
            "dense": spec.dense, "bundle_path": str(spec.bundle.path)}
-    _print(Path(corpus), spec, size, got)
+    _print(redact(corpus).rstrip("/").rsplit("/", 1)[-1], spec, size, got)
     return got
 
 
-def _print(corpus: Path, spec: JobSpec, size: int, got: dict[str, Any]) -> None:
+def _print(name: str, spec: JobSpec, size: int, got: dict[str, Any]) -> None:
     where = got["provider"].removesuffix("ExecutionProvider")
-    click.echo(f"dry run of {corpus.name} with {spec.bundle.config.source} "
+    click.echo(f"dry run of {name} with {spec.bundle.config.source} "
                f"({got['precision']} on {where}):")
     click.echo(f"  documents {got['accepted']} accepted, {got['rejected']} rejected")
     if spec.delta:

@@ -36,15 +36,16 @@ Tick = Callable[[], None]
 
 def run_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
                 records: Iterable[Record | Reject] | None = None,
-                fast_tokenizer: bool = True) -> int:
+                fast_tokenizer: bool = True, home: Path | None = None) -> int:
     """Stage every unfinished split of ``job`` (or ``records``, the Python API's iterable);
-    return the shard tasks sent.
+    return the shard tasks sent. ``home``: where a bucket bundle's local copy is
+    (``EMBED_HOME`` by default).
 
     Raises:
         DiskFull: a write found no space left; names the job, the file and how to continue.
     """
     m = job.manifest
-    cfg = replace(job_stage_config(job), fast_tokenizer=fast_tokenizer)
+    cfg = replace(job_stage_config(job, home), fast_tokenizer=fast_tokenizer)
     last = [0.0]
     sent = [0]
 
@@ -81,14 +82,14 @@ def _stage(job: JobDir, cfg: StageConfig, procs: int, on_shard: Callable[..., No
     elif m.splits is None:  # a fresh job: stage while the plan is being made, then record it
         planner = Planner(m.input["path"], int((m.staging or {})["split_bytes"]))
         planned: list[Split] = []
-        stage_splits(Path(m.input["path"]), _recorded(planner, planned), cfg, root=job.root,
+        stage_splits(m.input["path"], _recorded(planner, planned), cfg, root=job.root,
                      procs=procs, on_shard=on_shard)
         m = job.reload()
         m.splits, m.input["sha256"] = [s.to_dict() for s in planned], planner.digest
         job.write_manifest(m)
     else:
         splits = [Split.from_dict(d) for d in m.splits]
-        stage_splits(Path(m.input["path"]), splits, cfg, root=job.root, procs=procs,
+        stage_splits(m.input["path"], splits, cfg, root=job.root, procs=procs,
                      on_shard=on_shard)
 
 
@@ -109,13 +110,13 @@ def send_stage_tasks(app: Any, job: JobDir, splits: list[int] | None = None) -> 
 
 
 def continue_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = None,
-                     fast_tokenizer: bool = True) -> int:
+                     fast_tokenizer: bool = True, home: Path | None = None) -> int:
     """Finish staging a job whose producer stopped; return the shard tasks re-sent."""
     m = job.manifest
     if m.input.get("path") == "<iterable>":
         raise CorpusError(f"{job.root}: staged from a Python iterable, which cannot be read "
                            "again; submit it as a new job")
-    path = Path(m.input["path"])
+    path = str(m.input["path"])  # a path or an object URI
     split_bytes = int((m.staging or {}).get("split_bytes", 0))
     try:
         splits, digest = plan_splits(path, split_bytes)
@@ -135,7 +136,7 @@ def continue_staging(job: JobDir, app: Any, *, procs: int, tick: Tick | None = N
         send_stage_tasks(app, job)  # redelivery usually does this; a lost message does not
         return len(pending)
     return len(pending) + run_staging(job, app, procs=procs, tick=tick,
-                                      fast_tokenizer=fast_tokenizer)
+                                      fast_tokenizer=fast_tokenizer, home=home)
 
 
 def _recorded(splits: Iterable[Split], into: list[Split]) -> Iterator[Split]:
@@ -144,7 +145,7 @@ def _recorded(splits: Iterable[Split], into: list[Split]) -> Iterator[Split]:
         yield s
 
 
-def _check_ledger(job: JobDir, splits: list[Split], path: Path) -> None:
+def _check_ledger(job: JobDir, splits: list[Split], path: str) -> None:
     """Without a recorded checksum, at least every staged split must still be in the plan and
     its last checkpoint inside it (the file's size and line starts unchanged there)."""
     by_index = {s.index: s for s in splits}

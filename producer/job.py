@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import replace
 from collections.abc import Collection, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +27,7 @@ from producer.progress import JobStatus, staging_progress
 from producer.routing import choose_queue
 from producer.settings import ProducerSettings
 from producer.spec import JobOptions, JobSpec, job_spec
+from storage.objread import input_location, location_size
 from worker.staging.splits import plan_splits
 from worker.staging.pool import default_procs
 from storage.jobdir import JobDir
@@ -113,6 +115,7 @@ class Job:
             tick = (lambda: progress.update(self.status())) if progress is not None else None
             return continue_staging(self.dir, self._connect(), tick=tick,
                                     fast_tokenizer=self.settings.fast_tokenizer,
+                                    home=self.settings.home,
                                     procs=stage_procs or default_procs())
         pending = [s.shard for s in self.dir.shard_states()
                    if s.state == "pending" and s.shard not in skip]
@@ -171,9 +174,10 @@ def submit(corpus: str | os.PathLike[str] | Iterable[dict[str, Any]],
     """
     say = log or (lambda *_: None)
     s = settings or ProducerSettings.from_env(os.environ)  # the API's edge; the CLI passes it
+    s = replace(s, home=Path(home)) if home else s  # staging finds a bucket bundle's copy there
     broker = broker or s.broker or DEFAULT_BROKER_URL
     app = connect(broker, events=s.events, fair_share=s.fair_share)  # fail fast, before staging
-    spec = job_spec(JobOptions(**options), Path(home) if home else s.home)
+    spec = job_spec(JobOptions(**options), s.home)
     queue = choose_queue(app, spec.options.queue, cpu_queue=cpu_queue, gpu_queue=gpu_queue,
                          log=say)
     job = _new_job_dir(out, job_id)
@@ -217,8 +221,8 @@ def _source(corpus: str | os.PathLike[str] | Iterable[dict[str, Any]], spec: Job
     if stage_on == "fleet":
         plan, digest = plan_splits(corpus, spec.options.split_bytes)
         splits = [sp.to_dict() for sp in plan]
-    return ({"path": str(Path(corpus).resolve()), "sha256": digest,
-             "bytes": os.path.getsize(corpus)}, splits, None)
+    return ({"path": input_location(corpus), "sha256": digest,  # a URI without credentials
+             "bytes": location_size(corpus)}, splits, None)
 
 
 def _manifest(job: JobDir, spec: JobSpec, source: dict[str, Any],
@@ -228,7 +232,7 @@ def _manifest(job: JobDir, spec: JobSpec, source: dict[str, Any],
     now = time.time()
     return Manifest(
         job_id=job.root.name, created_at=now, created_by=socket.gethostname(), input=source,
-        model={"source": cfg.source, "bundle_path": str(bundle.path), "dim": cfg.dim,
+        model={"source": cfg.source, "bundle_path": bundle.source_location, "dim": cfg.dim,
                "max_length": cfg.max_length, "pooling": cfg.pooling.value,
                "normalize": cfg.normalize,
                "fingerprints": {p: bundle.fingerprint(p) for p in bundle.variants}},
@@ -250,7 +254,7 @@ def _stage_here(handle: Job, app: Any, procs: int, records: Iterable[Record | Re
 
     bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
     run_staging(handle.dir, app, procs=procs, records=records,
-                fast_tokenizer=handle.settings.fast_tokenizer,
+                fast_tokenizer=handle.settings.fast_tokenizer, home=handle.settings.home,
                 tick=(lambda: bar.update(handle.status())) if progress else None)
     bar.close()
 

@@ -22,6 +22,7 @@ from typing import Iterator
 
 from producer.errors import FleetError
 from storage.jobfs import job_path
+from storage.objstore import is_object_uri, redact
 from worker.settings import env_name
 
 BROKER_DB = 0
@@ -181,8 +182,8 @@ def _terminate(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: flo
 
 def fleet_roots(out: str | os.PathLike[str], bundle: str | os.PathLike[str]) -> dict[str, str]:
     """The private fleet accepts only this run's output directory and model bundle."""
-    return {env_name("job_roots"): str(job_path(out)),
-            env_name("model_roots"): str(Path(bundle).resolve())}
+    model = redact(bundle) if is_object_uri(bundle) else str(Path(bundle).resolve())
+    return {env_name("job_roots"): str(job_path(out)), env_name("model_roots"): model}
 
 
 @contextmanager

@@ -27,6 +27,27 @@ class JobLocation(click.ParamType):
 
 JOB_DIR = JobLocation()
 
+
+class CorpusType(click.ParamType):
+    """A corpus argument: an existing file, or an object URI (``s3://bucket/corpus.jsonl``)
+    that is read where it lives (checked when staging opens it)."""
+
+    name = "corpus"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from storage.errors import UsageError
+        from storage.objstore import check_location
+
+        if "://" in str(value):
+            try:
+                return check_location(str(value), "corpus")
+            except UsageError as exc:
+                self.fail(str(exc), param, ctx)
+        return click.Path(exists=True, dir_okay=False).convert(value, param, ctx)
+
+
+CORPUS = CorpusType()
+
 STAGE_PROCS = click.option("--stage-procs", type=click.IntRange(1, 256), envvar="EMBED_STAGE_PROCS",
                            help="Processes that read and chunk the corpus (default: cores).")
 

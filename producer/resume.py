@@ -20,6 +20,8 @@ from producer.errors import JobConflict, UsageError
 from producer.spec import JobOptions, chunking_of, stage_config
 from worker.staging.corpus import file_checksum
 from storage.jobdir import JobDir
+from storage.objread import input_location, location_size
+from storage.objstore import is_object_uri, redact
 from storage.manifest import RUN_MADE_BY  # noqa: F401  (also imported from here)
 from storage.urls import DEFAULT_BROKER_URL
 
@@ -70,8 +72,8 @@ def plan_run(root: Path, corpus: str | None, options: Mapping[str, Any],
     if corpus is not None:
         check_same_corpus(job, corpus)
     if not resume or "model" in given:
-        asked = Path(model_path(options.get("model"))).resolve()
-        if asked != Path(m.bundle_path).resolve():
+        asked = _bundle_location(model_path(options.get("model")))
+        if asked != _bundle_location(m.bundle_path):
             raise JobConflict(f"--model: {job.root} is embedded with {m.bundle_path}"
                               f", this command asks for {asked}; use the job's model or "
                               "another --job-id")
@@ -113,7 +115,10 @@ def check_same_corpus(job: JobDir, corpus: str) -> None:
     """JobConflict unless ``corpus`` has the checksum the job recorded (names both)."""
     rec = job.manifest.input
     if not rec.get("sha256"):  # staging stopped before the checksum was recorded: by size,
-        size = Path(corpus).stat().st_size if Path(corpus).is_file() else -1  # the plan
+        try:  # the plan check in producer.ingest covers the rest
+            size = location_size(corpus)
+        except OSError:
+            size = -1
         if size == rec.get("bytes"):  # check in producer.ingest covers the rest
             return
     try:
@@ -124,16 +129,24 @@ def check_same_corpus(job: JobDir, corpus: str) -> None:
     if sha != rec.get("sha256"):
         raise JobConflict(
             f"{job.root} holds corpus {rec.get('path')} (sha256 {str(rec.get('sha256'))[:16]}), "
-            f"not {Path(corpus).resolve()} (sha256 {sha[:16]}): a different file; "
+            f"not {input_location(corpus)} (sha256 {sha[:16]}): a different file; "
             "use another --job-id")
 
 
 def requested_chunking(job: JobDir, options: Mapping[str, Any]) -> dict[str, Any]:
     """The chunking settings ``options`` would record, with the job's bundle prompts."""
-    from storage.bundle import load_bundle
+    from storage.bundlecache import default_home, open_bundle
 
     opts, _ = JobOptions.pick(dict(options))
-    return chunking_of(stage_config(load_bundle(job.manifest.bundle_path), opts))
+    m = job.manifest
+    bundle = open_bundle(m.bundle_path, default_home(), expect=m.model.get("fingerprints"))
+    return chunking_of(stage_config(bundle, opts))
+
+
+def _bundle_location(model: Any) -> str:
+    """A bundle as a manifest names it: a URI without credentials, or an absolute path."""
+    text = str(model)
+    return redact(text).rstrip("/") if is_object_uri(text) else str(Path(text).resolve())
 
 
 def check_same_chunking(job: JobDir, requested: Mapping[str, Any],

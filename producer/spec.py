@@ -18,7 +18,8 @@ from producer.errors import UsageError
 from producer.models import resolve_model
 from producer.outputs import parse_dense, parse_outputs
 from producer.since import since_record, since_root
-from storage.bundle import Bundle, load_bundle
+from storage.bundle import Bundle
+from storage.bundlecache import open_bundle
 from storage.docindex import POLICIES
 from worker.contract import Device
 from worker.model.policy import Choice, planned_runtime
@@ -109,7 +110,7 @@ def job_spec(options: JobOptions, home: Path) -> JobSpec:
             ``--dim`` or ``--dtype``.
         BundleError: the bundle is missing a file.
     """
-    bundle = load_bundle(resolve_model(options.model, home))
+    bundle = open_bundle(resolve_model(options.model, home), home)  # a URI: a local copy
     outputs = parse_outputs(options.outputs, bundle.config, str(bundle.path))
     dense = parse_dense(options.dim, options.dtype, options.force_dim, bundle.config,
                         str(bundle.path))

@@ -142,6 +142,14 @@ class Bundle:
 
     path: Path
     config: BundleConfig
+    location: str = field(default="", compare=False)
+    """Where it was opened from when that is not ``path``: the bundle's URI (without
+    credentials) when ``path`` is the local copy of a bundle in a bucket (storage/bundlecache.py)."""
+
+    @property
+    def source_location(self) -> str:
+        """What a manifest records as the bundle: its URI, else its directory."""
+        return self.location or str(self.path)
 
     @property
     def variants(self) -> list[str]:

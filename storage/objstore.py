@@ -57,6 +57,9 @@ def check_location(location: str | os.PathLike[str], what: str) -> str:
                          "(use a path, file://, s3://, gs:// or az://)")
     if scheme in OBJECT_SCHEMES and not urlsplit(text).netloc:
         raise UsageError(f"{what} {redact(text)}: no bucket in the URI ({scheme}://BUCKET/key)")
+    if scheme in OBJECT_SCHEMES and "@" in urlsplit(text).netloc:  # it would reach messages
+        raise UsageError(f"{what} {redact(text)}: credentials in a URI are not accepted; set "
+                         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead")
     return text
 
 

@@ -11,8 +11,9 @@ accepted only when it is absolute, has no ``..`` component, and, with every syml
 logs one line naming the path and is dropped (Celery ``Ignore``: acknowledged, never retried),
 before anything is read from or written to the job directory. Unset roots accept every path,
 as before; a shared fleet must set both (docs/fleet.md). A root may be a bucket prefix
-(``s3://bucket/jobs/``): a URI is then accepted only under a prefix of the same bucket, and a
-URI is never accepted under a local root, nor a path under a bucket prefix.
+(``s3://bucket/jobs/``, ``s3://bucket/models/``): a URI is then accepted only under a prefix of the same
+scheme and bucket (``check_uri_under``), and a URI is never accepted under a local root, nor a
+path under a bucket prefix.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from storage.jobdir import JobDir
 from storage.jobfs import AnyPath, job_path
@@ -51,7 +53,7 @@ def check_under(path: str | os.PathLike[str], roots: Sequence[str], what: str) -
     if ".." in raw.parts:
         raise PathNotAllowed(f"{what} {raw}: '..' is not allowed")
     resolved = raw.resolve()
-    bases = [Path(r).resolve() for r in roots]
+    bases = [Path(r).resolve() for r in roots if not is_object_uri(r)]
     targets = [resolved, *_link_targets(resolved)]
     for target in targets:
         if not any(target == b or target.is_relative_to(b) for b in bases):
@@ -78,13 +80,33 @@ def _check_uri_under(uri: str, roots: Sequence[str], what: str) -> AnyPath:
             return check_under(uri, local, what)
         raise PathNotAllowed(f"{what} {uri} is not under any of {' '.join(roots)} "
                              "(bucket prefixes only)")
-    if ".." in uri.split("://", 1)[1].split("/"):
-        raise PathNotAllowed(f"{what} {redact(uri)}: '..' is not allowed")
-    target = job_path(uri)
-    if roots and not any(is_object_uri(r) and target.is_relative_to(r.rstrip("/"))
-                         for r in roots):
-        raise PathNotAllowed(f"{what} {redact(uri)} is outside {' '.join(roots)}")
-    return target
+    return job_path(check_uri_under(uri, roots, what))
+
+
+def check_uri_under(uri: str, roots: Sequence[str], what: str) -> str:
+    """``uri`` when it is under one of the bucket prefixes in ``roots`` (any when none).
+
+    >>> check_uri_under("s3://data/models/m1", ["s3://data/models/"], "model bundle")
+    's3://data/models/m1'
+    >>> check_uri_under("s3://other/models/m1", ["s3://data/models/"], "model bundle")
+    Traceback (most recent call last):
+    ...
+    worker.errors.PathNotAllowed: model bundle s3://other/models/m1 is outside s3://data/models/
+    """
+    if not roots:
+        return uri
+    parts = urlsplit(uri)
+    segments = parts.path.split("/")
+    if ".." in segments or "." in segments:
+        raise PathNotAllowed(f"{what} {redact(uri)}: '..' and '.' are not allowed")
+    for root in (r for r in roots if is_object_uri(r)):
+        base = urlsplit(root)
+        prefix = base.path.rstrip("/")
+        if ((parts.scheme.lower(), parts.hostname) == (base.scheme.lower(), base.hostname)
+                and (parts.path.rstrip("/") == prefix or parts.path.startswith(prefix + "/"))):
+            return uri
+    shown = os.pathsep.join(redact(r) for r in roots)
+    raise PathNotAllowed(f"{what} {redact(uri)} is outside {shown}")
 
 
 def open_allowed_job(settings: WorkerSettings, job_dir: str | os.PathLike[str], *,

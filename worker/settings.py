@@ -225,13 +225,12 @@ _PARSERS: dict[Any, Callable[[str], Any]] = {bool: _parse_bool, int: int, float:
 
 
 def _parse_paths(raw: str) -> tuple[str, ...]:
-    """``a:b`` split on the path separator, except the colon of a URI scheme (``s3://b/x``).
+    """``:``-separated, where the ``:`` of a URI scheme (``s3://``) does not separate.
 
-    >>> _parse_paths("/data/jobs:s3://bkt/jobs/")
-    ('/data/jobs', 's3://bkt/jobs/')
+    >>> _parse_paths("/data/out:s3://bucket/jobs/:/srv")
+    ('/data/out', 's3://bucket/jobs/', '/srv')
     """
-    sep = re.escape(os.pathsep)
-    return tuple(p for p in re.split(sep + "(?!//)", raw) if p.strip())
+    return tuple(p for p in re.split(rf"{re.escape(os.pathsep)}(?!//)", raw) if p.strip())
 
 
 def _parser(typ: Any) -> Callable[[str], Any]:

@@ -21,6 +21,7 @@ from storage.jobdir import validate_job_id
 from worker.contract import STAGE_TASK_NAME
 from worker.cancel import skip_on_receipt
 from worker.paths import open_allowed_job
+from worker.tasks import worker_home
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def register(app: Celery) -> None:
         if skip_on_receipt(job, -1):  # `producer cancel`: acked, not staged
             return {"split": int(payload["split"]), "sent": 0, "cancelled": True}
         sent = stage_one_split(job, int(payload["split"]), self.app,
-                               fast_tokenizer=self.app.settings.fast_tokenizer)
+                               fast_tokenizer=self.app.settings.fast_tokenizer,
+                               home=worker_home(self.app.settings))
         log.info("staged split %s of %s: %d shard task(s) sent", payload["split"], job.root,
                  sent)
         return {"split": int(payload["split"]), "sent": sent}

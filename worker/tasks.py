@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from storage.bundlecache import job_bundle_dir
 from storage.cache import EmbeddingCache
 from storage.jobdir import validate_job_id
 from storage.jobfs import StoreError
@@ -58,7 +59,7 @@ class ModelTask(Task):
             from worker.model.probe import cpu_choice, take_kept
 
             choice = cpu_choice(bundle_path, precision=precision, override=s.cpu_provider,
-                                threads=threads, home=_home(s), budget_s=s.probe_seconds)
+                                threads=threads, home=worker_home(s), budget_s=s.probe_seconds)
             model = take_kept(bundle_path, choice, threads)  # the probe's last session
         model = model or load_model(
             bundle_path, device=device, precision=precision, threads=threads,
@@ -131,13 +132,16 @@ def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
         max_attempts=int(manifest.max_attempts or s.max_attempts),
         # 0: the loaded model's budget (CPU default; on CUDA sized to the GPU's free memory).
         max_batch_tokens=int(manifest.max_batch_tokens or s.max_batch_tokens or 0),
-        load_model=lambda: task.model_for(manifest.bundle_path, device, precision),
+        load_model=lambda: task.model_for(job_bundle_dir(  # a bundle URI: the checked local copy
+            manifest.bundle_path, manifest.model.get("fingerprints"), worker_home(s)),
+            device, precision),
         cache_for=task.cache_for, faults=s.faults, soft_time_limit=s.soft_time_limit,
         heartbeat_s=s.heartbeat_s,
     )
 
 
-def _home(s: WorkerSettings) -> Path:
+def worker_home(s: WorkerSettings) -> Path:
+    """``EMBED_HOME`` of this worker: runtime probes, bundles copied from a bucket."""
     if s.home:
         return Path(s.home).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedfleet"

@@ -11,13 +11,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from storage.errors import CorpusError
+from storage.objread import open_parquet, open_range, read_head
+from storage.objstore import redact
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -87,7 +91,7 @@ def iter_records(
     start and CRLF line ends are accepted. A missing or null id becomes the line number.
 
     Args:
-        path: The corpus file.
+        path: The corpus file: a path or an object URI (``s3://bucket/corpus.jsonl``).
         text_field: Key (or Parquet column) holding the document text.
         id_field: Key (or Parquet column) holding the document id: a string or an integer.
         max_line_bytes: Longer JSONL lines are rejected without being read into memory;
@@ -100,10 +104,8 @@ def iter_records(
         OSError: If the file cannot be opened or read (a truncated gzip stream included).
         CorpusError: If a Parquet file has no ``text_field`` column (a ValueError).
     """
-    path = Path(path)
-    with path.open("rb") as raw:
-        magic = raw.read(4)
-    if path.suffix == ".parquet" or magic == _PARQUET_MAGIC:
+    path = os.fspath(path)
+    if path.endswith(".parquet") or read_head(path, 4) == _PARQUET_MAGIC:
         yield from (r for _, r in iter_parquet_rows(path, text_field, id_field, max_line_bytes))
         return
     for item in iter_objects(path, max_line_bytes=max_line_bytes):
@@ -116,11 +118,9 @@ def iter_objects(
     """Yield ``(line, parsed JSON value)`` or a Reject per non-blank line of a (gzipped) JSONL
     file: ``iter_records``' byte cap, BOM/CRLF rules, reasons and OSErrors; the caller judges
     what the value must hold (``producer eval``'s labelled data)."""
-    path = Path(path)
-    with path.open("rb") as raw:
-        magic = raw.read(2)
-    opener = gzip.open if path.suffix == ".gz" or magic == _GZIP_MAGIC else open
-    with opener(path, "rb") as stream:
+    path = os.fspath(path)
+    gz = path.endswith(".gz") or read_head(path, 2) == _GZIP_MAGIC
+    with open_range(path) as raw, (gzip.open(raw, "rb") if gz else nullcontext(raw)) as stream:
         try:
             for line_no, data, size, _ in iter_lines(stream, max_line_bytes):
                 if data is None:
@@ -132,13 +132,13 @@ def iter_objects(
                     except _Refused as refused:
                         yield Reject(line_no, None, refused.reason)
         except EOFError as exc:  # gzip raises EOFError, not OSError, for a cut-off stream
-            raise OSError(f"{path}: compressed stream is truncated ({exc})") from exc
+            raise OSError(f"{redact(path)}: compressed stream is truncated ({exc})") from exc
 
 
 def file_checksum(path: str | Path) -> str:
-    """Return the SHA-256 hex digest (64 lowercase hex characters) of a file, read in blocks."""
+    """Return the SHA-256 hex digest (64 lowercase hex characters) of a file or object."""
     digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
+    with open_range(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -270,16 +270,14 @@ def _json_type(value: Any) -> str:
 
 
 def iter_parquet_rows(
-    path: Path, text_field: str, id_field: str, cap: int, *,
+    path: str | Path, text_field: str, id_field: str, cap: int, *,
     row_groups: list[int] | None = None, first_row: int = 0,
 ) -> Iterator[tuple[int, Record | Reject]]:
     """``(row_index, record)`` for ``row_groups`` (default all) starting at ``first_row``."""
-    import pyarrow.parquet as pq  # keep the JSONL path free of the pyarrow import
-
-    pf = pq.ParquetFile(path)
+    pf = open_parquet(path)  # the JSONL path stays free of pyarrow.parquet
     names = pf.schema_arrow.names
     if text_field not in names:
-        raise CorpusError(f"{path} has no column {text_field!r}; columns: {names}")
+        raise CorpusError(f"{redact(path)} has no column {text_field!r}; columns: {names}")
     columns = [text_field] + ([id_field] if id_field in names and id_field != text_field else [])
     row = first_row
     for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns,

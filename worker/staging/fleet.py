@@ -17,6 +17,7 @@ from worker.staging.splits import Split
 from worker.staging.shards import StageConfig
 from worker.staging.pool import stage_splits
 from storage import docindex, ledger
+from storage.bundlecache import default_home, job_bundle_dir
 from storage.carry import settle
 from storage.cancel import is_cancelled
 from storage.jobdir import JobDir
@@ -27,19 +28,23 @@ from worker.fairshare import shard_queue
 DUPLICATE_EXAMPLES = 5
 
 
-def job_stage_config(job: JobDir) -> StageConfig:
+def job_stage_config(job: JobDir, home: Path | None = None) -> StageConfig:
     """The staging settings the job recorded: its ``chunking`` and bundle path (manifests
-    written before issue 25 also stored them whole as ``staging.config``: read that)."""
+    written before issue 25 also stored them whole as ``staging.config``: read that). A bundle
+    URI becomes its local copy under ``home`` (default ``EMBED_HOME``), checked against the
+    fingerprints the job recorded (``storage.bundlecache``)."""
     m = job.manifest
     old = (m.staging or {}).get("config")
     since = str(m.delta["since"]) if m.delta and m.delta.get("carry") else ""
     if old:
         return StageConfig(**{**old, "since": since})
     chunking = {k: v for k, v in m.chunking.items() if k != "since"}
-    return StageConfig(bundle_path=m.bundle_path, since=since, **chunking)
+    bundle = job_bundle_dir(m.bundle_path, m.model.get("fingerprints"), home or default_home())
+    return StageConfig(bundle_path=bundle, since=since, **chunking)
 
 
-def stage_one_split(job: JobDir, split: int, app: Any, *, fast_tokenizer: bool = True) -> int:
+def stage_one_split(job: JobDir, split: int, app: Any, *, fast_tokenizer: bool = True,
+                    home: Path | None = None) -> int:
     """Stage one split (a stage task on a worker); complete staging if it was the last one.
     Re-sends the tasks of the split's shards already staged without output (a redelivered
     stage task does not know whether its predecessor sent them)."""
@@ -60,8 +65,8 @@ def stage_one_split(job: JobDir, split: int, app: Any, *, fast_tokenizer: bool =
             _send(app, job, [cp.shard], m.queue)
             sent += 1
 
-    cfg = replace(job_stage_config(job), fast_tokenizer=fast_tokenizer)
-    stage_splits(Path(m.input["path"]), [s], cfg, root=job.root, procs=1, on_shard=on_shard)
+    cfg = replace(job_stage_config(job, home), fast_tokenizer=fast_tokenizer)
+    stage_splits(m.input["path"], [s], cfg, root=job.root, procs=1, on_shard=on_shard)
     ledgers = ledger.read_all(job.root)
     if all(ledgers.get(d["index"]) and ledgers[d["index"]][-1].done for d in m.splits or []):
         complete_staging(job)

@@ -32,11 +32,12 @@ def default_procs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def stage_splits(path: Path, splits: Iterable[Split], cfg: StageConfig, *, root: Path | None,
+def stage_splits(path: str | Path, splits: Iterable[Split], cfg: StageConfig, *, root: Path | None,
                  procs: int, on_shard: OnShard, lookup: dict[str, Any] | None = None
                  ) -> tuple[list[Checkpoint], int]:
     """Stage every split of ``splits`` not yet done in ``root``'s ledger; return the new
     checkpoints and the cache hits (dry run: ``lookup`` = ``{cache_url, fingerprint, dim}``).
+    ``path``: the corpus, a path or an object URI (never ``Path()`` of a URI: it drops a ``/``).
     ``splits`` may be a lazy plan (``Planner``): staging starts on the first split while the
     rest of the file is still being planned."""
     it = iter(splits)
@@ -63,7 +64,7 @@ def _unfinished(root: Path | None, splits: Iterator[Split]
             yield s, cp
 
 
-def _stage_parallel(path: Path, todo: Iterator[tuple[Split, Checkpoint | None]],
+def _stage_parallel(path: str | Path, todo: Iterator[tuple[Split, Checkpoint | None]],
                     cfg: StageConfig,
                     *, root: Path | None, procs: int, on_shard: OnShard,
                     lookup: dict[str, Any] | None) -> tuple[list[Checkpoint], int]:
@@ -109,7 +110,7 @@ def _stage_parallel(path: Path, todo: Iterator[tuple[Split, Checkpoint | None]],
     return out, hits
 
 
-def _with_data(path: Path, todo: Iterator[tuple[Split, Checkpoint | None]]
+def _with_data(path: str | Path, todo: Iterator[tuple[Split, Checkpoint | None]]
                ) -> Iterator[tuple[Split, Checkpoint | None, bytes | None]]:
     """Gzip splits come with their bytes (one reader decompresses once); others read alone."""
     first = next(todo, None)
@@ -142,12 +143,12 @@ def _child_stage(path: str, split: dict[str, Any], cp: dict[str, Any] | None,
     c = _child
     s = Split.from_dict(split)
     resume = Checkpoint(**cp) if cp else None
-    cps, hits = _stage_one(Path(path), s, resume, c["cfg"], c["tok"], c["root"],
+    cps, hits = _stage_one(path, s, resume, c["cfg"], c["tok"], c["root"],
                            lambda x: c["events"].put(asdict(x)), c["lookup"], data)
     return hits, len(cps)
 
 
-def _stage_one(path: Path, s: Split, cp: Checkpoint | None, cfg: StageConfig, tok: Any,
+def _stage_one(path: str | Path, s: Split, cp: Checkpoint | None, cfg: StageConfig, tok: Any,
                root: Path | None, on_shard: OnShard, lookup: dict[str, Any] | None,
                data: bytes | None = None) -> tuple[list[Checkpoint], int]:
     pos, line = (cp.pos, cp.line) if cp else (s.start, s.first_line)

@@ -8,6 +8,10 @@ Gzip cannot be cut without decompressing: the plan decompresses once to find the
 boundaries in the decompressed stream, and while staging one reader decompresses again and
 hands each split's bytes to a staging process (``gzip_blocks``).
 
+The corpus may be an object URI (``s3://bucket/corpus.jsonl``): a split is then a ranged read
+of its bytes, Parquet row groups are ranged reads, the plan's pass streams the object
+(``storage.objread``); nothing is downloaded before staging starts.
+
 The plan depends only on the file and ``split_bytes``, never on the number of processes, so
 the same corpus and settings always give the same shards.
 """
@@ -17,12 +21,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from storage.objread import open_parquet, open_range, read_head
+from storage.objstore import redact
 from worker.staging.corpus import (Record, Reject, file_checksum, iter_lines, iter_parquet_rows,
                                    judge_record, parse_line)
 
@@ -53,12 +60,12 @@ class Split:
         return cls(**{**d, "groups": tuple(d.get("groups", ()))})
 
 
-def corpus_kind(path: Path) -> str:
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if path.suffix == ".parquet" or magic == b"PAR1":
+def corpus_kind(path: str | Path) -> str:
+    path = os.fspath(path)
+    magic = read_head(path, 4)
+    if path.endswith(".parquet") or magic == b"PAR1":
         return "parquet"
-    return "gzip" if path.suffix == ".gz" or magic[:2] == b"\x1f\x8b" else "jsonl"
+    return "gzip" if path.endswith(".gz") or magic[:2] == b"\x1f\x8b" else "jsonl"
 
 
 def plan_splits(path: str | Path, split_bytes: int = DEFAULT_SPLIT_BYTES
@@ -68,25 +75,28 @@ def plan_splits(path: str | Path, split_bytes: int = DEFAULT_SPLIT_BYTES
     Raises:
         OSError: the file cannot be read.
     """
-    path = Path(path)
+    path = os.fspath(path)
     kind = corpus_kind(path)
     if kind == "jsonl":
         planner = Planner(path, split_bytes)
         return list(planner), planner.digest
-    if kind == "gzip":
-        with gzip.open(path, "rb") as f:
+    if kind == "gzip":  # one pass: the compressed bytes are hashed as they are decompressed
+        with open_range(path) as raw:
+            hashed = _Hashing(raw)
             try:
-                plan = list(_plan_lines(f, split_bytes, "gzip", hashlib.sha256()))
-                return plan, file_checksum(path)
+                with gzip.open(hashed, "rb") as f:
+                    plan = list(_plan_lines(f, split_bytes, "gzip", hashlib.sha256()))
             except EOFError as exc:
-                raise OSError(f"{path}: compressed stream is truncated ({exc})") from exc
+                raise OSError(f"{redact(path)}: compressed stream is truncated ({exc})"
+                              ) from exc
+            return plan, hashed.hexdigest()
     return _plan_parquet(path, split_bytes), file_checksum(path)
 
 
-def gzip_blocks(path: Path, splits: list[Split]) -> Iterator[tuple[Split, bytes]]:
+def gzip_blocks(path: str | Path, splits: list[Split]) -> Iterator[tuple[Split, bytes]]:
     """One pass of decompression: each wanted split's bytes, in order (a split at a time in
     memory, ``split_bytes`` plus its last line)."""
-    with gzip.open(path, "rb") as f:
+    with open_range(path) as raw, gzip.open(raw, "rb") as f:
         pos = 0
         for s in sorted(splits, key=lambda s: s.start):
             _skip(f, s.start - pos)
@@ -95,7 +105,7 @@ def gzip_blocks(path: Path, splits: list[Split]) -> Iterator[tuple[Split, bytes]
             yield s, data
 
 
-def iter_split(path: Path, split: Split, pos: int, line: int, *, text_field: str,
+def iter_split(path: str | Path, split: Split, pos: int, line: int, *, text_field: str,
                id_field: str, max_line_bytes: int, data: bytes | None = None
                ) -> Iterator[tuple[int, Record | Reject]]:
     """Yield ``(position, record)`` from ``pos`` (at line/row ``line``) to the split's end.
@@ -112,15 +122,14 @@ def iter_split(path: Path, split: Split, pos: int, line: int, *, text_field: str
                 yield row, rec
         return
     if data is not None:
-        f: Any = io.BytesIO(data[pos - split.start:])
-    else:
-        f = gzip.open(path, "rb") if split.kind == "gzip" else open(path, "rb")
-    with f:
+        raw: Any = io.BytesIO(data[pos - split.start:])
+    else:  # an object: a ranged read of the split's bytes (gzip: the whole stream)
+        raw = open_range(path) if split.kind == "gzip" else open_range(path, pos, split.end)
+    f = gzip.open(raw, "rb") if data is None and split.kind == "gzip" else raw
+    with raw, f:
         try:
             if data is None and split.kind == "gzip":
                 _skip(f, pos)
-            elif data is None:
-                f.seek(pos)
             end = split.end
             for no, data, size, off in iter_lines(f, max_line_bytes, first_line=line,
                                                    start=pos, end=end):
@@ -128,26 +137,31 @@ def iter_split(path: Path, split: Split, pos: int, line: int, *, text_field: str
                 if rec is not None:
                     yield off, rec
         except EOFError as exc:  # gzip raises EOFError, not OSError, for a cut-off stream
-            raise OSError(f"{path}: compressed stream is truncated ({exc})") from exc
+            raise OSError(f"{redact(path)}: compressed stream is truncated ({exc})") from exc
 
 
 class Planner:
     """The plan as an iterator: each split is yielded as soon as its end is found (the first
-    after reading ``split_bytes``), so staging starts before the whole file is read;
-    ``digest`` (SHA-256 of the file) is set once the iterator is exhausted."""
+    after reading ``split_bytes``; Parquet: every split, from the footer), so staging starts
+    before the whole file is read; ``digest`` (SHA-256 of the file) is set once the iterator
+    is exhausted."""
 
     def __init__(self, path: str | Path, split_bytes: int = DEFAULT_SPLIT_BYTES) -> None:
-        self.path, self.split_bytes = Path(path), split_bytes
+        self.path, self.split_bytes = os.fspath(path), split_bytes
         self.digest = ""
 
     def __iter__(self) -> Iterator[Split]:
         kind = corpus_kind(self.path)
+        if kind == "parquet":
+            yield from _plan_parquet(self.path, self.split_bytes)
+            self.digest = file_checksum(self.path)
+            return
         if kind != "jsonl":
             splits, self.digest = plan_splits(self.path, self.split_bytes)
             yield from splits
             return
         digest = hashlib.sha256()
-        with self.path.open("rb") as f:
+        with open_range(self.path) as f:
             yield from _plan_lines(f, self.split_bytes, kind, digest)
         self.digest = digest.hexdigest()
 
@@ -175,10 +189,8 @@ def _plan_lines(f: Any, split_bytes: int, kind: str, digest: Any) -> Iterator[Sp
         yield Split(k, kind, start, pos, line)
 
 
-def _plan_parquet(path: Path, split_bytes: int) -> list[Split]:
-    import pyarrow.parquet as pq
-
-    md = pq.ParquetFile(path).metadata
+def _plan_parquet(path: str, split_bytes: int) -> list[Split]:
+    md = open_parquet(path).metadata
     splits: list[Split] = []
     groups: list[int] = []
     row = first = size = 0
@@ -191,6 +203,23 @@ def _plan_parquet(path: Path, split_bytes: int) -> list[Split]:
             splits.append(Split(len(splits), "parquet", first, row, first + 1, tuple(groups)))
             groups, first, size = [], row, 0
     return splits or [Split(0, "parquet", 0, 0, 1)]
+
+
+class _Hashing:
+    """A reader that hashes what is read through it (then the rest, on ``hexdigest``)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.digest = raw, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        for block in iter(lambda: self.read(_BLOCK), b""):
+            pass
+        return self.digest.hexdigest()
 
 
 def _skip(stream: Any, n: int) -> None:

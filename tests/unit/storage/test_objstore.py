@@ -8,6 +8,7 @@ import pytest
 
 from storage import objstore
 from storage.errors import UsageError
+from storage.objstore import check_location
 
 
 def test_local_paths_and_file_uris_resolve_to_the_local_filesystem(tmp_path):
@@ -36,3 +37,9 @@ def test_s3_uri_round_trips_a_parquet_file(s3_server):
     assert fs.type_name == "s3" and path == "jobs-bucket/j1/x.parquet"
     pq.write_table(pa.table({"a": [1, 2, 3]}), path, filesystem=fs)
     assert pq.read_table(path, filesystem=fs).column("a").to_pylist() == [1, 2, 3]
+
+
+def test_credentials_in_a_uri_are_refused_without_printing_them():
+    with pytest.raises(UsageError, match="credentials in a URI are not accepted") as err:
+        check_location("s3://key-id:very-secret@bucket/c.jsonl", "corpus")
+    assert "very-secret" not in str(err.value) and "s3://bucket/c.jsonl" in str(err.value)

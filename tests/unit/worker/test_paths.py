@@ -8,7 +8,7 @@ import re
 import pytest
 
 from worker.errors import PathNotAllowed
-from worker.paths import check_under
+from worker.paths import check_under, check_uri_under
 from worker.settings import WorkerSettings
 
 
@@ -60,6 +60,37 @@ def test_roots_setting_is_a_path_list():
                                  "EMBED_MODEL_ROOTS": "/models"})
     assert s.job_roots == ("/a", "/b/c") and s.model_roots == ("/models",)
     assert WorkerSettings.from_env({}).job_roots == ()
+
+
+def test_bucket_prefixes_are_roots_for_uris_and_only_for_uris(tree):
+    roots = ["s3://data/models/", str(tree / "jobs")]
+    for ok in ("s3://data/models/m1", "s3://data/models", "s3://data/models/a/b/"):
+        assert check_under(ok, roots, "model bundle") == ok
+    refused = {  # what the refusal names: never the credentials of a URI
+        "s3://other/models/m1": "model bundle s3://other/models/m1 is outside",
+        "s3://data/models-old/m1": "model bundle s3://data/models-old/m1 is outside",
+        "s3://data/elsewhere/m1": "is outside",
+        "gs://data/models/m1": "model bundle gs://data/models/m1 is outside",
+        "s3://data/models/../private/k": "'..' and '.' are not allowed",
+        "s3://key:secret@other/models/m1": "model bundle s3://other/models/m1 is outside",
+    }
+    for uri, named in refused.items():
+        with pytest.raises(PathNotAllowed, match=re.escape(named)) as err:
+            check_under(uri, roots, "model bundle")
+        assert "secret" not in str(err.value)
+    # a URI root never admits a path, a path root never admits a URI
+    with pytest.raises(PathNotAllowed, match="is outside"):
+        check_under(tree / "elsewhere" / "j2", ["s3://data/models/"], "job directory")
+    with pytest.raises(PathNotAllowed, match="is outside"):
+        check_uri_under("s3://data/models/m1", [str(tree / "jobs")], "model bundle")
+    assert check_uri_under("s3://any/thing", [], "model bundle") == "s3://any/thing"
+
+
+def test_roots_setting_keeps_uri_schemes_whole():
+    s = WorkerSettings.from_env({"EMBED_MODEL_ROOTS": f"s3://b/models/{os.pathsep}/models",
+                                 "EMBED_INPUT_ROOTS": "s3://b/corpora"})
+    assert s.model_roots == ("s3://b/models/", "/models")
+    assert s.input_roots == ("s3://b/corpora",)
 
 
 def stage_job(tmp_path, corpus, stage_bundle):
