@@ -94,6 +94,11 @@ class WorkerSettings:
     heartbeat_s: float = _env(5.0, "EMBED_HEARTBEAT_S", "seconds between a running shard's "
                               "heartbeats (`_state/alive/`): the producer re-sends only shards "
                               "no live worker holds")
+    preload: str | None = _env(None, "EMBED_PRELOAD", "`DEVICE:PRECISION:BUNDLE` (e.g. "
+                               "`cpu:auto:/models/minilm`): each pool process loads this model "
+                               "(the probe and compile included) as it starts, in a thread, "
+                               "instead of at its first task; `producer run` sets it so that "
+                               "the load overlaps staging", shown="none")
     model_lru: int = _env(2, "EMBED_MODEL_LRU",
                           "sessions kept per worker process (one fleet, several models)")
     events: bool = _env(False, "EMBED_EVENTS", "`1`: task events and worker heartbeats, for "
@@ -164,6 +169,13 @@ class WorkerSettings:
             raise ValueError(f"{env_name('heartbeat_s')} must be more than 0 seconds")
         if self.max_attempts < 1:
             raise ValueError(f"{env_name('max_attempts')} must be at least 1")
+        if self.preload:
+            from worker.preload import parse_preload
+
+            try:
+                parse_preload(self.preload)
+            except ValueError as exc:
+                raise ValueError(f"{env_name('preload')}={self.preload!r}: {exc}") from None
 
     @property
     def corpus_roots(self) -> tuple[str, ...]:
