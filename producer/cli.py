@@ -168,14 +168,15 @@ def _run_locally(plan: Any, home: Path, *, workers: int | None,
                  threads: int | None, broker: str | None, cache_url: str | None) -> None:
     """Start the private fleet; submit a new job to it (``plan.corpus``) or continue one."""
     from producer.job import submit as submit_job
-    from producer.local import fleet_roots, local_fleet
+    from producer.local import fleet_roots, local_fleet, preload_spec
     from producer.models import resolve_model
     from storage.manifest import RUN_MADE_BY
 
     bundle = resolve_model(plan.options["model"], home)  # export the default once
     with local_fleet(workers=workers or 1, threads=threads, home=home, queue=plan.queue,
                      broker=broker, cache_url=cache_url,
-                     extra_env={"EMBED_HOME": str(home), **fleet_roots(plan.root.parent, bundle)}
+                     extra_env={"EMBED_HOME": str(home), **fleet_roots(plan.root.parent, bundle),
+                                "EMBED_PRELOAD": preload_spec(plan, bundle, home)}
                      ) as (broker_url, _cache, fleet):
         click.echo(f"local fleet: {workers or 1} worker(s) on {mask_url(broker_url)}")
         if plan.note:

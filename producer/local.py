@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from producer.errors import FleetError
 from storage.jobfs import job_path
@@ -114,9 +114,12 @@ class LocalRedis:
             r = redis.Redis(port=self.port, db=BROKER_DB, socket_timeout=10)
             r.flushdb()
             r.save()
-            r.shutdown(nosave=True)
+            r.close()
         except Exception:
             pass
+        # SIGTERM, not SHUTDOWN: redis-py retries the connection SHUTDOWN closes, with backoff
+        # (4.6 s of every run's exit, measured); the server was started with --save "", so
+        # SIGTERM saves nothing again.
         _terminate(self.proc)
         self.proc = None
 
@@ -184,6 +187,29 @@ def fleet_roots(out: str | os.PathLike[str], bundle: str | os.PathLike[str]) -> 
     """The private fleet accepts only this run's output directory and model bundle."""
     model = redact(bundle) if is_object_uri(bundle) else str(Path(bundle).resolve())
     return {env_name("job_roots"): str(job_path(out)), env_name("model_roots"): model}
+
+
+def preload_spec(plan: Any, bundle: str | os.PathLike[str], home: Path) -> str:
+    """``EMBED_PRELOAD`` for the private fleet: the job's device, precision and bundle, so the
+    worker loads the model while this process stages the corpus.
+
+    "" (no preload) when the worker's CPU-runtime probe has yet to measure this bundle on this
+    machine: measured while staging takes the cores, it chose CPU-EP int8 over OpenVINO bf16
+    (benchmarks/speed.py: about half the steady rate), so the first job's probe waits for the
+    first shard as before, and every later job loads while staging."""
+    from storage.bundle import load_bundle
+    from worker.model.policy import stored_figures
+
+    precision = plan.options.get("precision")
+    if precision is None:  # resuming: the job's own
+        from storage.jobdir import JobDir
+
+        precision = JobDir.open(plan.root).manifest.precision or "auto"
+    device = "gpu" if plan.queue == "gpu" else "cpu"
+    if device == "cpu" and precision == "auto" and stored_figures(load_bundle(bundle),
+                                                                  home) is None:
+        return ""
+    return f"{device}:{precision}:{Path(bundle)}"
 
 
 @contextmanager

@@ -128,6 +128,10 @@ def create_app(settings: WorkerSettings) -> Celery:
     worker_process_init.connect(lambda **_: recycle.install_recycle_check(settings.recycle_headroom_mb),
                                 weak=False, dispatch_uid="embedfleet-recycle")
     app = Celery("embedfleet", set_as_current=False)
+    from worker.preload import start_preload
+
+    worker_process_init.connect(lambda **_: start_preload(app), weak=False,
+                                dispatch_uid=f"embedfleet-preload-{id(app)}")
     app.conf.update(celery_config(settings))
     app.settings = settings  # type: ignore[attr-defined]
     from worker.health import Health

@@ -95,6 +95,11 @@ class WorkerSettings:
     heartbeat_s: float = _env(5.0, "EMBED_HEARTBEAT_S", "seconds between a running shard's "
                               "heartbeats (`_state/alive/`): the producer re-sends only shards "
                               "no live worker holds")
+    preload: str | None = _env(None, "EMBED_PRELOAD", "`DEVICE:PRECISION:BUNDLE` (e.g. "
+                               "`cpu:auto:/models/minilm`): each pool process loads this model "
+                               "(the probe and compile included) as it starts, in a thread, "
+                               "instead of at its first task; `producer run` sets it so that "
+                               "the load overlaps staging", shown="none")
     model_lru: int = _env(2, "EMBED_MODEL_LRU",
                           "sessions kept per worker process (one fleet, several models)")
     events: bool = _env(False, "EMBED_EVENTS", "`1`: task events and worker heartbeats, for "
@@ -174,6 +179,13 @@ class WorkerSettings:
             if ".job." in getattr(self, name):  # the mark of a job's own queue (fair share)
                 raise ValueError(f"{env_name(name)}={getattr(self, name)!r}: a queue name may "
                                  "not contain '.job.' (it names a job's own queue)")
+        if self.preload:
+            from worker.preload import parse_preload
+
+            try:
+                parse_preload(self.preload)
+            except ValueError as exc:
+                raise ValueError(f"{env_name('preload')}={self.preload!r}: {exc}") from None
 
     @property
     def corpus_roots(self) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ from worker.pipeline import embed_shard as run_pipeline
 from worker.settings import WorkerSettings
 
 
+_LOAD_LOCK = threading.Lock()
+"""Held while a model is looked up or loaded in this process (pool processes start unlocked:
+the parent never loads a model)."""
+
+
 class ModelTask(Task):
     """Base task holding the per-process model LRU and cache clients."""
 
@@ -44,6 +50,12 @@ class ModelTask(Task):
         return self.app.settings  # type: ignore[attr-defined, no-any-return]
 
     def model_for(self, bundle_path: str, device: str, precision: str) -> Any:
+        """The process's session for this key: from the LRU, else loaded (the CPU probe first).
+        One load at a time: a task arriving while ``worker.preload`` loads waits for it."""
+        with _LOAD_LOCK:
+            return self._model_for(os.path.realpath(bundle_path), device, precision)
+
+    def _model_for(self, bundle_path: str, device: str, precision: str) -> Any:
         from worker.model.session import load_model  # onnxruntime only inside worker processes
 
         if not hasattr(self, "_models"):

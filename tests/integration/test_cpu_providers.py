@@ -170,8 +170,13 @@ def test_dry_run_after_an_auto_job_counts_its_chunks_as_cached(
     # them instead of measuring, so its choice is not left to timing noise.
     bundle = load_bundle(minilm_bundle)
     key = machine_key(bundle, _available(), _flags(), 1)  # EMBED_THREADS=1
-    rows = [{"provider": p, "precision": "fp32", "tokens_per_s": tps, "cos_min": 1.0,
-             "error": ""} for p, tps in (("CPUExecutionProvider", 1000.0), (OPENVINO, 3000.0))]
+    # One row per candidate this machine's probe would measure (on an AMX or avx512_bf16 CPU
+    # that includes OpenVINO bf16; missing rows make the worker measure again).
+    from worker.model.providers import cpu_candidates
+
+    rows = [{"provider": c.provider, "precision": c.precision, "tokens_per_s":
+             3000.0 if c.provider == OPENVINO else 1000.0, "cos_min": 1.0, "error": ""}
+            for c in cpu_candidates(_available(), _flags(), bundle.variants)]
     path = tmp_path / "home" / "runtime" / f"{key}.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"version": PROBE_VERSION, "bundle": str(bundle.path),
