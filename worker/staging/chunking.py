@@ -144,7 +144,7 @@ def chunk_document(
         return [Span(0, 0, len(text), whole)]
     if add is None:
         add = additivity(tokenizer, prefix)
-    starts, unclean = token_starts(text, tokenizer, add.splits)
+    starts, unclean = token_starts(text, tokenizer, add.splits, fast=not add.verify_all)
     # Counting needs no offsets: encode_batch_fast (tokenizers >= 0.20) skips them.
     encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     spans: list[Span] = []
