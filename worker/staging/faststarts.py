@@ -34,11 +34,12 @@ _UNSAFE = re.compile(r"[^\t\n\r\x20-\x7e]")
 _LOWER = bytes.maketrans(bytes(range(65, 91)), bytes(range(97, 123)))
 _ASCII_WS = re.compile(r"[\t\n\r ]")
 _GAP = 32
-_WS = np.zeros(256, dtype=bool)
-_WS[[9, 10, 13, 32]] = True
-_PUNCT = np.zeros(256, dtype=bool)
+_CLASS = bytearray(256)  # 0: a word character, 1: whitespace, 2: punctuation (own word)
+for _c in (9, 10, 13, 32):
+    _CLASS[_c] = 1
 for _lo, _hi in ((33, 47), (58, 64), (91, 96), (123, 126)):  # Rust's is_ascii_punctuation
-    _PUNCT[_lo:_hi + 1] = True
+    _CLASS[_lo:_hi + 1] = b"\x02" * (_hi + 1 - _lo)
+_CLASSES = bytes(_CLASS)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Vocab:
     a word; ``bad`` ids (non-ASCII pieces, added tokens) never pass the check."""
 
     nano: Any
-    pieces: list[bytes]
+    pieces: np.ndarray
     length: np.ndarray
     cont: np.ndarray
     bad: np.ndarray
@@ -93,7 +94,7 @@ def _build(tokenizer: Any) -> Vocab | None:
     unk = tokenizer.token_to_id(model.get("unk_token", "[UNK]"))
     if unk is not None:
         bad[unk] = True  # a word's [UNK] hides its length: tokenizers encodes that piece
-    return Vocab(nano, [t.encode("ascii") for t in texts],
+    return Vocab(nano, np.array([t.encode("ascii") for t in texts], dtype=bytes),
                  np.fromiter(map(len, texts), dtype=np.int64, count=size), cont, bad,
                  bool(norm is None or norm.get("lowercase", True)))
 
@@ -144,12 +145,13 @@ def fast_starts(text: str, pieces: list[tuple[int, str]], vocab: Vocab
     texts = [pieces[i][1] for i in safe]
     ragged = vocab.nano.encode_batch(texts, add_special_tokens=False, parallel=False)
     ids, rows = ragged.ids.astype(np.int64), np.asarray(ragged.offsets, dtype=np.int64)
-    # One byte per character (str index = byte index); other pieces' bytes are never used.
-    code = np.frombuffer(text.encode("latin-1", "replace"), dtype=np.uint8)
+    # One byte per character (str index = byte index; other pieces' bytes are never used): its
+    # class, whitespace, punctuation or other.
+    code = np.frombuffer(text.encode("latin-1", "replace").translate(_CLASSES), dtype=np.uint8)
     ok, starts, spans = _check(code, bases, np.asarray(safe, dtype=np.int64), ids, rows,
                                vocab)
     if ok.any():
-        joined = b"".join(map(vocab.pieces.__getitem__, ids.tolist()))
+        joined = vocab.pieces[ids].tobytes().translate(None, b"\0")
         table = _LOWER if vocab.lowercase else None
         for k, i in enumerate(safe):
             if ok[k] and joined[spans[k]:spans[k + 1]] != texts[k].encode("ascii").translate(
@@ -166,11 +168,10 @@ def _check(code: np.ndarray, bases: np.ndarray, safe: np.ndarray, ids: np.ndarra
     """(per safe piece: the structural checks hold, every token's start, where each safe
     piece's tokens begin in their joined text). What is left to check: that joined text."""
     n, k = len(code), len(safe)
-    ws = _WS[code]
-    punct = _PUNCT[code]
+    ws = code == 1
     brk = np.ones(n, dtype=bool)  # a word may start here if this is not whitespace
-    brk[1:] = ws[:-1] | punct[:-1]
-    brk |= punct
+    np.not_equal(code[:-1], 0, out=brk[1:])
+    brk |= code == 2
     brk[bases] = True
     wpos = np.flatnonzero(brk & ~ws)
     wpiece = np.searchsorted(bases, wpos, side="right") - 1
@@ -178,7 +179,7 @@ def _check(code: np.ndarray, bases: np.ndarray, safe: np.ndarray, ids: np.ndarra
     in_safe[safe] = True
     keep = in_safe[wpiece]
     wpos, wpiece = wpos[keep], wpiece[keep]
-    nonws = np.zeros(n + 1, dtype=np.int64)
+    nonws = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(~ws, out=nonws[1:])
 
     tpiece = np.repeat(np.arange(k), np.diff(rows))  # index into ``safe``
