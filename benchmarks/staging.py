@@ -145,6 +145,9 @@ def main() -> None:
     ap.add_argument("--old", default=OLD, help=f"the release to compare with (default {OLD})")
     ap.add_argument("--dry-only", action="store_true",
                     help="only the dry-run rows (no --big first task, no --small producer run)")
+    ap.add_argument("--profile-docs", type=int, default=0,
+                    help="also profile this tree's staging of that many lines in process "
+                         "(cProfile) and print where the time goes")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     if not a.dry_only and (a.big is None or a.small is None):
@@ -213,8 +216,54 @@ def main() -> None:
     print(f"cpu: {meta['cpu']}; load average {meta['load_before']:.1f} at the start, "
           f"{meta['load_after']:.1f} at the end (load_* rows: the 1-minute load average "
           f"just before each dry run)")
+    out: dict[str, object] = {"meta": meta, **res}
+    if a.profile_docs:
+        out["profile_new"] = profile_breakdown(a.million, a.profile_docs, a.model)
     if a.json:
-        a.json.write_text(json.dumps({"meta": meta, **res}, indent=2, default=str))
+        a.json.write_text(json.dumps(out, indent=2, default=str))
+
+
+PARTS = (  # (part, the functions whose cumulative time it is)
+    ("token starts of long documents", ("token_starts",)),
+    ("chunk planning and counting", ("chunk_document",)),  # less token_starts
+    ("ids of short documents (nanotoken)", ("_count_group",)),
+    ("ids of long documents' chunks (nanotoken)", ("_chunk_ids",)),
+    ("reading and JSON parsing", ("iter_split",)),
+    ("hashing", ("text_sha256", "doc_sha256")),
+)
+
+
+def profile_breakdown(corpus: Path, docs: int, model: str) -> dict[str, float]:
+    """Share of in-process staging time (cProfile, self time) per part, this tree, dry run
+    without the cache lookup; prints it."""
+    import cProfile
+    import pstats
+
+    from worker.staging.pool import chunk_texts
+    from worker.staging.shards import StageConfig
+
+    with tempfile.TemporaryDirectory() as tmpd:
+        part = head(corpus, docs, Path(tmpd) / "profile.jsonl")
+        cfg = StageConfig(bundle_path=str(Path(model).resolve()), max_tokens=256)
+        chunk_texts(head(corpus, 20, Path(tmpd) / "warm.jsonl"), cfg)  # loads, imports
+        prof = cProfile.Profile()
+        t0 = time.process_time()
+        prof.runcall(chunk_texts, part, cfg)
+        cpu = time.process_time() - t0
+        mb = part.stat().st_size / 1e6
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    cum: dict[str, float] = {}
+    for (_, _, func), v in stats.items():
+        cum[func] = cum.get(func, 0.0) + v[3]
+    total = cum.get("chunk_texts", 0.0) or sum(v[2] for v in stats.values())
+    shares = {name: sum(cum.get(f, 0.0) for f in funcs) / total for name, funcs in PARTS}
+    shares["chunk planning and counting"] -= shares["token starts of long documents"]
+    shares["the rest (shard rows, the loop)"] = 1 - sum(shares.values())
+    print(f"\nwhere staging's time goes (this tree, {docs:,} lines, {mb:.1f} MB in process, "
+          f"cProfile cumulative time; {mb / cpu:.2f} MB per CPU-second under the profiler):")
+    for name, share in sorted(shares.items(), key=lambda x: -x[1]):
+        print(f"  {name:42}{share:7.1%}")
+    return shares
 
 
 def _dry_row(row: dict[str, object], n: int, tree: Path, corpus: Path, model: str, cache: str,

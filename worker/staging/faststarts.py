@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 _UNSAFE = re.compile(r"[^\t\n\r\x20-\x7e]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 """A character the fast path does not handle (anything but printable ASCII, tab, LF, CR)."""
 _LOWER = bytes.maketrans(bytes(range(65, 91)), bytes(range(97, 123)))
 _ASCII_WS = re.compile(r"[\t\n\r ]")
@@ -84,9 +85,12 @@ def _build(tokenizer: Any) -> Vocab | None:
         return None
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     added = {t["id"] for t in spec.get("added_tokens", [])}
+    by_id = [""] * size
+    for piece, i in tokenizer.get_vocab(with_added_tokens=True).items():
+        if 0 <= i < size:
+            by_id[i] = piece
     texts, cont, bad = [], np.zeros(size, dtype=bool), np.zeros(size, dtype=bool)
-    for i in range(size):
-        piece = tokenizer.id_to_token(i) or ""
+    for i, piece in enumerate(by_id):
         if piece.startswith(prefix) and len(piece) > len(prefix):
             piece, cont[i] = piece[len(prefix):], True
         bad[i] = i in added or not piece or not piece.isascii()
@@ -97,6 +101,11 @@ def _build(tokenizer: Any) -> Vocab | None:
     return Vocab(nano, np.array([t.encode("ascii") for t in texts], dtype=bytes),
                  np.fromiter(map(len, texts), dtype=np.int64, count=size), cont, bad,
                  bool(norm is None or norm.get("lowercase", True)))
+
+
+def all_safe(text: str) -> bool:
+    """Whether the fast path handles every character of ``text`` (``isascii`` is O(1))."""
+    return text.isascii() and _CONTROL.search(text) is None
 
 
 def refine(pieces: list[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -132,13 +141,16 @@ def refine(pieces: list[tuple[int, str]]) -> list[tuple[int, str]]:
     return out
 
 
-def fast_starts(text: str, pieces: list[tuple[int, str]], vocab: Vocab
-                ) -> tuple[list[np.ndarray | None], np.ndarray]:
+def fast_starts(text: str, pieces: list[tuple[int, str]], vocab: Vocab,
+                safe_text: bool | None = None) -> tuple[list[np.ndarray | None], np.ndarray]:
     """Per piece: its tokens' start offsets in ``text``, or None where the fast path does not
     hold (the caller encodes that piece with ``tokenizers``). The second array: the pieces'
-    start offsets."""
+    start offsets. ``safe_text``: ``all_safe(text)`` when the caller has it."""
     bases = np.fromiter((b for b, _ in pieces), dtype=np.int64, count=len(pieces))
-    safe = [i for i, (_, p) in enumerate(pieces) if _UNSAFE.search(p) is None]
+    if safe_text is None:
+        safe_text = all_safe(text)
+    safe = (list(range(len(pieces))) if safe_text
+            else [i for i, (_, p) in enumerate(pieces) if _UNSAFE.search(p) is None])
     out: list[np.ndarray | None] = [None] * len(pieces)
     if not safe:
         return out, bases
@@ -147,16 +159,19 @@ def fast_starts(text: str, pieces: list[tuple[int, str]], vocab: Vocab
     ids, rows = ragged.ids.astype(np.int64), np.asarray(ragged.offsets, dtype=np.int64)
     # One byte per character (str index = byte index; other pieces' bytes are never used): its
     # class, whitespace, punctuation or other.
-    code = np.frombuffer(text.encode("latin-1", "replace").translate(_CLASSES), dtype=np.uint8)
+    raw = text.encode("ascii") if safe_text else text.encode("latin-1", "replace")
+    code = np.frombuffer(raw.translate(_CLASSES), dtype=np.uint8)
     ok, starts, spans = _check(code, bases, np.asarray(safe, dtype=np.int64), ids, rows,
                                vocab)
     if ok.any():
         joined = vocab.pieces[ids].tobytes().translate(None, b"\0")
         table = _LOWER if vocab.lowercase else None
-        for k, i in enumerate(safe):
-            if ok[k] and joined[spans[k]:spans[k + 1]] != texts[k].encode("ascii").translate(
-                    table, b" \t\n\r"):
-                ok[k] = False
+        # All pieces at once when they tile the text (the usual case), else piece by piece.
+        if not (ok.all() and safe_text and joined == raw.translate(table, b" \t\n\r")):
+            for k, piece in enumerate(texts):
+                if ok[k] and joined[spans[k]:spans[k + 1]] != piece.encode("ascii").translate(
+                        table, b" \t\n\r"):
+                    ok[k] = False
     for k, i in enumerate(safe):
         if ok[k]:
             out[i] = starts[rows[k]:rows[k + 1]]

@@ -112,12 +112,13 @@ def token_starts(text: str, tokenizer: Tokenizer, splits: str = "", *, fast: boo
                           dtype=np.int64)
     found: list[np.ndarray | None] = [None] * len(pieces)
     if fast:
-        from worker.staging.faststarts import fast_starts, refine, vocab_for
+        from worker.staging.faststarts import all_safe, fast_starts, refine, vocab_for
 
         vocab = vocab_for(tokenizer)
         if vocab is not None:
-            pieces = refine(pieces)
-            found = fast_starts(text, pieces, vocab)[0]
+            safe = all_safe(text)
+            pieces = pieces if safe else refine(pieces)
+            found = fast_starts(text, pieces, vocab, safe)[0]
     slow = [i for i, f in enumerate(found) if f is None]
     for i in range(0, len(slow), 256):  # bounded memory: 256 pieces of Encodings at a time
         group = slow[i : i + 256]
