@@ -4,20 +4,20 @@ Chunking a long document needs every token's start offset (``tokenwise.token_sta
 HuggingFace ``tokenizers`` for them costs its full encode plus one Python tuple per token: it
 was most of staging's time on real text (long documents). For a WordPiece tokenizer with the
 BERT pipeline (``BertNormalizer`` + ``BertPreTokenizer``, the default all-MiniLM-L6-v2, BGE, E5)
-and text of printable ASCII plus tab/newline/CR, the offsets follow from the ids alone:
+and text of printable ASCII plus tab/newline/CR, the offsets follow from the ids alone: the
+normaliser keeps every such character in place (lower-casing ASCII keeps the length), no token
+spans whitespace, and the tokens' texts (``##`` removed) laid end to end are the text without
+its whitespace. So token k starts at the text's ``n``-th non-whitespace character, ``n`` the
+length of the tokens before it.
 
-- the normaliser keeps every such character in place (lower-casing ASCII keeps the length);
-- the pre-tokenizer starts a word after whitespace and at every ASCII punctuation character;
-- a word's first token starts at the word, each ``##`` piece where the previous piece ended.
-
-So the ids come from nanotoken (the fast encoder `fastcount` already proved equal to
-``tokenizers``), and the starts are computed with numpy over the whole document. Every piece of
-the document (``tokenwise.pieces_of``) is then checked: its word count equals its count of
-word-first tokens, each token's text equals the (lower-cased) document text at its start, and
-each word's last token ends at the word's end ([UNK] stands for a whole word). A piece holding
-any other character, or failing a check (e.g. a literal "[CLS]", which is one added token), is
-encoded by ``tokenizers`` as before. The result is the array ``tokenizers`` gives, checked by
-tests/unit/worker/staging/test_faststarts.py on real and hostile text.
+The ids come from nanotoken (the encoder `fastcount` already proved equal to ``tokenizers``);
+the starts are computed with numpy over the whole document. Each piece of the document
+(``tokenwise.pieces_of``) is checked first: its tokens' texts laid end to end must equal its
+text without whitespace (lower-cased), and it holds no [UNK] or added token (a literal "[CLS]"
+is one, whose text is not what it covers). A piece holding any other character, or failing the
+check, is encoded by ``tokenizers`` as before (``refine`` first narrows a non-ASCII character's
+piece to its words). The result is the array ``tokenizers`` gives, compared on real and hostile
+text by tests/unit/worker/staging/test_faststarts.py.
 """
 
 from __future__ import annotations
@@ -35,18 +35,15 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LOWER = bytes.maketrans(bytes(range(65, 91)), bytes(range(97, 123)))
 _ASCII_WS = re.compile(r"[\t\n\r ]")
 _GAP = 32
-_CLASS = bytearray(256)  # 0: a word character, 1: whitespace, 2: punctuation (own word)
-for _c in (9, 10, 13, 32):
-    _CLASS[_c] = 1
-for _lo, _hi in ((33, 47), (58, 64), (91, 96), (123, 126)):  # Rust's is_ascii_punctuation
-    _CLASS[_lo:_hi + 1] = b"\x02" * (_hi + 1 - _lo)
-_CLASSES = bytes(_CLASS)
+_WS_BYTES = b" \t\n\r"
+_NOT_WS = bytes(0 if c in _WS_BYTES else 1 for c in range(256))
 
 
 @dataclass(frozen=True)
 class Vocab:
-    """Per id: piece text (ASCII, ``##`` removed) as a slice of ``chars``; whether it continues
-    a word; ``bad`` ids (non-ASCII pieces, added tokens) never pass the check."""
+    """Per id: its text (ASCII, ``##`` removed; ``pieces`` a fixed-width bytes array), its
+    length, whether it continues a word; ``bad`` ids ([UNK], added tokens, non-ASCII pieces)
+    fail the check."""
 
     nano: Any
     pieces: np.ndarray
@@ -157,70 +154,35 @@ def fast_starts(text: str, pieces: list[tuple[int, str]], vocab: Vocab,
     texts = [pieces[i][1] for i in safe]
     ragged = vocab.nano.encode_batch(texts, add_special_tokens=False, parallel=False)
     ids, rows = ragged.ids.astype(np.int64), np.asarray(ragged.offsets, dtype=np.int64)
-    # One byte per character (str index = byte index; other pieces' bytes are never used): its
-    # class, whitespace, punctuation or other.
-    raw = text.encode("ascii") if safe_text else text.encode("latin-1", "replace")
-    code = np.frombuffer(raw.translate(_CLASSES), dtype=np.uint8)
-    ok, starts, spans = _check(code, bases, np.asarray(safe, dtype=np.int64), ids, rows,
-                               vocab)
-    if ok.any():
-        joined = vocab.pieces[ids].tobytes().translate(None, b"\0")
-        table = _LOWER if vocab.lowercase else None
-        # All pieces at once when they tile the text (the usual case), else piece by piece.
-        if not (ok.all() and safe_text and joined == raw.translate(table, b" \t\n\r")):
-            for k, piece in enumerate(texts):
-                if ok[k] and joined[spans[k]:spans[k + 1]] != piece.encode("ascii").translate(
-                        table, b" \t\n\r"):
-                    ok[k] = False
-    for k, i in enumerate(safe):
-        if ok[k]:
-            out[i] = starts[rows[k]:rows[k + 1]]
-    return out, bases
-
-
-def _check(code: np.ndarray, bases: np.ndarray, safe: np.ndarray, ids: np.ndarray,
-           rows: np.ndarray, v: Vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(per safe piece: the structural checks hold, every token's start, where each safe
-    piece's tokens begin in their joined text). What is left to check: that joined text."""
-    n, k = len(code), len(safe)
-    ws = code == 1
-    brk = np.ones(n, dtype=bool)  # a word may start here if this is not whitespace
-    np.not_equal(code[:-1], 0, out=brk[1:])
-    brk |= code == 2
-    brk[bases] = True
-    wpos = np.flatnonzero(brk & ~ws)
-    wpiece = np.searchsorted(bases, wpos, side="right") - 1
-    in_safe = np.zeros(len(bases), dtype=bool)
-    in_safe[safe] = True
-    keep = in_safe[wpiece]
-    wpos, wpiece = wpos[keep], wpiece[keep]
-    nonws = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(~ws, out=nonws[1:])
-
+    k = len(safe)
     tpiece = np.repeat(np.arange(k), np.diff(rows))  # index into ``safe``
-    head = ~v.cont[ids]
-    n_words = np.bincount(np.searchsorted(safe, wpiece), minlength=k)
-    n_heads = np.bincount(tpiece[head], minlength=k)
-    ok = n_words == n_heads
-    ok[np.unique(tpiece[v.bad[ids]])] = False  # [UNK], added tokens, non-ASCII pieces
+    ok = np.ones(k, dtype=bool)
+    ok[np.unique(tpiece[vocab.bad[ids]])] = False  # [UNK], added tokens, non-ASCII pieces
     first = rows[:-1][rows[:-1] < rows[1:]]
-    ok[tpiece[first]] &= head[first]  # a piece's first token starts a word
-    length = v.length[ids]
+    ok[tpiece[first]] &= ~vocab.cont[ids[first]]  # a piece starts with a word's first token
+    length = vocab.length[ids]
     csum = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(length, out=csum[1:])
-    if not ok.any() or len(wpos) == 0:
-        return ok & False, np.zeros(len(ids), dtype=np.int64), csum[rows]
-    words_before = np.zeros(k, dtype=np.int64)
-    np.cumsum(n_words[:-1], out=words_before[1:])
-    heads_before = np.zeros(k, dtype=np.int64)
-    np.cumsum(n_heads[:-1], out=heads_before[1:])
-    widx = words_before[tpiece] + np.cumsum(head) - 1 - heads_before[tpiece]
-    widx = np.clip(widx, 0, len(wpos) - 1)
-    # Each head token sits where its word starts in the piece's text without whitespace.
-    at = np.flatnonzero(head)
-    stream = csum[at] - csum[rows[tpiece[at]]]
-    word_stream = nonws[wpos[widx[at]]] - nonws[bases[safe[tpiece[at]]]]
-    ok[np.unique(tpiece[at[stream != word_stream]])] = False
-    hidx = np.maximum.accumulate(np.where(head, np.arange(len(ids)), 0))
-    starts = wpos[widx[hidx]] + csum[:-1] - csum[hidx]
-    return ok, starts, csum[rows]
+    if not ok.any():
+        return out, bases
+    # One byte per character (str index = byte index; other pieces' bytes are never used).
+    raw = text.encode("ascii") if safe_text else text.encode("latin-1", "replace")
+    joined = vocab.pieces[ids].tobytes().translate(None, b"\0")
+    table = _LOWER if vocab.lowercase else None
+    # The tokens' text must be the pieces' text without whitespace (lower-cased): all pieces at
+    # once when they tile the text (the usual case), else piece by piece.
+    if not (ok.all() and safe_text and joined == raw.translate(table, _WS_BYTES)):
+        for j, piece in enumerate(texts):
+            if ok[j] and joined[csum[rows[j]]:csum[rows[j + 1]]] != piece.encode(
+                    "ascii").translate(table, _WS_BYTES):
+                ok[j] = False
+    # Then the token that starts at character c of that text starts at the c-th non-whitespace
+    # character of the piece.
+    nonws = np.flatnonzero(np.frombuffer(raw.translate(_NOT_WS), dtype=np.uint8))
+    before = nonws.searchsorted(bases[np.asarray(safe, dtype=np.int64)])
+    at = before[tpiece] + csum[:-1] - csum[rows[tpiece]]
+    starts = nonws[np.minimum(at, len(nonws) - 1)] if len(nonws) else at
+    for j, i in enumerate(safe):
+        if ok[j]:
+            out[i] = starts[rows[j]:rows[j + 1]]
+    return out, bases
