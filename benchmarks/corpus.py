@@ -14,6 +14,7 @@ document is consecutive pieces of one source (a package's README, a module's doc
 source order), so it reads like a real long document.
 
     python benchmarks/corpus.py --docs 5000 --out corpus.jsonl
+    python benchmarks/corpus.py --docs 20000 --copies 3 --out grown.jsonl   # ~98 MB, staging
     python benchmarks/corpus.py --synthetic-million --out million.jsonl   # 1,000,000 small docs
 """
 
@@ -272,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", "-o", type=Path, default=Path("corpus.jsonl"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-stats", action="store_true", help="skip the token-length summary")
+    ap.add_argument("--copies", type=int, default=1,
+                    help="grow the corpus: write the documents this many times, ids suffixed "
+                         "-0, -1 ... (the staging benchmark's ~100 MB real-text corpus: "
+                         "--docs 20000 --copies 3)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 
@@ -284,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - t0:.1f}s")
         return 0
     docs = build_corpus(args.docs or 5000, args.seed, log)
-    n, size = write_jsonl(args.out, docs)
+    grown = docs if args.copies <= 1 else [
+        {**d, "id": f"{d['id']}-{k}"} for k in range(args.copies) for d in docs]
+    n, size = write_jsonl(args.out, grown)
     print(f"{args.out}: {n:,} documents, {size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
     if not args.no_stats:
         st = token_stats([d["text"] for d in docs])

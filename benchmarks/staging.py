@@ -1,15 +1,18 @@
-"""Staging benchmark: this tree against the previous release (commit 3ed42c3), in one run.
+"""Staging benchmark: this tree against a previous release (default commit 3ed42c3), in one run.
 
     python benchmarks/staging.py --big big.jsonl --million million.jsonl --small c5k.jsonl \
         --model .embedfleet/test-models/all-MiniLM-L6-v2 [--dry-docs 100000] [--run-docs 1000] \
-        [--json benchmarks/results/staging.json]
+        [--old REV] [--json benchmarks/results/staging.json]
+    python benchmarks/staging.py --dry-only --million grown.jsonl --old REV ...   # rows 2 only
 
 Prints, for old and new:
   1. seconds from ``producer submit`` to the first task on the broker (``--big``, ~1 GB;
      the old release stages everything first: it is stopped after ``--old-cap-s`` and the
      time is extrapolated from its dry-run MB/s, flagged as such);
   2. dry-run staging MB/s on the first ``--dry-docs`` lines of ``--million`` with 1 and 2
-     staging processes (the old release has one), with the peak RSS of the largest process;
+     staging processes (releases without ``--stage-procs`` have one), with the peak RSS of
+     the largest process and MB per CPU-second of the whole process tree (less sensitive to
+     other jobs on a shared machine than MB/s);
   3. ``producer run`` on the first ``--run-docs`` lines of ``--small``: the whole command, its
      staging time (dry run) and its embedding time (first to last metric row of the job).
 The old release is extracted with ``git archive`` into a temp dir and run from there.
@@ -85,14 +88,18 @@ def first_task_s(tree: Path, corpus: Path, model: str, broker: str, out: Path, c
 
 # Runs a command and prints the largest peak RSS (kB) of any process under it, staging pool
 # included (RUSAGE_CHILDREN covers every waited-for descendant).
+# CPU_S: user + system seconds of the whole process tree (the staging pool included): less
+# sensitive than wall time to other jobs on a shared machine.
 _PEAK = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
-         "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+         "ru = resource.getrusage(resource.RUSAGE_CHILDREN); "
+         "print('PEAK_RSS_KB', ru.ru_maxrss, 'CPU_S', ru.ru_utime + ru.ru_stime); "
          "sys.exit(rc)")
 
 
-def dry_run(tree: Path, corpus: Path, model: str, cache: str, procs: list[str]
-            ) -> tuple[float, float]:
-    """(MB/s, peak RSS MB of the largest process) of ``producer submit --dry-run``."""
+def dry_run(tree: Path, corpus: Path, model: str, cache: str, procs: list[str],
+            cpu: dict[str, float] | None = None) -> tuple[float, float]:
+    """(MB/s, peak RSS MB of the largest process) of ``producer submit --dry-run``; ``cpu``
+    gets ``mb_per_cpu_s`` (MB per CPU-second of the whole process tree)."""
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "producer", "submit",
                         str(corpus), "--dry-run", "--model", model, "--cache-url", cache,
@@ -100,7 +107,10 @@ def dry_run(tree: Path, corpus: Path, model: str, cache: str, procs: list[str]
     wall = time.monotonic() - t0
     if p.returncode:
         raise RuntimeError(p.stdout + p.stderr)
-    kb = int(p.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+    fields = p.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()
+    kb, cpu_s = int(fields[0]), float(fields[2])
+    if cpu is not None:
+        cpu["mb_per_cpu_s"] = corpus.stat().st_size / 1e6 / cpu_s
     return corpus.stat().st_size / 1e6 / wall, kb / 1024
 
 
@@ -126,37 +136,55 @@ def run_whole(tree: Path, corpus: Path, model: str, out: Path, home: Path) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--big", type=Path, required=True)
+    ap.add_argument("--big", type=Path)
     ap.add_argument("--million", type=Path, required=True)
-    ap.add_argument("--small", type=Path, required=True)
+    ap.add_argument("--small", type=Path)
     ap.add_argument("--model", required=True)
     ap.add_argument("--dry-docs", type=int, default=100_000)
     ap.add_argument("--run-docs", type=int, default=1000)
     ap.add_argument("--old-cap-s", type=float, default=60)
+    ap.add_argument("--old", default=OLD, help=f"the release to compare with (default {OLD})")
+    ap.add_argument("--dry-only", action="store_true",
+                    help="only the dry-run rows (no --big first task, no --small producer run)")
+    ap.add_argument("--profile-docs", type=int, default=0,
+                    help="also profile this tree's staging of that many lines in process "
+                         "(cProfile) and print where the time goes")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
+    if not a.dry_only and (a.big is None or a.small is None):
+        ap.error("--big and --small are needed unless --dry-only")
     sys.path.insert(0, str(ROOT))
     from producer.local import LocalRedis
 
     res: dict[str, dict[str, object]] = {"old": {}, "new": {}}
-    meta = {"command": " ".join(["benchmarks/staging.py", *sys.argv[1:]]), "old_rev": OLD,
+    meta = {"command": " ".join(["benchmarks/staging.py", *sys.argv[1:]]), "old_rev": a.old,
             "cores": os.cpu_count(), "cpu": _cpu_model(), "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
-        trees = {"old": tree_of(OLD, tmp), "new": ROOT}
+        trees = {"old": tree_of(a.old, tmp), "new": ROOT}
         srv = LocalRedis(tmp / "redis")
         srv.start()
         try:
             model = str(Path(a.model).resolve())
             dry = head(a.million, a.dry_docs, tmp / "dry.jsonl")
-            small = head(a.small, a.run_docs, tmp / "small.jsonl")
+            meta["dry_mb"] = dry.stat().st_size / 1e6
+            # Interleaved (old 1, new 1, old 2, new 2) so a change of load hits both alike.
+            for n in (1, 2):
+                for name, tree in trees.items():
+                    if not _has_stage_procs(tree):
+                        if n == 1:
+                            _dry_row(res[name], 1, tree, dry, model, srv.cache_url, [])
+                        continue
+                    _dry_row(res[name], n, tree, dry, model, srv.cache_url,
+                             ["--stage-procs", str(n)])
             for name, tree in trees.items():
-                one = [] if name == "old" else ["--stage-procs", "1"]
-                res[name]["dry_mb_s_1proc"], res[name]["dry_peak_rss_mb_1proc"] = dry_run(
-                    tree, dry, model, srv.cache_url, one)
-                if name == "new":
-                    res[name]["dry_mb_s_2proc"], res[name]["dry_peak_rss_mb_2proc"] = dry_run(
-                        tree, dry, model, srv.cache_url, ["--stage-procs", "2"])
+                one = res[name].get("dry_mb_s_1proc")
+                two = res[name].get("dry_mb_s_2proc")
+                if isinstance(one, float) and isinstance(two, float):
+                    res[name]["dry_2proc_over_1proc"] = two / one
+                if a.dry_only:
+                    continue
+                small = head(a.small, a.run_docs, tmp / "small.jsonl")
                 t = first_task_s(tree, a.big, model, srv.broker_url, tmp / f"out-{name}",
                                  a.old_cap_s if name == "old" else 120, [])
                 if t is None:
@@ -172,19 +200,86 @@ def main() -> None:
                                                                       whole["embedding_s"])
         finally:
             srv.stop()
-    print(f"corpora: big {a.big.stat().st_size / 1e9:.2f} GB, dry run {a.dry_docs:,} docs, "
-          f"producer run {a.run_docs:,} docs; machine: {os.cpu_count()} cores")
+    if a.dry_only:
+        print(f"dry run: first {a.dry_docs:,} lines of {a.million} ({meta['dry_mb']:.1f} MB); "
+              f"machine: {os.cpu_count()} cores")
+    else:
+        print(f"corpora: big {a.big.stat().st_size / 1e9:.2f} GB, dry run {a.dry_docs:,} docs "
+              f"({meta['dry_mb']:.1f} MB), producer run {a.run_docs:,} docs; machine: "
+              f"{os.cpu_count()} cores")
     keys = sorted({k for v in res.values() for k in v})
-    print(f"{'':22}{'old (' + OLD + ')':>24}{'new':>24}")
+    print(f"{'':26}{'old (' + a.old + ')':>24}{'new':>24}")
     for k in keys:
         cells = [res[n].get(k, "-") for n in ("old", "new")]
-        print(f"{k:22}" + "".join(f"{c:>24.2f}" if isinstance(c, float) else f"{str(c):>24}"
+        print(f"{k:26}" + "".join(f"{c:>24.2f}" if isinstance(c, float) else f"{str(c):>24}"
                                   for c in cells))
     meta["load_after"] = os.getloadavg()[0]
     print(f"cpu: {meta['cpu']}; load average {meta['load_before']:.1f} at the start, "
-          f"{meta['load_after']:.1f} at the end")
+          f"{meta['load_after']:.1f} at the end (load_* rows: the 1-minute load average "
+          f"just before each dry run)")
+    out: dict[str, object] = {"meta": meta, **res}
+    if a.profile_docs:
+        out["profile_new"] = profile_breakdown(a.million, a.profile_docs, a.model)
     if a.json:
-        a.json.write_text(json.dumps({"meta": meta, **res}, indent=2, default=str))
+        a.json.write_text(json.dumps(out, indent=2, default=str))
+
+
+PARTS = (  # (part, the functions whose cumulative time it is)
+    ("token starts of long documents", ("token_starts",)),
+    ("chunk planning and counting", ("chunk_document",)),  # less token_starts
+    ("ids of short documents (nanotoken)", ("_count_group",)),
+    ("ids of long documents' chunks (nanotoken)", ("_chunk_ids",)),
+    ("reading and JSON parsing", ("iter_split",)),
+    ("hashing", ("text_sha256", "doc_sha256")),
+)
+
+
+def profile_breakdown(corpus: Path, docs: int, model: str) -> dict[str, float]:
+    """Share of in-process staging time (cProfile, self time) per part, this tree, dry run
+    without the cache lookup; prints it."""
+    import cProfile
+    import pstats
+
+    from worker.staging.pool import chunk_texts
+    from worker.staging.shards import StageConfig
+
+    with tempfile.TemporaryDirectory() as tmpd:
+        part = head(corpus, docs, Path(tmpd) / "profile.jsonl")
+        cfg = StageConfig(bundle_path=str(Path(model).resolve()), max_tokens=256)
+        chunk_texts(head(corpus, 20, Path(tmpd) / "warm.jsonl"), cfg)  # loads, imports
+        prof = cProfile.Profile()
+        t0 = time.process_time()
+        prof.runcall(chunk_texts, part, cfg)
+        cpu = time.process_time() - t0
+        mb = part.stat().st_size / 1e6
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    cum: dict[str, float] = {}
+    for (_, _, func), v in stats.items():
+        cum[func] = cum.get(func, 0.0) + v[3]
+    total = cum.get("chunk_texts", 0.0) or sum(v[2] for v in stats.values())
+    shares = {name: sum(cum.get(f, 0.0) for f in funcs) / total for name, funcs in PARTS}
+    shares["chunk planning and counting"] -= shares["token starts of long documents"]
+    shares["the rest (shard rows, the loop)"] = 1 - sum(shares.values())
+    print(f"\nwhere staging's time goes (this tree, {docs:,} lines, {mb:.1f} MB in process, "
+          f"cProfile cumulative time; {mb / cpu:.2f} MB per CPU-second under the profiler):")
+    for name, share in sorted(shares.items(), key=lambda x: -x[1]):
+        print(f"  {name:42}{share:7.1%}")
+    return shares
+
+
+def _dry_row(row: dict[str, object], n: int, tree: Path, corpus: Path, model: str, cache: str,
+             procs: list[str]) -> None:
+    row[f"load_{n}proc"] = os.getloadavg()[0]
+    cpu: dict[str, float] = {}
+    row[f"dry_mb_s_{n}proc"], row[f"dry_peak_rss_mb_{n}proc"] = dry_run(
+        tree, corpus, model, cache, procs, cpu)
+    row[f"dry_mb_per_cpu_s_{n}proc"] = cpu["mb_per_cpu_s"]
+
+
+def _has_stage_procs(tree: Path) -> bool:
+    """Whether that release's ``producer submit`` takes ``--stage-procs``."""
+    return any("stage-procs" in f.read_text(errors="replace")
+               for f in (tree / "producer").rglob("*.py"))
 
 
 def _cpu_model() -> str:

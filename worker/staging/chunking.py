@@ -144,7 +144,7 @@ def chunk_document(
         return [Span(0, 0, len(text), whole)]
     if add is None:
         add = additivity(tokenizer, prefix)
-    starts, unclean = token_starts(text, tokenizer, add.splits)
+    starts, unclean = token_starts(text, tokenizer, add.splits, fast=not add.verify_all)
     # Counting needs no offsets: encode_batch_fast (tokenizers >= 0.20) skips them.
     encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     spans: list[Span] = []
@@ -186,13 +186,13 @@ def _added(add: Additivity, text: str, starts: np.ndarray, unclean: np.ndarray, 
     if not add.count_from_doc or not (clean_start(text, a, add.splits)
                                and clean_end(text, cut, add.splits)):
         return None
-    k = int(np.searchsorted(unclean, a, side="right"))
+    k = int(unclean.searchsorted(a, side="right"))
     if k < len(unclean) and unclean[k] < cut:
         return None  # a piece was cut inside a word somewhere in this chunk
     at_split = a < len(text) and text[a] in add.splits
     # A word's first token may start at the space before it (Metaspace's "▁word").
     first = a - 1 if a > 0 and not at_split else a
-    content = int(np.searchsorted(starts, cut, side="left") - np.searchsorted(starts, first))
+    content = int(starts.searchsorted(cut, side="left") - starts.searchsorted(first))
     return content + (add.overhead_at_split if at_split else add.overhead_at_word)
 
 
@@ -206,7 +206,7 @@ def _plan(text: str, starts: np.ndarray, pos: int, window: int) -> tuple[int, in
     before token ``end``. Trailing characters after the last token join the last chunk."""
     n_total = len(starts)
     cut = len(text) if n_total - pos <= window else _best_cut(text, starts, pos, window)
-    end = int(np.searchsorted(starts, cut, side="left"))
+    end = int(starts.searchsorted(cut, side="left"))
     if end >= n_total:
         cut = len(text)
     return cut, end
@@ -251,7 +251,7 @@ def _next_start(
         if back > 0 and not text[back - 1].isspace():  # inside a word: go to the next word start
             m = _WHITESPACE.search(text, back, cut)
             back = m.end() if m is not None and m.end() < cut else back
-        back_pos = int(np.searchsorted(starts, back, side="left"))
+        back_pos = int(starts.searchsorted(back, side="left"))
         if back_pos > pos and back > char_start:  # else there is no room to overlap
             return back, back_pos
     return cut, end

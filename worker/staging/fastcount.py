@@ -42,6 +42,11 @@ def encoder_for(tokenizer: Any) -> Encoder:
     return _chosen(tokenizer)[1]
 
 
+def nanotoken_of(tokenizer: Any) -> Any:
+    """The nanotoken tokenizer ``encoder_for(tokenizer)`` uses, or None (``tokenizers``)."""
+    return getattr(_chosen(tokenizer)[1], "nanotoken", None)
+
+
 def is_fast(tokenizer: Any) -> bool:
     """Whether ``encoder_for(tokenizer)`` is the fast encoder (encoding is then cheap)."""
     return _chosen(tokenizer)[2]
@@ -87,6 +92,7 @@ def _fast(tokenizer: Any) -> Encoder | None:
         log.warning("nanotoken's ids differ from tokenizers' for this tokenizer: staging uses "
                     "tokenizers (slower, same result)")
         return None
+    enc.nanotoken = nt  # type: ignore[attr-defined]
     return enc
 
 

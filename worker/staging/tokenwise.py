@@ -60,7 +60,8 @@ class Additivity:
     overhead_at_split: int
     overhead_at_word: int
     verify_all: bool = False
-    """Re-encode every chunk all the same (the reference the tests compare with)."""
+    """Re-encode every chunk all the same, and take token offsets from ``tokenizers`` (never
+    ``faststarts``): the reference the tests compare with."""
 
     @property
     def trusted(self) -> bool:
@@ -100,22 +101,33 @@ def clean_end(text: str, end: int, splits: str) -> bool:
     return end >= len(text) or (text[end] in splits and text[end - 1] not in splits)
 
 
-def token_starts(text: str, tokenizer: Tokenizer, splits: str = "") -> tuple[np.ndarray,
-                                                                              np.ndarray]:
+def token_starts(text: str, tokenizer: Tokenizer, splits: str = "", *, fast: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Start offset of every token of ``text`` (no special tokens), non-decreasing, and the char
     offsets where a piece was cut at something other than a ``splits`` character (a chunk that
-    spans one of those is re-encoded)."""
+    spans one of those is re-encoded). ``fast``: offsets from ids where ``faststarts`` applies
+    (the same array); False: always ``tokenizers``' offsets (the reference)."""
     pieces = list(pieces_of(text, splits))
-    out = [np.zeros(0, dtype=np.int64)]
-    for i in range(0, len(pieces), 256):  # bounded memory: 256 pieces of Encodings at a time
-        group = pieces[i : i + 256]
-        encodings = tokenizer.encode_batch([piece for _, piece in group], add_special_tokens=False)
-        for (base, _), enc in zip(group, encodings, strict=True):
-            if enc.offsets:
-                out.append(np.fromiter((s for s, _ in enc.offsets), dtype=np.int64) + base)
-    starts = np.concatenate(out)
     unclean = np.fromiter((b for b, _ in pieces[1:] if not (splits and text[b] in splits)),
                           dtype=np.int64)
+    found: list[np.ndarray | None] = [None] * len(pieces)
+    if fast:
+        from worker.staging.faststarts import all_safe, fast_starts, refine, vocab_for
+
+        vocab = vocab_for(tokenizer)
+        if vocab is not None:
+            safe = all_safe(text)
+            pieces = pieces if safe else refine(pieces)
+            found = fast_starts(text, pieces, vocab, safe)[0]
+    slow = [i for i, f in enumerate(found) if f is None]
+    for i in range(0, len(slow), 256):  # bounded memory: 256 pieces of Encodings at a time
+        group = slow[i : i + 256]
+        encodings = tokenizer.encode_batch([pieces[j][1] for j in group],
+                                           add_special_tokens=False)
+        for j, enc in zip(group, encodings, strict=True):
+            found[j] = np.fromiter((s for s, _ in enc.offsets), dtype=np.int64,
+                                   count=len(enc.offsets)) + pieces[j][0]
+    starts = np.concatenate([np.zeros(0, dtype=np.int64), *found])  # type: ignore[arg-type]
     # Offsets should already be sorted; force it so searchsorted is always valid.
     return (np.maximum.accumulate(starts) if len(starts) else starts), unclean
 
@@ -123,24 +135,30 @@ def token_starts(text: str, tokenizer: Tokenizer, splits: str = "") -> tuple[np.
 def pieces_of(text: str, splits: str = "") -> Iterator[tuple[int, str]]:
     """Yield ``(offset, piece)`` covering ``text``, each cut before a ``splits`` character when
     there is one in the second half of the piece (else before any whitespace, else anywhere)."""
-    clean = re.compile(f"[{re.escape(splits)}]+") if splits else None
     i = 0
     while i < len(text):
         hi = min(i + PIECE_CHARS, len(text))
         if hi < len(text):
             lo = i + PIECE_CHARS // 2
-            for pattern in (clean, _WS):
-                if pattern is None:
-                    continue
-                found = _last_run_start(pattern, text, lo, hi)
-                if found is not None:
-                    hi = found
-                    break
+            found = _last_split_run(text, splits, lo, hi) if splits else None
+            if found is None:
+                found = _last_run_start(_WS, text, lo, hi)
+            if found is not None:
+                hi = found
         yield i, text[i:hi]
         i = hi
 
 
 _WS = re.compile(r"\s+")
+
+
+def _last_split_run(text: str, splits: str, lo: int, hi: int) -> int | None:
+    """The start of the last run of ``splits`` characters that starts in ``text[lo:hi]`` (a
+    run reaching back before ``lo`` starts at ``lo``), or None (also when that is ``lo``)."""
+    last = max(text.rfind(c, lo, hi) for c in splits)
+    while last > lo and text[last - 1] in splits:
+        last -= 1
+    return last if last > lo else None
 
 
 def _last_run_start(pattern: re.Pattern[str], text: str, lo: int, hi: int) -> int | None:
