@@ -3,8 +3,8 @@
 A real S3-protocol server (moto server mode on 127.0.0.1), a real redis-server and real
 ``celery -A worker worker`` processes, each started in its own empty working directory with its
 own ``EMBED_HOME``. The job directory is ``s3://fleet-jobs/jobs/<id>``; the workers' only shared
-things are Redis and the bucket (the corpus is staged by the producer; the model bundle is the
-tests' local MiniLM export: bundles from a bucket are a separate item). Any code that still
+things are Redis and the bucket (the first test reads its corpus and bundle from the bucket too;
+the others stage a local corpus with the tests' local MiniLM export). Any code that still
 reached for a job path on the local disk would write it under a worker's working directory or
 home, which the test checks are free of job files, and the Jepsen-style checker reads the job
 from the bucket alone: lost = duplicated = 0.
@@ -86,9 +86,20 @@ def job_files_outside_the_bucket(*dirs: Path) -> list[str]:
 
 def test_two_workers_sharing_only_redis_and_the_bucket_embed_every_chunk_once(
         tmp_path, s3_fleet, redis_url, s3_server, bucket, minilm_bundle, record, dsn):
-    workers = [s3_fleet(n, EMBED_FAULTS="sleep=0.3") for n in ("wa", "wb")]
-    job = submit(make_corpus(tmp_path / "c.jsonl"), bucket, model=str(minilm_bundle),
-                 precision="fp32", broker=redis_url, job_id="s3two", shard_tokens=2000)
+    # Corpus, bundle and job directory are all bucket URIs (the issue's done-when): the
+    # producer and the workers read the corpus by ranged GETs and copy the bundle into their
+    # own EMBED_HOME; nothing is shared but Redis and the bucket.
+    s3 = s3_server.client()
+    for f in Path(minilm_bundle).rglob("*"):
+        if f.is_file():
+            s3.upload_file(str(f), BUCKET, f"models/minilm/{f.relative_to(minilm_bundle)}")
+    s3.upload_file(str(make_corpus(tmp_path / "c.jsonl")), BUCKET, "corpora/c.jsonl")
+    roots = {"EMBED_MODEL_ROOTS": f"s3://{BUCKET}/models/",
+             "EMBED_INPUT_ROOTS": f"s3://{BUCKET}/corpora/"}
+    workers = [s3_fleet(n, EMBED_FAULTS="sleep=0.3", **roots) for n in ("wa", "wb")]
+    job = submit(f"s3://{BUCKET}/corpora/c.jsonl", bucket, model=f"s3://{BUCKET}/models/minilm",
+                 precision="fp32", broker=redis_url, job_id="s3two", shard_tokens=2000,
+                 home=tmp_path / "producer-home")
     assert str(job.path) == f"{JOBS}/s3two"
     st = job.wait(poll_s=0.5, timeout_s=WAIT_S)
     assert st.status == "succeeded", (st, [w.text()[-3000:] for w in workers])
@@ -135,6 +146,15 @@ def test_two_workers_sharing_only_redis_and_the_bucket_embed_every_chunk_once(
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "big" / "embeddings").num_rows == res.ok
+    # The output reads straight from the bucket with pandas, polars and pyarrow.dataset.
+    import pandas as pd
+    import polars as pl
+    import pyarrow.dataset as ds
+
+    uri = f"{JOBS}/s3two/embeddings/"
+    assert len(pd.read_parquet(uri)) == res.ok
+    assert ds.dataset(uri, format="parquet").count_rows() == res.ok
+    assert pl.from_arrow(ds.dataset(uri, format="parquet").to_table()).height == res.ok
     manifest = (job.path / "manifest.json").read_text()
     for text in (out.output, rep.output, load.output, manifest, *(w.text() for w in workers)):
         assert s3_server.env()["AWS_SECRET_ACCESS_KEY"] not in text
