@@ -78,7 +78,7 @@ def _check_uri_under(uri: str, roots: Sequence[str], what: str) -> AnyPath:
         local = [r for r in roots if not is_object_uri(r)]
         if local or not roots:
             return check_under(uri, local, what)
-        raise PathNotAllowed(f"{what} {uri} is not under any of {' '.join(roots)} "
+        raise PathNotAllowed(f"{what} {uri} is outside {os.pathsep.join(roots)} "
                              "(bucket prefixes only)")
     return job_path(check_uri_under(uri, roots, what))
 
@@ -97,8 +97,9 @@ def check_uri_under(uri: str, roots: Sequence[str], what: str) -> str:
         return uri
     parts = urlsplit(uri)
     segments = parts.path.split("/")
-    if ".." in segments or "." in segments:
-        raise PathNotAllowed(f"{what} {redact(uri)}: '..' and '.' are not allowed")
+    for bad in ("..", "."):
+        if bad in segments:
+            raise PathNotAllowed(f"{what} {redact(uri)}: '{bad}' is not allowed")
     for root in (r for r in roots if is_object_uri(r)):
         base = urlsplit(root)
         prefix = base.path.rstrip("/")

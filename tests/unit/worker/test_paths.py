@@ -65,13 +65,13 @@ def test_roots_setting_is_a_path_list():
 def test_bucket_prefixes_are_roots_for_uris_and_only_for_uris(tree):
     roots = ["s3://data/models/", str(tree / "jobs")]
     for ok in ("s3://data/models/m1", "s3://data/models", "s3://data/models/a/b/"):
-        assert check_under(ok, roots, "model bundle") == ok
+        assert str(check_under(ok, roots, "model bundle")).rstrip("/") == ok.rstrip("/")
     refused = {  # what the refusal names: never the credentials of a URI
         "s3://other/models/m1": "model bundle s3://other/models/m1 is outside",
         "s3://data/models-old/m1": "model bundle s3://data/models-old/m1 is outside",
         "s3://data/elsewhere/m1": "is outside",
         "gs://data/models/m1": "model bundle gs://data/models/m1 is outside",
-        "s3://data/models/../private/k": "'..' and '.' are not allowed",
+        "s3://data/models/../private/k": "'..' is not allowed",
         "s3://key:secret@other/models/m1": "model bundle s3://other/models/m1 is outside",
     }
     for uri, named in refused.items():
