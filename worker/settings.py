@@ -109,9 +109,12 @@ class WorkerSettings:
                             "own queue, which workers take from in turn (README, Running a "
                             "shared fleet); `0`: the plain FIFO queue (fleets with workers "
                             "older than fair share)")
-    fast_tokenizer: bool = _env(True, "EMBED_FAST_TOKENIZER", "staging encodes short documents "
-                                "with nanotoken where it gives exactly the tokenizer's ids "
-                                "(WordPiece, checked at load); `0`: tokenizers only")
+    fast_tokenizer: bool = _env(True, "EMBED_FAST_TOKENIZER", "staging encodes with nanotoken "
+                                "where it gives exactly the tokenizer's ids (WordPiece, checked "
+                                "at load), and takes long documents' token offsets from those "
+                                "ids where each piece checks out against the text "
+                                "([worker/staging/faststarts.py](worker/staging/faststarts.py)); "
+                                "`0`: tokenizers only")
     job_roots: tuple[str, ...] = _env((), "EMBED_JOB_ROOTS", "`:`-separated directories or bucket "
                                       "prefixes (`s3://bucket/jobs/`) a task's job directory "
                                       "must be under (required in a shared fleet; `producer "
