@@ -170,6 +170,7 @@ def main() -> None:
         proxy = CountingProxy(srv.endpoint)
         redis = LocalRedis(tmp / "redis")
         redis.start()
+        os.environ.update(srv.env())  # this script's own reads (manifests) go around the proxy
         env = {**os.environ, **srv.env(), "AWS_ENDPOINT_URL": proxy.endpoint,
                "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false",
                "BENCH_CWD": str(tmp)}
