@@ -9,7 +9,8 @@ model three times. Neither needs a Gather table's values (int8 quantises MatMul 
 fp16 converts each table on its own), so ``load_without_tables`` hands them the graph with each
 such table replaced by a one-row stub, and ``save_with_tables`` writes their result with the
 tables put back, read from the fp32 data file a chunk at a time, in the type the converter gave
-the stub: weights in memory are the rest of the model plus one chunk.
+the stub, into the variant's own external data file: weights in memory are the rest of the
+model plus one chunk.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ TABLE_MIN_BYTES = 64 << 20
 CHUNK_VALUES = 1 << 24
 """Values read, converted and written per step (64 MB of fp32)."""
 INLINE_MAX = TWO_GB - (64 << 20)
-"""Above this many weight bytes a variant is written with external data (as save_model)."""
+"""Weights past this (tables aside) are too many for the converters' in-memory protobuf."""
 ALIGN = 4096
 FLOAT16 = 10
 """onnx.TensorProto.FLOAT16 (onnx is imported only where it is used)."""
@@ -90,42 +91,28 @@ def load_without_tables(src: Path, tables: dict[str, Table]) -> Any:
 
 
 def save_with_tables(model: Any, tables: dict[str, Table], dst: Path) -> None:
-    """Write ``model`` at ``dst`` with ``tables`` back in place of their stubs, each in the
-    stub's type now (fp16 when the converter converted it, else fp32): inline below 2 GB,
-    else every weight in ``<dst>.data``, the tables streamed there from their source file."""
+    """Write ``model`` at ``dst`` with its weights in ``<dst>.data``: ``tables`` in place of
+    their stubs, streamed from their source file in the stub's type now (fp16 when the
+    converter converted it, else fp32), and the rest of its weights as onnx would write them.
+    External data whatever the size: the tables are never in memory whole, and ONNX Runtime
+    maps the file instead of parsing a copy of it."""
     import onnx
 
-    inits = {t.name: t for t in model.graph.initializer}
-    kinds = {name: inits[name].data_type for name in tables}
-    sizes = {name: t.length // (2 if kinds[name] == FLOAT16 else 1)
-             for name, t in tables.items()}
+    kinds = {t.name: t.data_type for t in model.graph.initializer if t.name in tables}
     _set_shapes(model, {n: t.dims for n, t in tables.items()})
-    big = sum(len(t.raw_data) for n, t in inits.items() if n not in tables) \
-        + sum(sizes.values()) > INLINE_MAX
     remove_onnx(dst)
-    if not big:
-        for name, table in tables.items():
-            out = np.empty(table.length // 4,
-                           dtype=np.float16 if kinds[name] == FLOAT16 else np.float32)
-            at = 0
-            for part in _chunks(table, kinds[name]):
-                out[at: at + part.size] = part
-                at += part.size
-            _restore(inits[name], table, out.tobytes())
-        onnx.save_model(model, str(dst))
-        return
     data = external_data(dst)
     with open(data, "wb") as f:
         for t in model.graph.initializer:
             if t.name in tables:
-                _restore(t, tables[t.name], b"")
+                del t.dims[:]
+                t.dims.extend(tables[t.name].dims)
                 offset = _pad(f)
                 for part in _chunks(tables[t.name], kinds[t.name]):
                     f.write(part.tobytes())
             elif len(t.raw_data) >= 1024:  # onnx's own threshold for external data
                 offset = _pad(f)
                 f.write(t.raw_data)
-                t.ClearField("raw_data")
             else:
                 continue
             _external(t, data.name, offset, f.tell() - offset)
@@ -172,12 +159,6 @@ def to_half(x: np.ndarray) -> np.ndarray:
     if over.any():
         half[over] = np.copysign(np.float16(65504), x[over])
     return half
-
-
-def _restore(t: Any, table: Table, raw: bytes) -> None:
-    del t.dims[:]
-    t.dims.extend(table.dims)
-    t.raw_data = raw
 
 
 def _external(t: Any, location: str, offset: int, length: int) -> None:

@@ -41,12 +41,13 @@ of the loss). ``early-ffn-down``: first half of the layers; ``ffn-down``: all of
 def convert_fp16(src: Path, dst: Path) -> None:
     """fp16 weights and compute with fp32 inputs/outputs (the file is checked to load).
 
-    Works past protobuf's 2 GB limit: embedding tables in external data are set aside and
-    converted a chunk at a time (tables.py: 2.9 GB peak RSS instead of 10.4 GB for a model
-    whose 2.25 GB table is most of it), the rest is converted in memory; the result is saved
-    with external data when it is still over 2 GB. Without such tables, or when the rest alone
-    passes 2 GB, shape inference runs on the file (``infer_shapes_path``, which the converter
-    does when given a path) and the weights are converted in place (one copy in memory).
+    Works past protobuf's 2 GB limit. Embedding tables in external data are set aside and
+    converted a chunk at a time into ``<dst>.data`` with the rest of the weights (tables.py:
+    4.4 GB less peak RSS for a model whose 2.25 GB table is most of it); the rest is converted
+    in memory. Without such tables, or when the rest alone passes 2 GB, shape inference runs
+    on the file (``infer_shapes_path``, which the converter does when given a path), the
+    weights are converted in place (one copy in memory), and the result is saved with external
+    data when it is still over 2 GB.
     """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16

@@ -81,27 +81,39 @@ def test_only_a_table_that_only_gather_reads_is_set_aside(tmp_path: Path, small_
     assert not any(t.external_data for t in model.graph.initializer)
 
 
-@pytest.mark.parametrize("inline", [True, False])
 @pytest.mark.parametrize("prec", ["fp16", "int8"])
 def test_variants_match_the_whole_model_conversion(tmp_path: Path, small_limits,
                                                    monkeypatch: pytest.MonkeyPatch,
-                                                   prec: str, inline: bool) -> None:
+                                                   prec: str) -> None:
+    """Same initializers bit for bit, same nodes, same outputs; every weight of the variant in
+    its own external data file (the tables streamed there), the quantiser's part file gone."""
     src = table_graph(tmp_path / "src")
     derive = variants.convert_fp16 if prec == "fp16" else variants.quantize_int8
     with monkeypatch.context() as m:
         m.setattr(tables, "TABLE_MIN_BYTES", 1 << 40)  # no table: ORT's converter, whole model
         derive(src, tmp_path / "whole.onnx")
-    if not inline:
-        monkeypatch.setattr(tables, "INLINE_MAX", 0)  # as past 2 GB: every weight external
     (tmp_path / "out").mkdir()
     got = tmp_path / "out" / "model.onnx"
     derive(src, got)
     assert weights(got) == weights(tmp_path / "whole.onnx")
     assert nodes(got) == nodes(tmp_path / "whole.onnx")
-    assert (tmp_path / "out" / "model.onnx.data").is_file() is not inline
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
-        ["model.onnx"] + ([] if inline else ["model.onnx.data"])  # the quantiser's part: gone
+        ["model.onnx", "model.onnx.data"]
+    inline = [t.name for t in onnx.load(str(got), load_external_data=False).graph.initializer
+              if t.raw_data]
+    assert "table" not in inline and "w" not in inline
     np.testing.assert_array_equal(run(got), run(tmp_path / "whole.onnx"))
+
+
+def test_fp16_of_a_model_whose_rest_passes_the_limit_converts_the_whole_file(
+        tmp_path: Path, small_limits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The converters' in-memory protobuf cannot hold the rest: the whole-file path, as before."""
+    src = table_graph(tmp_path / "src")
+    monkeypatch.setattr(variants, "INLINE_MAX", 0)
+    monkeypatch.setattr(variants, "load_without_tables", None)  # must not be used
+    variants.convert_fp16(src, tmp_path / "model.fp16.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.onnx", "src"]  # inline
+    assert run(tmp_path / "model.fp16.onnx").shape == (3, WIDTH)
 
 
 def test_to_half_is_the_converters_fp16_bit_for_bit() -> None:
