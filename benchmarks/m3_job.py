@@ -96,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("corpus")
     c.add_argument("--bundle", required=True)
     c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--long-docs", type=int, default=3,
+                   help="documents of ~10,000 tokens (each 2 chunks; 3 is the issue's job)")
     k = sub.add_parser("check")
     k.add_argument("--job", type=Path, required=True)
     k.add_argument("--home", type=Path, required=True)
     k.add_argument("--run-log", type=Path)
     a = ap.parse_args(argv)
-    res = make_corpus(a.bundle, a.out) if a.cmd == "corpus" else check(a.job, a.home, a.run_log)
+    res = (make_corpus(a.bundle, a.out, n_long=a.long_docs) if a.cmd == "corpus"
+           else check(a.job, a.home, a.run_log))
     print(json.dumps(res, indent=1))
     return 0
 
