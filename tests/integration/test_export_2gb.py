@@ -46,14 +46,15 @@ EXPORT_RSS_LIMIT_GB = 4.5
 converted the whole 2.25 GB table at once (ONNX Runtime's converter), and 5-7 GB while
 onnxscript's rewrite rules kept the exported graph, and with it the torch weights, alive."""
 PEAK = re.compile(r"^peak_rss_kb (\d+)$", re.M)
-EXPORT = ("import resource, sys\n"
+EXPORT = ("import sys\n"
           "from producer.cli import main\n"
           "try:\n"
           "    main(sys.argv[1:], prog_name='producer')\n"
           "finally:\n"
-          "    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-          "    print(f'peak_rss_kb {kb}', file=sys.stderr)\n")
-"""``producer export`` that prints its own peak RSS (Linux: KiB) when it ends."""
+          "    hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')]\n"
+          "    print(f'peak_rss_kb {hwm[0].split()[1]}', file=sys.stderr)\n")
+"""``producer export`` that prints its own peak RSS (VmHWM, KiB) when it ends. Not
+``ru_maxrss``: Linux keeps that across execve, so it would report pytest's peak if higher."""
 
 
 def export_log() -> Path:
