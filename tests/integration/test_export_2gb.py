@@ -11,9 +11,9 @@ export` with the default precisions, in a subprocess whose peak RSS is checked: 
 set the table aside and stream it, worker/export/tables.py) and cached like the other test
 models; needs about 6 GB of disk in the cache.
 
-Measured on a 2-core VM shared with other jobs (load average 8-9): both tests 170 s from an
-empty cache (build and export 148 s, of which export 108 s; worker job 20 s), export peak RSS
-2.8 GB, 3.2 GB for the whole test process tree:
+Measured on a 2-core VM: both tests 52 s from an empty cache when it was quiet (load average
+0.6-2.7; build and export 41 s, of which export 32 s; worker job 10 s), 170 s when shared with
+other jobs (load average 8-9); export peak RSS 2.8 GB, 3.2 GB for the whole test process tree:
 ``EMBED_TEST_CACHE=$(mktemp -d) pytest tests/integration/test_export_2gb.py --durations=5``.
 """
 
