@@ -90,18 +90,61 @@ def check(job_dir: Path, home: Path, run_log: Path | None) -> dict:
     }
 
 
+def torch_check(job_dir: Path, model_dir: str, min_tokens: int) -> dict:
+    """The job's dense vectors of its chunks of at least ``min_tokens`` tokens against the HF
+    model in torch fp32 (CLS of the last hidden state, L2-normalised: BGE-M3's dense vector),
+    on the same staged chunk texts and the bundle's token ids."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModel
+
+    from storage.jobdir import JobDir
+    from storage.readers import read_matrix
+
+    job = JobDir.open(job_dir)
+    ids, dense = read_matrix(job_dir)
+    texts = {(r["doc_id"], r["chunk_index"]): r["text"] for s in job.manifest.shards
+             for r in pq.read_table(job.input_path(s.shard)).to_pylist()}
+    from storage.bundle import load_bundle
+
+    tok = load_bundle(job.manifest.bundle_path).load_tokenizer(truncate=True)
+    long_rows = [(i, tok.encode(texts[k]).ids) for i, k in enumerate(ids)]
+    long_rows = [(i, t) for i, t in long_rows if len(t) >= min_tokens]
+    model = AutoModel.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    out = []
+    for i, t in long_rows:
+        with torch.inference_mode():
+            h = model(input_ids=torch.tensor([t]),
+                      attention_mask=torch.ones(1, len(t), dtype=torch.long)).last_hidden_state
+        ref = torch.nn.functional.normalize(h[:, 0].float(), dim=-1).numpy()[0]
+        out.append({"chunk": list(ids[i]), "tokens": len(t),
+                    "cos_vs_torch_fp32": float(np.dot(ref, dense[i]))})
+    return {"min_cos": min((o["cos_vs_torch_fp32"] for o in out), default=None), "chunks": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("corpus")
     c.add_argument("--bundle", required=True)
     c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--long-docs", type=int, default=3,
+                   help="documents of ~10,000 tokens (each 2 chunks; 3 is the issue's job)")
     k = sub.add_parser("check")
     k.add_argument("--job", type=Path, required=True)
     k.add_argument("--home", type=Path, required=True)
     k.add_argument("--run-log", type=Path)
+    t = sub.add_parser("torch", help="long chunks' dense vectors vs torch fp32")
+    t.add_argument("--job", type=Path, required=True)
+    t.add_argument("--model-dir", required=True)
+    t.add_argument("--min-tokens", type=int, default=8000)
     a = ap.parse_args(argv)
-    res = make_corpus(a.bundle, a.out) if a.cmd == "corpus" else check(a.job, a.home, a.run_log)
+    if a.cmd == "torch":
+        print(json.dumps(torch_check(a.job, a.model_dir, a.min_tokens), indent=1))
+        return 0
+    res = (make_corpus(a.bundle, a.out, n_long=a.long_docs) if a.cmd == "corpus"
+           else check(a.job, a.home, a.run_log))
     print(json.dumps(res, indent=1))
     return 0
 

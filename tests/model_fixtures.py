@@ -86,8 +86,8 @@ def make_m3(root: Path, shape: XlmrShape, texts: Sequence[str] | None = None) ->
 @dataclasses.dataclass(frozen=True)
 class XlmrShape:
     """An XLM-RoBERTa's size; the defaults are the tiny test model. ``vocab`` 0: the trained
-    tokenizer's own size; a larger one leaves the ids above the tokenizer's unused (as a
-    stand-in for a real vocabulary of that size, same weight bytes)."""
+    tokenizer's own size; a larger one adds zero rows for the ids above the tokenizer's, never
+    used (a stand-in for a real vocabulary of that size: same weight bytes)."""
 
     hidden: int = XLMR_DIM
     layers: int = 2
@@ -122,12 +122,15 @@ def make_xlmr(root: Path, shape: XlmrShape, texts: Sequence[str] | None = None) 
     n_tokens = _save_tokenizer(root, shape, texts)
     torch.manual_seed(0)
     config = XLMRobertaConfig(
-        vocab_size=shape.vocab or n_tokens, hidden_size=shape.hidden,
+        vocab_size=n_tokens, hidden_size=shape.hidden,
         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
         intermediate_size=shape.ffn, max_position_embeddings=shape.window + 2,
         pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
     )
-    XLMRobertaModel(config).eval().save_pretrained(str(root))
+    model = XLMRobertaModel(config).eval()
+    if shape.vocab > n_tokens:
+        _pad_vocab(model, shape.vocab)
+    model.save_pretrained(str(root))
     (root / "1_Pooling").mkdir(exist_ok=True)
     (root / "1_Pooling" / "config.json").write_text(json.dumps({
         "word_embedding_dimension": shape.hidden, "pooling_mode_cls_token": True,
@@ -142,6 +145,20 @@ def make_xlmr(root: Path, shape: XlmrShape, texts: Sequence[str] | None = None) 
          "type": "sentence_transformers.models.Normalize"},
     ]))
     return root
+
+
+def _pad_vocab(model, rows: int) -> None:  # type: ignore[no-untyped-def]
+    """Grow the word-embedding table to ``rows`` with zero rows past the tokenizer's ids (never
+    read, so their values do not matter; zeros from calloc cost no time and no memory until
+    saved, where random ones took most of a minute for a 2.25 GB table)."""
+    import torch
+
+    old = model.embeddings.word_embeddings.weight.data
+    table = torch.zeros(rows, old.shape[1])
+    table[: old.shape[0]] = old
+    model.embeddings.word_embeddings = torch.nn.Embedding.from_pretrained(
+        table, freeze=False, padding_idx=model.config.pad_token_id)
+    model.config.vocab_size = rows
 
 
 def _save_tokenizer(root: Path, shape: XlmrShape, texts: Sequence[str] | None) -> int:

@@ -3,7 +3,9 @@
 Part of export (worker/export/__init__.py). fp16 converts weights and compute and keeps fp32
 inputs/outputs. int8 is dynamic quantisation of the weight MatMuls only, one scale per output
 channel, with some FFN down-projections kept fp32 (INT8_KEEP_FP32, tried in order until the
-quality gate in gate.py passes) and BGE-M3's two head layers always kept fp32. A variant that fails the gate is not written to the bundle.
+quality gate in gate.py passes) and BGE-M3's two head layers always kept fp32. A variant that
+fails the gate is not written to the bundle. Embedding tables of a model past 2 GB are set
+aside while either is derived (tables.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from storage.bundle import GRAPH_OUTPUTS, VARIANT_FILES
 from worker.export.onnx import TWO_GB, onnx_bytes, quiet, remove_onnx, save_model
+from worker.export.tables import INLINE_MAX, gather_tables, load_without_tables, save_with_tables
 
 Log = Callable[[str], Any]
 HEAD_OUTPUTS = (GRAPH_OUTPUTS["sparse"], GRAPH_OUTPUTS["colbert"])
@@ -38,18 +41,27 @@ of the loss). ``early-ffn-down``: first half of the layers; ``ffn-down``: all of
 def convert_fp16(src: Path, dst: Path) -> None:
     """fp16 weights and compute with fp32 inputs/outputs (the file is checked to load).
 
-    Works past protobuf's 2 GB limit: shape inference runs on the file (``infer_shapes_path``,
-    which the converter does when given a path; on a loaded model it would serialise it whole),
-    the weights are converted in place (one copy of the model in memory), and the result is
-    saved with external data when it is still over 2 GB (save_model).
+    Works past protobuf's 2 GB limit. Embedding tables in external data are set aside and
+    converted a chunk at a time into ``<dst>.data`` with the rest of the weights (tables.py:
+    4.4 GB less peak RSS for a model whose 2.25 GB table is most of it); the rest is converted
+    in memory. Without such tables, or when the rest alone passes 2 GB, shape inference runs
+    on the file (``infer_shapes_path``, which the converter does when given a path), the
+    weights are converted in place (one copy in memory), and the result is saved with external
+    data when it is still over 2 GB.
     """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     remove_onnx(dst)
-    with quiet():
-        half = convert_float_to_float16(str(src), keep_io_types=True)
-    save_model(half, dst)
+    tables = gather_tables(src)
+    if tables and onnx_bytes(src) - sum(t.length for t in tables.values()) <= INLINE_MAX:
+        with quiet():
+            half = convert_float_to_float16(load_without_tables(src, tables), keep_io_types=True)
+        save_with_tables(half, tables, dst)
+    else:
+        with quiet():
+            half = convert_float_to_float16(str(src), keep_io_types=True)
+        save_model(half, dst)
     del half
     onnx.checker.check_model(str(dst))
 
@@ -63,14 +75,31 @@ def quantize_int8(src: Path, dst: Path, keep_fp32: str = INT8_KEEP_FP32[0]) -> N
     import onnx
     from onnxruntime.quantization import quantize_dynamic
 
-    graph = onnx.load(str(src), load_external_data=False)
+    tables = gather_tables(src)  # embedding tables: never quantised (Gather), set aside
+    graph = load_without_tables(src, tables) if tables else onnx.load(str(src),
+                                                                      load_external_data=False)
     down = _ffn_down_projections(graph)
     exclude = {"none": [], "early-ffn-down": down[: len(down) // 2], "ffn-down": down}[keep_fp32]
     exclude = exclude + _head_matmuls(graph)
     remove_onnx(dst)  # onnx appends to an existing external data file
-    with quiet():
-        quantize_dynamic(src, dst, nodes_to_exclude=exclude or None,
-                         use_external_data_format=onnx_bytes(src) > TWO_GB, **INT8_OPTIONS)
+    if not tables:
+        del graph
+        with quiet():
+            quantize_dynamic(src, dst, nodes_to_exclude=exclude or None,
+                             use_external_data_format=onnx_bytes(src) > TWO_GB, **INT8_OPTIONS)
+        return
+    part = dst.with_name(dst.name + ".part")  # the quantiser's output, before the tables
+    remove_onnx(part)
+    try:
+        with quiet():
+            quantize_dynamic(graph, part, nodes_to_exclude=exclude or None,
+                             use_external_data_format=onnx_bytes(src) - sum(
+                                 t.length for t in tables.values()) > INLINE_MAX,
+                             **INT8_OPTIONS)
+        del graph
+        save_with_tables(onnx.load(str(part)), tables, dst)
+    finally:
+        remove_onnx(part)
 
 
 def int8_until_gate(root: Path, log: Log, gate: Gate) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def test_measure_keeps_to_its_budget_for_a_slow_model() -> None:
 
 
 def test_a_model_too_slow_for_the_budget_runs_the_calibration_batch_once_more_only() -> None:
-    model = CostModel(0.01)  # 100 ms per text: two texts cost the whole 0.1 s budget
+    model = CostModel(0.01)  # 100 ms per text: one text costs the whole 0.1 s budget
     calls: list[int] = []
     embed = model.embed
     model.embed = lambda texts: calls.append(len(texts)) or embed(texts)  # type: ignore
@@ -104,7 +104,7 @@ def test_a_model_too_slow_for_the_budget_runs_the_calibration_batch_once_more_on
                                         path="b"), [probe.Candidate(probe.CPU, "fp32")], 1,
                         lambda b, **kw: model, budget_s=0.1)
     probe._kept.clear()
-    assert calls == [2, 2]  # calibration (the warm-up too) and one timed pass
+    assert calls == [1, 1]  # calibration (the warm-up too) and one timed pass, one text each
     assert out[probe.Candidate(probe.CPU, "fp32")].tokens_per_s > 0
 
 
