@@ -51,11 +51,9 @@ PROBE_SECONDS = 1.5
 PROBE_BUDGET_S = 10.0
 """Default seconds of measuring for the whole probe (``EMBED_PROBE_SECONDS``)."""
 CALIBRATION_TEXTS = 1
-"""The small batch that prices a token (the first, short text: 10-20 tokens), and the smallest
-sample. One text, not two: with the ~128-token second one (209 tokens of the BGE-M3 stand-in's
-tokenizer), the floor of a calibration pass plus a timed one per candidate cost the real-size
-BGE-M3 about 5 s a pass on 2 busy cores, 33 s of measuring for three candidates against a 10 s
-budget (worker log of benchmarks/m3_job.py's job, 2026-12-05)."""
+"""The batch that prices a token (the first text, 10-20 tokens), and the smallest sample. With
+a second ~128-token text the real-size BGE-M3 spent 33 s of a 10 s budget on 2 busy cores
+(benchmarks/m3_job.py's worker log, 2026-12-05)."""
 PROBE_LENGTHS = (128, 256, 512)
 """Approximate token lengths of the chunk-sized probe texts (capped at the window)."""
 PROBE_PER_LENGTH = 3
