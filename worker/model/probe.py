@@ -38,9 +38,8 @@ import numpy as np
 
 from storage.atomic import write_bytes_atomic
 from storage.bundle import Bundle, load_bundle
-from worker.model.providers import (
-    CPU, OPENVINO, Candidate, Choice, CpuProvider, Measured, choose_cpu_runtime, cpu_candidates,
-)
+from worker.model.providers import (CPU, OPENVINO, Candidate, Choice, CpuProvider, Measured,
+                                    choose_cpu_runtime, cpu_candidates)
 
 log = logging.getLogger(__name__)
 
