@@ -28,6 +28,7 @@ from worker import recycle
 from worker.attempts import STORE_RETRY_S, RetryShard
 from worker.contract import TASK_NAME, ShardTask
 from worker.errors import BadMessage
+from worker.fairshare import base_of
 from worker.paths import open_allowed_job
 from worker.pipeline import ShardContext
 from worker.pipeline import embed_shard as run_pipeline
@@ -133,6 +134,7 @@ def shard_context(task: ModelTask, message: ShardTask) -> ShardContext:
     s = task.settings
     info = task.request.delivery_info or {}
     queue = info.get("routing_key") or info.get("queue") or s.cpu_queue
+    queue = base_of(queue) or queue  # a job's own queue (fair share) runs as its base queue
     device = device_for_queue(s, queue)
     manifest = job.manifest
     precision = manifest.precision

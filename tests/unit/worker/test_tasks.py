@@ -94,6 +94,19 @@ def test_shard_context_from_queue_settings_and_manifest(tmp_path: Path) -> None:
                          ShardTask("j", str(job.root), 0)).max_batch_tokens == 2048
 
 
+def test_a_jobs_own_queue_runs_as_its_base_queue(tmp_path: Path) -> None:
+    """Fair share routes a job's tasks to ``gpu.job.<id>``: still the GPU, still queue 'gpu'."""
+    job = staged_job(tmp_path / "out", [[text(0)]], job_id="j")
+    m = job.manifest.to_dict()
+    m.update(model={"bundle_path": "/models/b"}, precision="auto")
+    job.write_manifest(m)
+    task = fake_task(WorkerSettings(precision="fp16"), "gpu.job.j")
+    ctx = shard_context(task, ShardTask("j", str(job.root), 0))
+    assert ctx.queue == "gpu"
+    ctx.load_model()
+    assert task.loads == [("/models/b", "gpu", "fp16")]
+
+
 def test_a_shard_the_manifest_does_not_list_is_a_bad_message(tmp_path: Path) -> None:
     job = staged_job(tmp_path / "out", [[text(0)]], job_id="j")
     with pytest.raises(BadMessage, match=r"shard 4 is not in .*manifest.json"):
