@@ -105,7 +105,9 @@ def test_flower_shows_workers_tasks_and_results(tmp_path: Path, flower: str, fle
     tasks = poll(succeeded, what=f"{len(shards)} succeeded {TASK} tasks in /api/tasks")
     seen, chunks, tokens = set(), 0, 0
     for uuid, t in tasks.items():
-        assert t["name"] == TASK and t["worker"] == node and t["routing_key"] == "cpu", t
+        # fair share: a job's tasks travel on its own queue, shown as cpu.job.<job id>
+        assert t["name"] == TASK and t["worker"] == node, t
+        assert t["routing_key"] in ("cpu", "cpu.job.flower"), t
         (payload,) = ast.literal_eval(t["args"])  # argsrepr: a Python repr, not JSON
         assert payload["job_id"] == "flower" and payload["job_dir"] == str(job.path)
         seen.add(payload["shard"])
