@@ -15,19 +15,11 @@ from producer.cancel import cancel_job
 from producer.job import Job, submit
 from producer.priority import queue_depth
 from tests.checker import check_job
-from tests.conftest import write_jsonl
+from tests.integration.test_priority import corpus  # distinct ten-word documents
 from worker.export.hashing import export_hashing_bundle
 from worker.fairshare import job_queue, job_queues
 
 pytestmark = pytest.mark.integration
-WORDS = ("river stone lamp orchard violet engine harbor ladder quiet summer copper window "
-         "garden thunder basket marble").split()
-
-
-def corpus(path: Path, n: int, salt: int) -> Path:
-    """``n`` distinct ten-word documents (no cache hit; ~5 per 64-token shard)."""
-    return write_jsonl(path, [{"id": f"d{i}", "text": f"item {salt} {i} " + " ".join(
-        WORDS[(i * 5 + j + salt) % len(WORDS)] for j in range(10))} for i in range(n)])
 
 
 def landed(job: Job) -> list[float]:
