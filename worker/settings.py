@@ -53,7 +53,7 @@ class WorkerSettings:
                              "`auto`: measured once per bundle and machine (CPU-EP int8/fp32, "
                              "OpenVINO fp32/bf16; int8 only when 1.15x faster than the best of the "
                              "others); or `cpu` (ONNX Runtime's CPU EP), `openvino`")
-    probe_seconds: float = _env(10.0, "EMBED_PROBE_SECONDS", "seconds the CPU runtime probe "
+    probe_seconds: float = _env(4.0, "EMBED_PROBE_SECONDS", "seconds the CPU runtime probe "
                                 "may take, loading its candidates included (its sample is sized "
                                 "to fit); figures are kept per graph and machine")
     device: str = _env("queue", "EMBED_DEVICE", "the task's queue decides (`gpu` queue → CUDA); "
