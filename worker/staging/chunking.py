@@ -24,7 +24,7 @@ import numpy as np
 
 from storage.errors import UsageError
 from worker.staging.tokenwise import (Additivity, additivity, clean_end, clean_start, count_tokens,
-                                token_starts)
+                                token_starts_ids)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -132,6 +132,53 @@ def chunk_document(
         ValueError: If the window has no room for content, ``overlap`` is out of range, or a
             single character encodes to more tokens than the window holds.
     """
+    return _chunk(text, tokenizer, max_tokens, overlap, prefix, budget, whole, add, None)[0]
+
+
+def chunk_with_ids(text: str, tokenizer: Tokenizer, *, wrap: tuple[list[int], list[int]] | None,
+                   max_tokens: int, overlap: int = DEFAULT_OVERLAP, prefix: str = "",
+                   budget: int | None = None, whole: int | None = None,
+                   add: Additivity | None = None,
+                   pre: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[list[Span], list[list[int] | None]]:
+    """``chunk_document`` and, per span, the ids the model sees where they follow from the
+    document's own tokens (else None: the caller encodes that chunk). ``wrap``: the ids before
+    and after a chunk's tokens (special tokens and the prefix, ``id_wrap``), or None for no ids.
+    Only for a tokenizer whose words are tokenised on their own (``id_wrap`` says which).
+    ``pre``: the text's ``token_starts_ids`` when the caller has them (``token_starts_batch``)."""
+    spans, ranges, ids = _chunk(text, tokenizer, max_tokens, overlap, prefix, budget, whole, add,
+                                pre)
+    out: list[list[int] | None] = [None] * len(spans)
+    if wrap is not None and ids is not None:
+        head, tail = wrap
+        for i, (sp, rng) in enumerate(zip(spans, ranges, strict=True)):
+            if rng is not None and len(head) + rng[1] - rng[0] + len(tail) == sp.n_tokens:
+                out[i] = head + ids[rng[0]:rng[1]].tolist() + tail
+    return spans, out
+
+
+def id_wrap(tokenizer: Tokenizer, prefix: str, add: Additivity) -> tuple[list[int], list[int]] | None:
+    """The ids around a chunk's own tokens (``[CLS]`` + prefix, ``[SEP]``) when a cleanly cut
+    chunk's ids are the document's ids over its range: the BERT WordPiece pipeline (no token
+    covers whitespace, each word tokenised alone), counts trusted; else None."""
+    from worker.staging.faststarts import vocab_for
+
+    if not add.count_from_doc or vocab_for(tokenizer) is None:
+        return None
+    word = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode(prefix + " a", add_special_tokens=True).ids
+    for k in range(len(full) - len(word), -1, -1):
+        if full[k:k + len(word)] == word:
+            return full[:k], full[k + len(word):]
+    return None
+
+
+def _chunk(text: str, tokenizer: Tokenizer, max_tokens: int, overlap: int, prefix: str,
+           budget: int | None, whole: int | None, add: Additivity | None,
+           pre: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+           ) -> tuple[list[Span], list[tuple[int, int] | None], np.ndarray | None]:
+    """Spans, per span the document token range it was counted from (None: re-encoded or
+    shrunk), and the document's token ids (None for a one-span short text)."""
     if budget is None:
         budget = chunk_budget(tokenizer, max_tokens, None, prefix)
     if not 0 <= overlap <= budget // 2:
@@ -141,13 +188,15 @@ def chunk_document(
     if whole is None and is_short(text, max_tokens):
         whole = count_tokens([text], tokenizer, prefix)[0]  # most documents: one span
     if whole is not None and whole <= max_tokens:
-        return [Span(0, 0, len(text), whole)]
+        return [Span(0, 0, len(text), whole)], [None], None
     if add is None:
         add = additivity(tokenizer, prefix)
-    starts, unclean = token_starts(text, tokenizer, add.splits, fast=not add.verify_all)
+    starts, unclean, ids = pre or token_starts_ids(text, tokenizer, add.splits,
+                                                   fast=not add.verify_all)
     # Counting needs no offsets: encode_batch_fast (tokenizers >= 0.20) skips them.
     encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     spans: list[Span] = []
+    ranges: list[tuple[int, int] | None] = []
     pos, char_start, block = 0, 0, VERIFY_BLOCK[0]
     while True:
         plan = []  # optimistic: plan a block of chunks, then count them all at once
@@ -158,20 +207,22 @@ def chunk_document(
             if cut >= len(text):
                 break
             c, p = _next_start(text, starts, overlap, c, cut, p, end)
-        counts = [_added(add, text, starts, unclean, a, cut) for a, cut, _, _ in plan]
+        in_doc = [_doc_range(add, text, starts, unclean, a, cut) for a, cut, _, _ in plan]
+        counts = [None if r is None else r[2] for r in in_doc]
         redo = [i for i, n in enumerate(counts) if n is None]
         if redo:
             found = encode_batch([prefix + text[plan[i][0]:plan[i][1]] for i in redo])
             for i, e in zip(redo, found, strict=True):
                 counts[i] = len(e.ids)
         assert None not in counts
-        for (a, cut, p, end), n in zip(plan, counts, strict=True):
+        for (a, cut, p, end), n, r in zip(plan, counts, in_doc, strict=True):
             shrunk = n > max_tokens
             if shrunk:
                 cut, end, n = _shrink(text, tokenizer, starts, prefix, a, p, end, n, max_tokens)
             spans.append(Span(len(spans), a, cut, n))
+            ranges.append(None if shrunk or r is None else (r[0], r[1]))
             if cut >= len(text):
-                return spans
+                return spans, ranges, ids
             char_start, pos = _next_start(text, starts, overlap, a, cut, p, end)
             if shrunk:  # the rest of the plan started from the old cut: replan from here
                 block = max(VERIFY_BLOCK[0], block // 2)
@@ -180,9 +231,10 @@ def chunk_document(
             block = min(VERIFY_BLOCK[1], block * 2)
 
 
-def _added(add: Additivity, text: str, starts: np.ndarray, unclean: np.ndarray, a: int,
-           cut: int) -> int | None:
-    """The chunk ``text[a:cut]``'s count from the document's tokens, or None: re-encode it."""
+def _doc_range(add: Additivity, text: str, starts: np.ndarray, unclean: np.ndarray, a: int,
+               cut: int) -> tuple[int, int, int] | None:
+    """The chunk ``text[a:cut]``'s first and end token in the document and its count from the
+    document's tokens, or None: re-encode it."""
     if not add.count_from_doc or not (clean_start(text, a, add.splits)
                                and clean_end(text, cut, add.splits)):
         return None
@@ -192,8 +244,8 @@ def _added(add: Additivity, text: str, starts: np.ndarray, unclean: np.ndarray, 
     at_split = a < len(text) and text[a] in add.splits
     # A word's first token may start at the space before it (Metaspace's "▁word").
     first = a - 1 if a > 0 and not at_split else a
-    content = int(starts.searchsorted(cut, side="left") - starts.searchsorted(first))
-    return content + (add.overhead_at_split if at_split else add.overhead_at_word)
+    lo, hi = int(starts.searchsorted(first)), int(starts.searchsorted(cut, side="left"))
+    return lo, hi, hi - lo + (add.overhead_at_split if at_split else add.overhead_at_word)
 
 
 def is_short(text: str, max_tokens: int) -> bool:

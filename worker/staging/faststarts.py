@@ -139,18 +139,21 @@ def refine(pieces: list[tuple[int, str]]) -> list[tuple[int, str]]:
 
 
 def fast_starts(text: str, pieces: list[tuple[int, str]], vocab: Vocab,
-                safe_text: bool | None = None) -> tuple[list[np.ndarray | None], np.ndarray]:
+                safe_text: bool | None = None
+                ) -> tuple[list[np.ndarray | None], np.ndarray, list[np.ndarray | None]]:
     """Per piece: its tokens' start offsets in ``text``, or None where the fast path does not
     hold (the caller encodes that piece with ``tokenizers``). The second array: the pieces'
-    start offsets. ``safe_text``: ``all_safe(text)`` when the caller has it."""
+    start offsets; the third: per piece, its token ids where the first has offsets.
+    ``safe_text``: ``all_safe(text)`` when the caller has it."""
     bases = np.fromiter((b for b, _ in pieces), dtype=np.int64, count=len(pieces))
     if safe_text is None:
         safe_text = all_safe(text)
     safe = (list(range(len(pieces))) if safe_text
             else [i for i, (_, p) in enumerate(pieces) if _UNSAFE.search(p) is None])
     out: list[np.ndarray | None] = [None] * len(pieces)
+    out_ids: list[np.ndarray | None] = [None] * len(pieces)
     if not safe:
-        return out, bases
+        return out, bases, out_ids
     texts = [pieces[i][1] for i in safe]
     ragged = vocab.nano.encode_batch(texts, add_special_tokens=False, parallel=False)
     ids, rows = ragged.ids.astype(np.int64), np.asarray(ragged.offsets, dtype=np.int64)
@@ -164,7 +167,7 @@ def fast_starts(text: str, pieces: list[tuple[int, str]], vocab: Vocab,
     csum = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(length, out=csum[1:])
     if not ok.any():
-        return out, bases
+        return out, bases, out_ids
     # One byte per character (str index = byte index; other pieces' bytes are never used).
     raw = text.encode("ascii") if safe_text else text.encode("latin-1", "replace")
     joined = vocab.pieces[ids].tobytes().translate(None, b"\0")
@@ -185,4 +188,5 @@ def fast_starts(text: str, pieces: list[tuple[int, str]], vocab: Vocab,
     for j, i in enumerate(safe):
         if ok[j]:
             out[i] = starts[rows[j]:rows[j + 1]]
-    return out, bases
+            out_ids[i] = ids[rows[j]:rows[j + 1]]
+    return out, bases, out_ids

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from worker.staging import faults
-from worker.staging.chunking import chunk_budget, chunk_document, is_short
+from worker.staging.chunking import chunk_budget, chunk_with_ids, id_wrap, is_short
 from worker.staging.fastcount import is_fast
-from worker.staging.tokenwise import additivity, encode_ids
+from worker.staging.tokenwise import BATCH_CHARS, additivity, encode_ids, token_starts_batch
 from worker.staging.corpus import DEFAULT_MAX_LINE_BYTES, Record, Reject
 from storage import docindex, ledger
 from storage.docindex import doc_sha256
@@ -149,8 +149,9 @@ def stage_split(
 
     budget = chunk_budget(tokenizer, cfg.max_tokens, None, cfg.prefix)
     add = additivity(tokenizer, cfg.prefix)
+    wrap = id_wrap(tokenizer, cfg.prefix, add)
     marked = _marked(records, docindex.previous_hashes(cfg.since) if cfg.since else None)
-    for pos, rec, ids in _counted(marked, tokenizer, cfg):
+    for pos, rec, ids, pre in _counted(marked, tokenizer, cfg, add):
         if len(seg.docs) >= DOCS_PER_SEGMENT and not skip:
             flush(pos, rec.line, 0, False)
         if isinstance(rec, Carried):
@@ -158,9 +159,10 @@ def stage_split(
             continue
         if isinstance(rec, Record):
             try:
-                spans = chunk_document(rec.text, tokenizer, max_tokens=cfg.max_tokens,
-                                       overlap=cfg.overlap, prefix=cfg.prefix, budget=budget,
-                                       whole=None if ids is None else len(ids), add=add)
+                spans, from_doc = chunk_with_ids(
+                    rec.text, tokenizer, wrap=wrap, max_tokens=cfg.max_tokens,
+                    overlap=cfg.overlap, prefix=cfg.prefix, budget=budget,
+                    whole=None if ids is None else len(ids), add=add, pre=pre)
             except ValueError as exc:  # e.g. one character that encodes past the window
                 rec = Reject(rec.line, rec.doc_id, f"cannot chunk: {exc}")
         if isinstance(rec, Reject):
@@ -168,7 +170,7 @@ def stage_split(
             continue
         if on_record is not None:
             on_record(rec)
-        chunk_ids = _chunk_ids(rec.text, spans, ids, tokenizer, cfg.prefix)
+        chunk_ids = _chunk_ids(rec.text, spans, ids, from_doc, tokenizer, cfg.prefix)
         for sp in spans[skip:]:
             if rows and (tokens + sp.n_tokens > cfg.shard_tokens
                          or len(rows) >= cfg.shard_max_chunks):
@@ -205,38 +207,51 @@ def _marked(records: Iterable[tuple[int, Record | Reject]], prev: dict[str, str]
         yield pos, rec
 
 
-def _counted(records: Iterable[tuple[int, Any]], tokenizer: Any, cfg: StageConfig
-             ) -> Iterator[tuple[int, Any, list[int] | None]]:
-    """Records with the whole-text token ids of the short ones, encoded 64 at a time."""
+def _counted(records: Iterable[tuple[int, Any]], tokenizer: Any, cfg: StageConfig,
+             add: Any) -> Iterator[tuple[int, Any, list[int] | None, Any]]:
+    """Records with the whole-text token ids of the short ones, encoded 64 at a time, and the
+    token starts of those to chunk (``token_starts_batch``: together)."""
     group: list[tuple[int, Any]] = []
     for item in records:
         group.append(item)
         if len(group) == COUNT_BATCH:
-            yield from _count_group(group, tokenizer, cfg)
+            yield from _count_group(group, tokenizer, cfg, add)
             group = []
-    yield from _count_group(group, tokenizer, cfg)
+    yield from _count_group(group, tokenizer, cfg, add)
 
 
-def _count_group(group: list[tuple[int, Any]], tokenizer: Any, cfg: StageConfig
-                 ) -> Iterator[tuple[int, Any, list[int] | None]]:
+def _count_group(group: list[tuple[int, Any]], tokenizer: Any, cfg: StageConfig, add: Any
+                 ) -> Iterator[tuple[int, Any, list[int] | None, Any]]:
     short = [i for i, (_, r) in enumerate(group)
              if isinstance(r, Record) and is_short(r.text, cfg.max_tokens)]
     counts = dict(zip(short, encode_ids([group[i][1].text for i in short],  # type: ignore[union-attr]
                                         tokenizer, cfg.prefix), strict=True))
+    chunk = [i for i, (_, r) in enumerate(group) if isinstance(r, Record)
+             and len(r.text) <= BATCH_CHARS  # a longer one: its own, when it is chunked
+             and (i not in counts or len(counts[i]) > cfg.max_tokens)]
+    pre = dict(zip(chunk, token_starts_batch([group[i][1].text for i in chunk], tokenizer,
+                                             add.splits, fast=not add.verify_all), strict=True))
     for i, (pos, rec) in enumerate(group):
-        yield pos, rec, counts.get(i)
+        yield pos, rec, counts.get(i), pre.get(i)
 
 
-def _chunk_ids(text: str, spans: list[Any], whole: list[int] | None, tokenizer: Any,
-               prefix: str) -> list[list[int] | None]:
+def _chunk_ids(text: str, spans: list[Any], whole: list[int] | None,
+               from_doc: list[list[int] | None], tokenizer: Any, prefix: str
+               ) -> list[list[int] | None]:
     """The ids to keep per chunk: the whole text's for a one-chunk document; for a long one,
-    each chunk encoded when the fast encoder makes that cheap (else None: the worker encodes)."""
+    the document's own ids over the chunk (``chunk_with_ids``) or, for the rest, each chunk
+    encoded when the fast encoder makes that cheap (else None: the worker encodes)."""
     if len(spans) == 1 and whole is not None:
         return [whole]
-    if not is_fast(tokenizer):
-        return [None] * len(spans)
-    found = encode_ids([text[s.char_start:s.char_end] for s in spans], tokenizer, prefix)
-    return [x if len(x) == s.n_tokens else None for x, s in zip(found, spans, strict=True)]
+    out = list(from_doc)
+    todo = [i for i, x in enumerate(out) if x is None]
+    if not todo or not is_fast(tokenizer):
+        return out
+    found = encode_ids([text[spans[i].char_start:spans[i].char_end] for i in todo], tokenizer,
+                       prefix)
+    for i, x in zip(todo, found, strict=True):
+        out[i] = x if len(x) == spans[i].n_tokens else None
+    return out
 
 
 def resume_shards(root: Path | None, split: int) -> int:

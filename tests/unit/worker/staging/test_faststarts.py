@@ -16,9 +16,10 @@ import pytest
 
 from storage.bundle import load_bundle
 from worker.staging import faststarts, tokenwise
-from worker.staging.chunking import chunk_document
+from worker.staging.chunking import chunk_document, chunk_with_ids, id_wrap
 from worker.staging.fastcount import choose, encoder_for
-from worker.staging.tokenwise import additivity, pieces_of, token_starts
+from worker.staging.tokenwise import (additivity, pieces_of, token_starts, token_starts_batch,
+                                      token_starts_ids)
 
 from tests.unit.worker.staging.test_tokenwise import HOSTILE, document
 
@@ -123,6 +124,51 @@ def test_chunks_and_ids_equal_the_reference(tokenizers: dict[str, Any], corpus: 
         ids = encode(bodies)
         assert ids == [e.ids for e in tok.encode_batch(bodies)]
         assert [len(x) for x in ids] == [s.n_tokens for s in fast]
+
+
+@pytest.mark.parametrize("max_tokens,overlap,prefix", [(256, 0, ""), (100, 12, "passage: "),
+                                                     (64, 0, "query: ")])
+def test_chunk_ids_from_the_document_equal_encoding_each_chunk(
+        tokenizers: dict[str, Any], corpus: list[str], max_tokens: int, overlap: int,
+        prefix: str) -> None:
+    """A cleanly cut chunk's ids are the document's ids over its range, wrapped in [CLS] +
+    prefix and [SEP]: the same as `tokenizers` encoding the chunk (real and hostile text)."""
+    tok = tokenizers["minilm"]
+    add = additivity(tok, prefix)
+    wrap = id_wrap(tok, prefix, add)
+    assert wrap is not None and id_wrap(tokenizers["xlmr"], prefix, additivity(
+        tokenizers["xlmr"], prefix)) is None  # Metaspace: a chunk's first word is encoded anew
+    from_doc = 0
+    for text in long_docs(corpus) + [hostile(s, 300) for s in range(4)]:
+        spans, ids = chunk_with_ids(text, tok, wrap=wrap, max_tokens=max_tokens, overlap=overlap,
+                                    prefix=prefix, add=add)
+        assert spans == chunk_document(text, tok, max_tokens=max_tokens, overlap=overlap,
+                                       prefix=prefix, add=add)
+        bodies = [prefix + text[s.char_start:s.char_end] for s in spans]
+        for got, enc, sp in zip(ids, tok.encode_batch(bodies), spans, strict=True):
+            if got is not None:
+                from_doc += 1
+                assert got == enc.ids and len(got) == sp.n_tokens
+    assert from_doc > 200  # most chunks of real text
+
+
+@pytest.mark.parametrize("name", ["minilm", "xlmr"])
+def test_starts_of_texts_together_equal_each_alone(tokenizers: dict[str, Any],
+                                                   corpus: list[str], name: str) -> None:
+    """Staging takes a group's texts together (one nanotoken call, one numpy pass): the same
+    starts, cut points and ids as each text alone, and as `tokenizers`' offsets."""
+    tok = tokenizers[name]
+    splits = additivity(tok, "").splits
+    texts = ([t for t in corpus if 300 < len(t) < 20_000][:60] + [hostile(s, 40) for s in range(8)]
+             + ["x", "  \n ", "café " * 900, "a " * 40_000])  # the last: longer than a batch
+    random.Random(3).shuffle(texts)
+    together = token_starts_batch(texts, tok, splits)
+    for text, got in zip(texts, together, strict=True):
+        alone = token_starts_ids(text, tok, splits)
+        ref = token_starts_ids(text, tok, splits, fast=False)
+        for a, b, c in zip(got, alone, ref, strict=True):
+            assert a.tolist() == b.tolist() == c.tolist()
+        assert got[2].tolist() == tok.encode(text, add_special_tokens=False).ids
 
 
 def _regex_last_run_start(splits: str, text: str, lo: int, hi: int) -> int | None:
