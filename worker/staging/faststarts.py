@@ -138,18 +138,24 @@ def refine(pieces: list[tuple[int, str]]) -> list[tuple[int, str]]:
     return out
 
 
+def safe_pieces(pieces: list[tuple[int, str]]) -> list[int]:
+    """The indexes of the pieces the fast path handles."""
+    return [i for i, (_, p) in enumerate(pieces) if _UNSAFE.search(p) is None]
+
+
 def fast_starts(text: str, pieces: list[tuple[int, str]], vocab: Vocab,
-                safe_text: bool | None = None
+                safe_text: bool | None = None, safe: list[int] | None = None
                 ) -> tuple[list[np.ndarray | None], np.ndarray, list[np.ndarray | None]]:
     """Per piece: its tokens' start offsets in ``text``, or None where the fast path does not
     hold (the caller encodes that piece with ``tokenizers``). The second array: the pieces'
     start offsets; the third: per piece, its token ids where the first has offsets.
-    ``safe_text``: ``all_safe(text)`` when the caller has it."""
+    ``safe_text``: ``all_safe(text)`` when the caller has it; ``safe``: the pieces without a
+    character the fast path does not handle, when the caller knows them (``safe_pieces``)."""
     bases = np.fromiter((b for b, _ in pieces), dtype=np.int64, count=len(pieces))
     if safe_text is None:
         safe_text = all_safe(text)
-    safe = (list(range(len(pieces))) if safe_text
-            else [i for i, (_, p) in enumerate(pieces) if _UNSAFE.search(p) is None])
+    if safe is None:
+        safe = list(range(len(pieces))) if safe_text else safe_pieces(pieces)
     out: list[np.ndarray | None] = [None] * len(pieces)
     out_ids: list[np.ndarray | None] = [None] * len(pieces)
     if not safe:
@@ -174,7 +180,8 @@ def fast_starts(text: str, pieces: list[tuple[int, str]], vocab: Vocab,
     table = _LOWER if vocab.lowercase else None
     # The tokens' text must be the pieces' text without whitespace (lower-cased): all pieces at
     # once when they tile the text (the usual case), else piece by piece.
-    if not (ok.all() and safe_text and joined == raw.translate(table, _WS_BYTES)):
+    if not (ok.all() and joined == (raw if safe_text else "".join(texts).encode("ascii")
+                                    ).translate(table, _WS_BYTES)):
         for j, piece in enumerate(texts):
             if ok[j] and joined[csum[rows[j]]:csum[rows[j + 1]]] != piece.encode(
                     "ascii").translate(table, _WS_BYTES):

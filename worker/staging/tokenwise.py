@@ -159,21 +159,24 @@ def token_starts_batch(texts: list[str], tokenizer: Tokenizer, splits: str = "",
 
 def _joined_starts(texts: list[str], tokenizer: Tokenizer, splits: str, vocab: Any
                    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    from worker.staging.faststarts import all_safe, fast_starts, refine
+    from worker.staging.faststarts import all_safe, fast_starts, refine, safe_pieces
 
     pieces: list[tuple[int, str]] = []
-    first, bases, uncleans, safe_all, at = [], [], [], True, 0
+    first, bases, uncleans, safe, safe_all, at = [], [], [], [], True, 0
     for text in texts:
         own = list(pieces_of(text, splits))
         uncleans.append(np.fromiter((b for b, _ in own[1:] if not (splits and text[b] in splits)),
                                     dtype=np.int64))
-        safe = all_safe(text)
-        safe_all &= safe
         first.append(len(pieces))
-        pieces += [(at + b, p) for b, p in (own if safe else refine(own))]
+        if all_safe(text):
+            safe += range(len(pieces), len(pieces) + len(own))
+        else:
+            own, safe_all = refine(own), False
+            safe += [len(pieces) + i for i in safe_pieces(own)]
+        pieces += [(at + b, p) for b, p in own]
         bases.append(at)
         at += len(text) + 1  # the newline joining the texts: whitespace, no token
-    found, _, ids = fast_starts("\n".join(texts), pieces, vocab, safe_all)
+    found, _, ids = fast_starts("\n".join(texts), pieces, vocab, safe_all, safe)
     _encode_slow(tokenizer, pieces, found, ids)
     first.append(len(pieces))
     out = []
