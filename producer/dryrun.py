@@ -19,7 +19,7 @@ from storage.objread import location_size
 from storage.objstore import redact
 from worker.model.policy import fingerprint
 from worker.staging.pool import default_procs, stage_splits
-from worker.staging.splits import plan_splits
+from worker.staging.splits import auto_split_bytes, plan_splits
 
 
 def dry_run(corpus: str, *, cache_url: str | None, settings: ProducerSettings | None = None,
@@ -38,7 +38,8 @@ def dry_run(corpus: str, *, cache_url: str | None, settings: ProducerSettings | 
               if cache_url else None)
     procs = spec.options.stage_procs or default_procs()
     t0 = time.perf_counter()
-    splits, _ = plan_splits(corpus, spec.options.split_bytes)
+    splits, _ = plan_splits(corpus, spec.options.split_bytes
+                            or auto_split_bytes(location_size(corpus)))
     stage = replace(spec.stage, fast_tokenizer=s.fast_tokenizer)
     cps, hits = stage_splits(corpus, splits, stage, root=None, procs=procs,
                              on_shard=lambda cp: None, lookup=lookup)

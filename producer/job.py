@@ -28,7 +28,7 @@ from producer.routing import choose_queue
 from producer.settings import ProducerSettings
 from producer.spec import JobOptions, JobSpec, job_spec
 from storage.objread import input_location, location_size
-from worker.staging.splits import plan_splits
+from worker.staging.splits import auto_split_bytes, plan_splits
 from worker.staging.pool import default_procs
 from storage.jobdir import JobDir
 from storage.manifest import Manifest
@@ -219,7 +219,8 @@ def _source(corpus: str | os.PathLike[str] | Iterable[dict[str, Any]], spec: Job
                 _records_from_dicts(corpus, spec.stage.text_field, spec.stage.id_field))
     digest, splits = "", None  # on the producer, the plan and checksum are made while staging
     if stage_on == "fleet":
-        plan, digest = plan_splits(corpus, spec.options.split_bytes)
+        plan, digest = plan_splits(corpus, spec.options.split_bytes
+                                   or auto_split_bytes(location_size(corpus)))
         splits = [sp.to_dict() for sp in plan]
     return ({"path": input_location(corpus), "sha256": digest,  # a URI without credentials
              "bytes": location_size(corpus)}, splits, None)
@@ -243,7 +244,8 @@ def _manifest(job: JobDir, spec: JobSpec, source: dict[str, Any],
         max_batch_tokens=o.max_batch_tokens, max_attempts=o.max_attempts,
         id_policy=o.on_duplicate_id, delta=spec.delta, priority=o.priority,
         staged=False, status="staging", submitted_at=now, splits=splits,
-        staging={"procs": _procs(spec), "on": stage_on, "split_bytes": o.split_bytes},
+        staging={"procs": _procs(spec), "on": stage_on,
+                 "split_bytes": o.split_bytes or auto_split_bytes(int(source.get("bytes") or 0))},
     )
 
 

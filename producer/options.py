@@ -124,8 +124,9 @@ SUBMIT_OPTIONS = [
     click.option("--full-reembed", is_flag=True,
                  help="With --since: embed every document (another model or chunking)."),
     PRIORITY,
-    click.option("--split-bytes", type=click.IntRange(4096, None), default=16 * 2**20,
-                 envvar="EMBED_SPLIT_BYTES", help="Input bytes per split (16 MiB)."),
+    click.option("--split-bytes", type=click.IntRange(4096, None), default=None,
+                 envvar="EMBED_SPLIT_BYTES", help="Input bytes per split (default: 1/32 of "
+                 "the corpus, between 1 and 16 MiB; the manifest records it)."),
 ]
 """The options ``submit`` (also ``--dry-run``) and ``run`` share, in ``--help`` order."""
 

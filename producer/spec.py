@@ -26,7 +26,6 @@ from worker.model.policy import Choice, planned_runtime
 from worker.staging.chunking import chunk_budget
 from worker.staging.corpus import DEFAULT_MAX_LINE_BYTES
 from worker.staging.shards import DEFAULT_SHARD_MAX_CHUNKS, DEFAULT_SHARD_TOKENS, StageConfig
-from worker.staging.splits import DEFAULT_SPLIT_BYTES
 
 CHUNKING_KEYS = ("max_tokens", "overlap", "prefix", "text_field", "id_field", "max_line_bytes",
                  "shard_tokens", "shard_max_chunks")
@@ -56,7 +55,8 @@ class JobOptions:
     dtype: str = "float32"
     force_dim: bool = False
     stage_procs: int | None = None
-    split_bytes: int = DEFAULT_SPLIT_BYTES
+    split_bytes: int | None = None
+    """Input bytes per split; None: ``auto_split_bytes`` of the corpus size."""
     on_duplicate_id: str = "reject"
     since: str | None = None
     full_reembed: bool = False

@@ -37,6 +37,25 @@ DEFAULT_SPLIT_BYTES = 16 * 2**20
 """Input bytes per split: 16 MB is ~10 s of staging per process, so splits balance across
 processes and a killed stage task redoes little; a 1 GB corpus gives 64 splits."""
 
+MIN_SPLIT_BYTES = 2**20
+SPLITS_PER_CORPUS = 32
+
+
+def auto_split_bytes(size: int) -> int:
+    """The default split size for a corpus of ``size`` bytes: ``DEFAULT_SPLIT_BYTES``, less for
+    a corpus under 512 MiB (about ``SPLITS_PER_CORPUS`` splits, at least 1 MiB), so staging
+    processes share a mid-size corpus evenly: 98 MB in 7 splits left one of two processes idle
+    for the last one (benchmarks/staging.py). From the size alone, never the process count: the
+    same corpus gives the same shards. A gzip corpus is cut by its compressed size.
+
+    >>> auto_split_bytes(10**9) == DEFAULT_SPLIT_BYTES, auto_split_bytes(98 * 10**6)
+    (True, 3062500)
+    >>> auto_split_bytes(10_000)
+    1048576
+    """
+    return int(min(DEFAULT_SPLIT_BYTES, max(MIN_SPLIT_BYTES, size // SPLITS_PER_CORPUS)))
+
+
 _BLOCK = 1 << 20
 
 
