@@ -78,6 +78,7 @@ class ModelTask(Task):
             bundle_path, device=device, precision=precision, threads=threads,
             device_id=s.gpu_device_id, tensorrt=s.tensorrt, strict=s.gpu_strict,
             cpu_provider=s.cpu_provider, choice=choice, gpu_mem_limit_mb=s.gpu_mem_limit_mb,
+            pad_to=s.pad_multiple,
         )
         self._models[key] = model
         recycle.loaded(model)  # the memory limit of this process follows what it holds now

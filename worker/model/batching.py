@@ -119,6 +119,44 @@ def pad_rows(rows: Sequence[Sequence[int]], positions: list[int], pad_id: int) -
     return Batch(positions, input_ids, mask, np.zeros_like(input_ids))
 
 
+def aligned(batch: Batch, multiple: int, pad_id: int, cap: int) -> Batch:
+    """``batch`` right-padded (masked out) to a length that is a multiple of ``multiple``, never
+    past ``cap`` (the model's window) unless it already is. OpenVINO's bf16 kernels on AMX ran
+    MiniLM 15% faster on lengths that are multiples of 16 than on the exact lengths, padding
+    included; the CPU EP did not gain (``pad_multiple``).
+
+    >>> b = aligned(pad_rows([[1, 2, 3]], [0], 0), 16, 0, 256)
+    >>> b.input_ids.shape, int(b.attention_mask.sum())
+    ((1, 16), 3)
+    >>> aligned(pad_rows([[1] * 250], [0], 0), 16, 0, 252).input_ids.shape
+    (1, 252)
+    """
+    width = batch.input_ids.shape[1]
+    target = min(-(-width // multiple) * multiple, max(width, cap)) if multiple > 1 else width
+    if target == width:
+        return batch
+    extra = ((0, 0), (0, target - width))
+    return Batch(batch.positions, np.pad(batch.input_ids, extra, constant_values=pad_id),
+                 np.pad(batch.attention_mask, extra), np.pad(batch.token_type_ids, extra))
+
+
+def pad_multiple(provider: str, precision: str, flags: frozenset[str], setting: int = 0) -> int:
+    """The length multiple batches are padded to: ``setting`` (``EMBED_PAD_MULTIPLE``) when
+    given, else 16 for OpenVINO bf16 on a CPU with AMX (measured: 39.7k vs 34.6k tok/s, MiniLM,
+    2-core Xeon), else 1 (CPU EP fp32 3% slower at 16, int8 and OpenVINO fp32 alike).
+
+    >>> pad_multiple("OpenVINOExecutionProvider", "bf16", frozenset({"amx_bf16"}))
+    16
+    >>> pad_multiple("CPUExecutionProvider", "int8", frozenset({"amx_bf16"})), pad_multiple(
+    ...     "CPUExecutionProvider", "fp32", frozenset(), 8)
+    (1, 8)
+    """
+    if setting:
+        return setting
+    amx = provider == "OpenVINOExecutionProvider" and precision == "bf16" and "amx_bf16" in flags
+    return 16 if amx else 1
+
+
 GPU_MEMORY_FRACTION = 0.8
 """Share of the GPU memory left after the model loaded that batches may use (the rest: the
 arena's rounding, cuBLAS/cuDNN workspaces, the outputs' copies)."""

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.model.batching import DEFAULT_MAX_BATCH_TOKENS, Batch, batches_by_tokens, encode
+from worker.model.batching import (DEFAULT_MAX_BATCH_TOKENS, Batch, aligned, batches_by_tokens,
+                                   encode, pad_multiple)
 from storage.bundle import GRAPH_OUTPUTS, OUTPUTS, RUNTIME_PRECISIONS, Bundle, load_bundle
 from worker.errors import BundleError, InferenceError
 from worker.model.heads import colbert_rows, sparse_rows
@@ -58,6 +59,8 @@ class LoadedModel:
     batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS["cpu"]
     """Padded tokens per batch unless the job or EMBED_MAX_BATCH_TOKENS says otherwise: the
     CPU default, or on CUDA what the GPU's memory holds (``worker/model/gpumem.py``)."""
+    pad_multiple: int = 1
+    """Batches run padded to a length that is a multiple of this (``batching.pad_multiple``)."""
 
     @property
     def provider(self) -> str:
@@ -72,6 +75,7 @@ class LoadedModel:
 
     def run(self, batch: Batch) -> FloatArray:
         """Embed one padded batch: session, pool, normalise. Rows follow ``batch.positions``."""
+        batch = aligned(batch, self.pad_multiple, self.pad_id, self.bundle.config.max_length)
         out = self._infer(batch, [self.output_name])[0]
         if self.pooled_output:
             vecs = out.astype(np.float32)
@@ -100,6 +104,7 @@ class LoadedModel:
             raise BundleError(f"{self.bundle.path}: the bundle cannot produce {missing} "
                               f"(outputs: {', '.join(cfg.outputs)})")
         wanted = [o for o in OUTPUTS if o in outputs or o == "dense"]
+        batch = aligned(batch, self.pad_multiple, self.pad_id, cfg.max_length)
         got = dict(zip(wanted, self._infer(batch, [GRAPH_OUTPUTS[o] for o in wanted])))
         res: dict[str, Any] = {"dense": pool(cfg.pooling.value, got["dense"],
                                              batch.attention_mask, cfg.normalize)}
@@ -180,6 +185,7 @@ def load_model(
     cpu_provider: CpuProvider | str = CpuProvider.AUTO,
     choice: Choice | None = None,
     gpu_mem_limit_mb: int | None = None,
+    pad_to: int = 0,
 ) -> LoadedModel:
     """Build a session for the bundle on ``device`` (``cpu``, ``gpu``, ``auto``).
 
@@ -246,6 +252,7 @@ def load_model(
         output_name="sentence_embedding" if pooled else outputs[0], pooled_output=pooled,
         fingerprint=bundle.fingerprint(prec, provider=active[0] if active else None),
     )
+    model.pad_multiple = pad_multiple(model.provider, prec, cpu_flags(), pad_to)
     if CUDA in active:
         from worker.model import gpumem
 
