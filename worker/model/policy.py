@@ -18,7 +18,7 @@ from pathlib import Path
 
 from storage.bundle import Bundle
 from worker.contract import Device, default_precision
-from worker.model.probe import PROBE_VERSION, read_figures
+from worker.model.probefigures import PROBE_VERSION, read_figures
 from worker.model.providers import (
     BF16_FLAGS, CPU, CUDA, OPENVINO, Candidate, Choice, Measured, choose_cpu_runtime,
 )

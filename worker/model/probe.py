@@ -25,7 +25,6 @@ measures all of it; a BGE-M3-size model a short prefix, where the whole set took
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -38,13 +37,12 @@ import numpy as np
 
 from storage.atomic import write_bytes_atomic
 from storage.bundle import Bundle, load_bundle
+from worker.model.probefigures import PROBE_VERSION, machine_key, read_figures
 from worker.model.providers import (CPU, OPENVINO, Candidate, Choice, CpuProvider, Measured,
                                     choose_cpu_runtime, cpu_candidates)
 
 log = logging.getLogger(__name__)
 
-PROBE_VERSION = 3
-"""Bump to re-measure everywhere when what is measured changes."""
 PROBE_SECONDS = 1.5
 """At most this many timed seconds per candidate after its warm-up."""
 PROBE_BUDGET_S = 4.0
@@ -90,41 +88,6 @@ def cpu_choice(bundle: Bundle | str | os.PathLike[str], *, precision: str = "aut
         log.warning("CPU RUNTIME CHOICE for %s: %s/%s (%s)", bundle.path.name, choice.provider,
                     choice.precision, choice.reason)
     return choice
-
-
-def machine_key(bundle: Bundle, available: Sequence[str], flags: frozenset[str],
-                threads: int | None) -> str:
-    """What makes a measurement valid: the bundle and this machine's CPU and runtime."""
-    ident = {"version": PROBE_VERSION, "bundle": bundle.fingerprint("fp32"),
-             "variants": {v: bundle.fingerprint(v) for v in bundle.variants},
-             "cpu": _cpu_model(), "flags": sorted(flags), "cores": os.cpu_count(),
-             "threads": threads, "ort": _ort_version(), "providers": sorted(available)}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _ort_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        for dist in ("onnxruntime-openvino", "onnxruntime", "onnxruntime-gpu"):
-            try:
-                return f"{dist}=={version(dist)}"
-            except Exception:  # noqa: BLE001 - not installed under this name
-                continue
-    except ImportError:  # pragma: no cover
-        pass
-    return "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _cached_or_measured(path: Path, bundle: Bundle, cands: Sequence[Candidate],
@@ -285,17 +248,3 @@ def _timed(model: Any, texts: list[str], seconds: float | None = None, warmed: b
         if reps >= 20:
             break
     return vecs, n_tokens / best
-
-
-def read_figures(path: Path) -> dict[Candidate, Measured] | None:
-    """The measurements cached at ``path``; None when missing, unreadable or of another
-    PROBE_VERSION (then the worker measures again)."""
-    try:
-        raw = json.loads(path.read_text())
-        if raw.get("version") != PROBE_VERSION:
-            return None
-        return {Candidate(r["provider"], r["precision"]): Measured(
-            Candidate(r["provider"], r["precision"]), float(r["tokens_per_s"]), r["cos_min"],
-            r["error"]) for r in raw["rows"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

@@ -20,7 +20,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ import numpy as np
 from worker.model.batching import (DEFAULT_MAX_BATCH_TOKENS, Batch, aligned, batches_by_tokens,
                                    encode, pad_multiple)
 from storage.bundle import GRAPH_OUTPUTS, OUTPUTS, RUNTIME_PRECISIONS, Bundle, load_bundle
-from worker.errors import BundleError, InferenceError
+from worker.errors import BundleError, InferenceError, load_error
 from worker.model.heads import colbert_rows, sparse_rows
 from worker.model.pooling import FloatArray, l2_normalize, pool
 from worker.contract import Device, default_precision
@@ -268,19 +267,6 @@ def load_model(
         )
     log.info("loaded %s (%s) on %s, %d threads", path, prec, ", ".join(active), threads or 0)
     return model
-
-
-def load_error(path: os.PathLike[str] | str, exc: BaseException) -> str:
-    """One line naming the file ONNX Runtime could not load and what to do about it."""
-    path = Path(path)
-    data = path.with_name(path.name + ".data")  # the weights of a graph over 2 GB
-    why = " ".join(str(exc).split())[:400]
-    redo = "copy the whole bundle directory again, or re-export it with `producer export`"
-    if data.name in why and not data.is_file():
-        return f"{data}: missing; {path.name} keeps its weights in it ({why}); {redo}"
-    if data.name in why or "External initializer" in why:
-        return f"{data}: truncated or damaged, {path.name} cannot read its weights ({why}); {redo}"
-    return f"{path}: ONNX Runtime cannot load this model ({why}); {redo}"
 
 
 def _openvino(precision: str, threads: int | None) -> tuple[str, dict[str, str]]:

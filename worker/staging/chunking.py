@@ -16,13 +16,13 @@ two chunks belongs to the following chunk.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from storage.errors import UsageError
+from worker.staging.cuts import WHITESPACE, best_cut
 from worker.staging.tokenwise import (Additivity, additivity, clean_end, clean_start, count_tokens,
                                 token_starts_ids)
 
@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 DEFAULT_OVERLAP = 0
 """Tokens shared by consecutive chunks. 0: chunks tile the document, no text is repeated."""
 
-MIN_FILL = 0.5
-"""A paragraph/sentence/whitespace cut must keep at least this share of the window."""
-
 SHORT_CHARS_PER_TOKEN = 16
 """Texts up to this many characters per window token first try the one-chunk fast path."""
 
@@ -42,12 +39,6 @@ VERIFY_BLOCK = (8, 256)
 """Chunks planned ahead and counted together (those to re-encode in one `encode_batch` call):
 the block doubles after a block with no over-budget chunk and halves after one that shrank."""
 
-# Blank line (possibly holding spaces/tabs/CR): cut before it.
-_PARAGRAPH = re.compile(r"\n[^\S\n]*\n")
-# Sentence end: Latin punctuation followed by whitespace or CJK/fullwidth enders (cut after the
-# mark), or a single newline (cut before it).
-_SENTENCE = re.compile(r"[.!?](?=\s)|[。！？．]|\n")
-_WHITESPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -257,41 +248,11 @@ def _plan(text: str, starts: np.ndarray, pos: int, window: int) -> tuple[int, in
     """Return ``(cut, end)``: the chunk whose first token is ``pos`` ends at char ``cut``,
     before token ``end``. Trailing characters after the last token join the last chunk."""
     n_total = len(starts)
-    cut = len(text) if n_total - pos <= window else _best_cut(text, starts, pos, window)
+    cut = len(text) if n_total - pos <= window else best_cut(text, starts, pos, window)
     end = int(starts.searchsorted(cut, side="left"))
     if end >= n_total:
         cut = len(text)
     return cut, end
-
-
-def _best_cut(text: str, starts: np.ndarray, pos: int, window: int) -> int:
-    """Return the char index to end the chunk; always past ``starts[pos]``, so never empty."""
-    first = int(starts[pos])
-    hi = int(starts[pos + window])  # first character of the first token that doesn't fit
-    lo = int(starts[pos + max(1, int(window * MIN_FILL))])
-    for pattern, after in ((_PARAGRAPH, False), (_SENTENCE, True), (_WHITESPACE, False)):
-        cut = _last_cut(pattern, text, lo, hi, after)
-        if cut is not None and cut > first:
-            return cut
-    # No boundary in reach: hard cut at a token boundary, or after the first character when the
-    # whole window sits on it (one character split into many pieces).
-    return hi if hi > first else first + 1
-
-
-def _last_cut(pattern: re.Pattern[str], text: str, lo: int, hi: int, after: bool) -> int | None:
-    """Return the cut for the last ``pattern`` match starting in ``text[lo:hi]``, or None."""
-    cut = None
-    # One extra character so the lookahead of "[.!?](?=\s)" can see a space at hi.
-    for m in pattern.finditer(text, lo, min(hi + 1, len(text))):
-        if m.start() >= hi:
-            break
-        if after and text[m.start()] != "\n":
-            cut = m.end()
-        else:
-            cut = m.start()
-            while cut > lo and text[cut - 1].isspace():  # e.g. the "\r" of "\r\n"
-                cut -= 1
-    return cut
 
 
 def _next_start(
@@ -301,7 +262,7 @@ def _next_start(
     if overlap:
         back = int(starts[max(end - overlap, pos + 1)])
         if back > 0 and not text[back - 1].isspace():  # inside a word: go to the next word start
-            m = _WHITESPACE.search(text, back, cut)
+            m = WHITESPACE.search(text, back, cut)
             back = m.end() if m is not None and m.end() < cut else back
         back_pos = int(starts.searchsorted(back, side="left"))
         if back_pos > pos and back > char_start:  # else there is no room to overlap
