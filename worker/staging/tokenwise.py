@@ -115,8 +115,7 @@ def token_starts_ids(text: str, tokenizer: Tokenizer, splits: str = "", *, fast:
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``token_starts`` and the tokens' ids (the same tokens, no special tokens)."""
     pieces = list(pieces_of(text, splits))
-    unclean = np.fromiter((b for b, _ in pieces[1:] if not (splits and text[b] in splits)),
-                          dtype=np.int64)
+    unclean = _unclean(text, pieces, splits)
     found: list[np.ndarray | None] = [None] * len(pieces)
     ids: list[np.ndarray | None] = [None] * len(pieces)
     if fast:
@@ -128,11 +127,7 @@ def token_starts_ids(text: str, tokenizer: Tokenizer, splits: str = "", *, fast:
             pieces = pieces if safe else refine(pieces)
             found, _, ids = fast_starts(text, pieces, vocab, safe)
     _encode_slow(tokenizer, pieces, found, ids)
-    empty = np.zeros(0, dtype=np.int64)
-    starts = np.concatenate([empty, *found])  # type: ignore[arg-type]
-    # Offsets should already be sorted; force it so searchsorted is always valid.
-    return ((np.maximum.accumulate(starts) if len(starts) else starts), unclean,
-            np.concatenate([empty, *ids]).astype(np.int64, copy=False))  # type: ignore[arg-type]
+    return _sorted(_joined(found)), unclean, _joined(ids)
 
 
 BATCH_CHARS = 65_536
@@ -165,8 +160,7 @@ def _joined_starts(texts: list[str], tokenizer: Tokenizer, splits: str, vocab: A
     first, bases, uncleans, safe, safe_all, at = [], [], [], [], True, 0
     for text in texts:
         own = list(pieces_of(text, splits))
-        uncleans.append(np.fromiter((b for b, _ in own[1:] if not (splits and text[b] in splits)),
-                                    dtype=np.int64))
+        uncleans.append(_unclean(text, own, splits))
         first.append(len(pieces))
         if all_safe(text):
             safe += range(len(pieces), len(pieces) + len(own))
@@ -181,10 +175,20 @@ def _joined_starts(texts: list[str], tokenizer: Tokenizer, splits: str, vocab: A
     first.append(len(pieces))
     out = []
     for k in range(len(texts)):
-        starts = _joined(found[first[k]:first[k + 1]]) - bases[k]
-        out.append(((np.maximum.accumulate(starts) if len(starts) else starts), uncleans[k],
+        out.append((_sorted(_joined(found[first[k]:first[k + 1]]) - bases[k]), uncleans[k],
                     _joined(ids[first[k]:first[k + 1]])))
     return out
+
+
+def _unclean(text: str, pieces: list[tuple[int, str]], splits: str) -> np.ndarray:
+    """Where a piece after the first starts at something other than a ``splits`` character."""
+    return np.fromiter((b for b, _ in pieces[1:] if not (splits and text[b] in splits)),
+                       dtype=np.int64)
+
+
+def _sorted(starts: np.ndarray) -> np.ndarray:
+    """Offsets should already be sorted; force it so searchsorted is always valid."""
+    return np.maximum.accumulate(starts) if len(starts) else starts
 
 
 def _joined(parts: list[Any]) -> np.ndarray:
