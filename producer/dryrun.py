@@ -38,14 +38,13 @@ def dry_run(corpus: str, *, cache_url: str | None, settings: ProducerSettings | 
               if cache_url else None)
     procs = spec.options.stage_procs or default_procs()
     t0 = time.perf_counter()
-    splits, _ = plan_splits(corpus, spec.options.split_bytes
-                            or auto_split_bytes(location_size(corpus)))
+    size = location_size(corpus)
+    splits, _ = plan_splits(corpus, spec.options.split_bytes or auto_split_bytes(size))
     stage = replace(spec.stage, fast_tokenizer=s.fast_tokenizer)
     cps, hits = stage_splits(corpus, splits, stage, root=None, procs=procs,
                              on_shard=lambda cp: None, lookup=lookup)
     wall = time.perf_counter() - t0
     t = ledger.totals({0: cps})
-    size = location_size(corpus)
     disk = estimate_bytes(spec.outputs, spec.bundle.config, t["chunks"], t["tokens"], spec.dense)
     got = {**t, "cached": hits, "precision": runtime.precision, "provider": runtime.provider,
            "wall_s": wall, "mb_per_s": size / 1e6 / wall, "procs": procs,

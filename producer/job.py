@@ -218,12 +218,12 @@ def _source(corpus: str | os.PathLike[str] | Iterable[dict[str, Any]], spec: Job
         return ({"path": "<iterable>", "sha256": "", "bytes": 0}, None,
                 _records_from_dicts(corpus, spec.stage.text_field, spec.stage.id_field))
     digest, splits = "", None  # on the producer, the plan and checksum are made while staging
+    size = location_size(corpus)
     if stage_on == "fleet":
-        plan, digest = plan_splits(corpus, spec.options.split_bytes
-                                   or auto_split_bytes(location_size(corpus)))
+        plan, digest = plan_splits(corpus, spec.options.split_bytes or auto_split_bytes(size))
         splits = [sp.to_dict() for sp in plan]
     return ({"path": input_location(corpus), "sha256": digest,  # a URI without credentials
-             "bytes": location_size(corpus)}, splits, None)
+             "bytes": size}, splits, None)
 
 
 def _manifest(job: JobDir, spec: JobSpec, source: dict[str, Any],
